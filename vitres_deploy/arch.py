@@ -1,0 +1,185 @@
+"""Architectures (sub-networks of a search space): parsing, validation, canonical hash, sampling.
+
+The on-disk form is the architecture file shared with other tools::
+
+    {"space": "vit-resnas-tiny",
+     "stages": [{"embed_dim": 176, "blocks": [{"heads": 3, "mlp": 704}, ...]}, ...]}
+
+Depth is the number of blocks. Wherever an arch is accepted, ``max``, ``min`` and ``random:SEED``
+are accepted too (see :func:`resolve_arch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ArchError
+from .space import SearchSpace, StageSpace
+
+
+@dataclass(frozen=True)
+class BlockArch:
+    """One transformer block: number of attention heads and MLP hidden width."""
+
+    heads: int
+    mlp: int
+
+
+@dataclass(frozen=True)
+class StageArch:
+    """One stage: its embedding width and its blocks (depth = number of blocks)."""
+
+    embed_dim: int
+    blocks: tuple[BlockArch, ...]
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks in the stage."""
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A sub-network of the search space named ``space``."""
+
+    space: str
+    stages: tuple[StageArch, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The architecture-file form."""
+        return {
+            "space": self.space,
+            "stages": [
+                {"embed_dim": s.embed_dim, "blocks": [{"heads": b.heads, "mlp": b.mlp} for b in s.blocks]}
+                for s in self.stages
+            ],
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON text (sorted keys, no spaces): the input of :attr:`hash`."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def hash(self) -> str:
+        """Canonical 16-hex-digit hash: equal archs have equal hashes, whatever their file layout."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def short(self) -> str:
+        """Compact one-line description, e.g. ``64[4/256,3/192] | 128[...] | ...``."""
+        return " | ".join(
+            f"{s.embed_dim}[" + ",".join(f"{b.heads}/{b.mlp}" for b in s.blocks) + "]" for s in self.stages
+        )
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Arch:
+        """Parse the architecture-file form (extra top-level keys, as in ``best.json``, are ignored)."""
+        if not isinstance(data, dict) or "stages" not in data or "space" not in data:
+            raise ArchError("an architecture must be a JSON object with 'space' and 'stages'")
+        stages_in = data["stages"]
+        if not isinstance(stages_in, list):
+            raise ArchError("'stages' must be a list")
+        stages = []
+        for i, s in enumerate(stages_in, 1):
+            if not isinstance(s, dict) or "embed_dim" not in s or "blocks" not in s:
+                raise ArchError(f"stage {i}: must be an object with 'embed_dim' and 'blocks'")
+            if not isinstance(s["blocks"], list):
+                raise ArchError(f"stage {i}: 'blocks' must be a list")
+            blocks = []
+            for j, b in enumerate(s["blocks"], 1):
+                if not isinstance(b, dict) or set(b) != {"heads", "mlp"}:
+                    raise ArchError(f"stage {i} block {j}: must be an object with exactly 'heads' and 'mlp'")
+                blocks.append(BlockArch(_as_int(b["heads"], f"stage {i} block {j}: heads"),
+                                        _as_int(b["mlp"], f"stage {i} block {j}: mlp")))
+            stages.append(StageArch(_as_int(s["embed_dim"], f"stage {i}: embed_dim"), tuple(blocks)))
+        return cls(space=str(data["space"]), stages=tuple(stages))
+
+    def validate(self, space: SearchSpace) -> Arch:
+        """Check that the arch belongs to ``space``; errors name the place and the allowed values."""
+        if self.space != space.name:
+            raise ArchError(f"arch is of space {self.space!r}, expected {space.name!r}")
+        if len(self.stages) != len(space.stages):
+            raise ArchError(f"arch has {len(self.stages)} stages, space {space.name!r} has {len(space.stages)}")
+        for i, (s, ss) in enumerate(zip(self.stages, space.stages), 1):
+            _check(s.embed_dim, ss.embed_dims, f"stage {i}: embed_dim")
+            _check(s.depth, ss.depths, f"stage {i}: depth")
+            for j, b in enumerate(s.blocks, 1):
+                _check(b.heads, ss.heads, f"stage {i} block {j}: heads")
+                _check(b.mlp, ss.mlp_hidden, f"stage {i} block {j}: mlp")
+        return self
+
+
+def _as_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArchError(f"{where}={value!r} is not an integer")
+    return value
+
+
+def _check(value: int, allowed: tuple[int, ...], where: str) -> None:
+    if value not in allowed:
+        raise ArchError(f"{where}={value} not in {{{', '.join(map(str, sorted(allowed)))}}}")
+
+
+def _open(choices: tuple[int, ...], fraction: float) -> tuple[int, ...]:
+    """The largest ``ceil(fraction * n)`` choices (at least one): progressive warm-up opens them in order."""
+    return choices[: max(1, math.ceil(fraction * len(choices) - 1e-9))]
+
+
+def max_arch(space: SearchSpace) -> Arch:
+    """The largest sub-network: every choice at its maximum."""
+    return Arch(space.name, tuple(
+        StageArch(s.embed_dims[0], (BlockArch(s.heads[0], s.mlp_hidden[0]),) * s.depths[0]) for s in space.stages
+    ))
+
+
+def min_arch(space: SearchSpace) -> Arch:
+    """The smallest sub-network: every choice at its minimum."""
+    return Arch(space.name, tuple(
+        StageArch(s.embed_dims[-1], (BlockArch(s.heads[-1], s.mlp_hidden[-1]),) * s.depths[-1]) for s in space.stages
+    ))
+
+
+def sample_stage(stage: StageSpace, rng: random.Random, fraction: float = 1.0) -> StageArch:
+    """Sample one stage uniformly among the choices opened by ``fraction`` (1.0: all of them)."""
+    depth = rng.choice(_open(stage.depths, fraction))
+    heads, mlps = _open(stage.heads, fraction), _open(stage.mlp_hidden, fraction)
+    blocks = tuple(BlockArch(rng.choice(heads), rng.choice(mlps)) for _ in range(depth))
+    return StageArch(rng.choice(_open(stage.embed_dims, fraction)), blocks)
+
+
+def sample_arch(space: SearchSpace, rng: random.Random, fraction: float = 1.0) -> Arch:
+    """Sample a sub-network uniformly per choice; ``fraction`` < 1 keeps only the largest choices."""
+    return Arch(space.name, tuple(sample_stage(s, rng, fraction) for s in space.stages))
+
+
+def random_arch(space: SearchSpace, seed: int) -> Arch:
+    """The sub-network named ``random:SEED``: the same seed always gives the same arch."""
+    return sample_arch(space, random.Random(seed))
+
+
+def resolve_arch(spec: str | Path, space: SearchSpace) -> Arch:
+    """Turn ``max``, ``min``, ``random:SEED`` or a path to an architecture file into a validated arch."""
+    text = str(spec)
+    if text == "max":
+        return max_arch(space)
+    if text == "min":
+        return min_arch(space)
+    if text.startswith("random:"):
+        try:
+            seed = int(text.split(":", 1)[1])
+        except ValueError:
+            raise ArchError(f"{text!r}: the seed of random:SEED must be an integer") from None
+        return random_arch(space, seed)
+    path = Path(text)
+    if not path.is_file():
+        raise ArchError(f"arch {text!r} is neither max, min, random:SEED nor an existing file")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArchError(f"arch file {text} is not valid JSON: {e}") from None
+    return Arch.from_dict(data).validate(space)

@@ -1,0 +1,204 @@
+"""Search spaces as data: a dataclass per space, presets by name, user spaces from JSON or YAML.
+
+A space fixes the geometry (image size, patch size, stem width, token grids) and, per stage, the
+choices of embedding width, number of heads (with a fixed, decoupled head dimension), MLP hidden
+width and depth. Choices are kept largest first, which is the order progressive warm-up opens them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpaceError
+
+
+@dataclass(frozen=True)
+class StageSpace:
+    """Choices of one stage. Every tuple is sorted largest first."""
+
+    embed_dims: tuple[int, ...]
+    heads: tuple[int, ...]
+    head_dim: int
+    mlp_hidden: tuple[int, ...]
+    depths: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dims", "heads", "mlp_hidden", "depths"):
+            values = tuple(sorted({int(v) for v in getattr(self, name)}, reverse=True))
+            if not values or values[-1] <= 0:
+                raise SpaceError(f"{name} must be a non-empty list of positive integers")
+            object.__setattr__(self, name, values)
+        if self.head_dim <= 0:
+            raise SpaceError("head_dim must be a positive integer")
+
+    @property
+    def max_depth(self) -> int:
+        """Largest depth of the stage: the number of blocks the supernet holds."""
+        return self.depths[0]
+
+    def num_subnets(self) -> int:
+        """Number of distinct sub-networks of this stage alone."""
+        per_block = len(self.heads) * len(self.mlp_hidden)
+        return len(self.embed_dims) * sum(per_block**d for d in self.depths)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A ViT-ResNAS search space: fixed geometry plus per-stage choices."""
+
+    name: str
+    image_size: int
+    in_chans: int
+    num_classes: int
+    patch_size: int
+    stem_channels: int
+    stages: tuple[StageSpace, ...]
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.stages) < 1:
+            raise SpaceError(f"space {self.name!r}: needs at least one stage")
+        if self.patch_size % 2 or self.patch_size < 2:
+            raise SpaceError(f"space {self.name!r}: patch_size must be even (the stem halves first)")
+        if self.image_size % self.patch_size:
+            raise SpaceError(
+                f"space {self.name!r}: image_size {self.image_size} is not a multiple of "
+                f"patch_size {self.patch_size}"
+            )
+        for i in range(1, len(self.stages)):
+            if min(self.stages[i].embed_dims) < max(self.stages[i - 1].embed_dims):
+                raise SpaceError(
+                    f"space {self.name!r}: stage {i + 1} widths must be >= stage {i} widths "
+                    "(the reduction's skip path zero-pads channels)"
+                )
+
+    @property
+    def grids(self) -> tuple[int, ...]:
+        """Side of the patch-token grid of each stage (a 3x3 stride-2 conv halves it, rounding up)."""
+        sides = [self.image_size // self.patch_size]
+        for _ in self.stages[1:]:
+            sides.append(math.ceil(sides[-1] / 2))
+        return tuple(sides)
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """Sequence length of each stage, class token included."""
+        return tuple(g * g + 1 for g in self.grids)
+
+    def num_subnets(self) -> int:
+        """Number of distinct sub-networks of the space."""
+        return math.prod(s.num_subnets() for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, the same shape that :func:`load_space` reads."""
+        d = asdict(self)
+        d["stages"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()} for s in d["stages"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        """Build a space from its plain form; errors name the missing or bad field."""
+        if not isinstance(data, dict):
+            raise SpaceError("a search space must be a mapping with 'name', 'image_size', ..., 'stages'")
+        try:
+            stages = tuple(
+                StageSpace(
+                    embed_dims=tuple(s["embed_dims"]),
+                    heads=tuple(s["heads"]),
+                    head_dim=int(s["head_dim"]),
+                    mlp_hidden=tuple(s["mlp_hidden"]),
+                    depths=tuple(s["depths"]),
+                )
+                for s in data["stages"]
+            )
+            return cls(
+                name=str(data["name"]),
+                image_size=int(data["image_size"]),
+                in_chans=int(data["in_chans"]),
+                num_classes=int(data["num_classes"]),
+                patch_size=int(data["patch_size"]),
+                stem_channels=int(data["stem_channels"]),
+                stages=stages,
+                description=str(data.get("description", "")),
+            )
+        except KeyError as e:
+            raise SpaceError(f"search space is missing the field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise SpaceError(f"search space has a malformed field: {e}") from None
+
+
+def _span(hi: int, lo: int, step: int) -> tuple[int, ...]:
+    return tuple(range(hi, lo - 1, -step))
+
+
+PRESETS: dict[str, SearchSpace] = {
+    "vit-resnas-tiny": SearchSpace(
+        name="vit-resnas-tiny",
+        description="the paper's Tiny space: 224x224 RGB, 1000 classes, 16x16 -> 8x8 -> 4x4 tokens",
+        image_size=224,
+        in_chans=3,
+        num_classes=1000,
+        patch_size=14,
+        stem_channels=32,
+        stages=(
+            StageSpace((256, 224, 192, 176, 160), (6, 5, 4, 3), 32, _span(768, 384, 64), (3, 4, 5, 6)),
+            StageSpace((512, 448, 384, 352, 320), (12, 10, 8, 6), 48, _span(1536, 768, 128), (3, 4, 5, 6)),
+            StageSpace((1024, 896, 768, 704, 640), (12, 10, 8, 6), 64, _span(3072, 1536, 256), (3, 4, 5, 6)),
+        ),
+    ),
+    "vit-resnas-small": SearchSpace(
+        name="vit-resnas-small",
+        description="the paper's Small/Medium space: 224x224 RGB, 1000 classes, 16x16 -> 8x8 -> 4x4 tokens",
+        image_size=224,
+        in_chans=3,
+        num_classes=1000,
+        patch_size=14,
+        stem_channels=32,
+        stages=(
+            StageSpace((320, 280, 240, 220, 200), (8, 7, 6, 5), 32, _span(960, 480, 80), (4, 5, 6, 7)),
+            StageSpace((640, 560, 480, 440, 400), (16, 14, 12, 10), 48, _span(1920, 960, 160), (4, 5, 6, 7)),
+            StageSpace((1280, 1120, 960, 880, 800), (16, 14, 12, 10), 64, _span(3840, 1920, 320), (4, 5, 6, 7)),
+        ),
+    ),
+    "fmnist": SearchSpace(
+        name="fmnist",
+        description="demo space for Fashion-MNIST: 28x28 grey, 10 classes, 7x7 -> 4x4 -> 2x2 tokens",
+        image_size=28,
+        in_chans=1,
+        num_classes=10,
+        patch_size=4,
+        stem_channels=16,
+        stages=(
+            StageSpace((64, 56, 48, 40), (4, 3, 2), 16, _span(192, 96, 32), (1, 2, 3)),
+            StageSpace((128, 112, 96, 80), (4, 3, 2), 24, _span(384, 192, 64), (1, 2, 3)),
+            StageSpace((256, 224, 192, 160), (4, 3, 2), 32, _span(768, 384, 128), (1, 2, 3)),
+        ),
+    ),
+}
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """Return a preset by name, or read a space from a ``.json``/``.yaml``/``.yml`` file."""
+    key = str(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    path = Path(key)
+    if not path.suffix:
+        raise SpaceError(f"unknown search space {key!r}: use one of {', '.join(PRESETS)} or a .json/.yaml file")
+    if not path.is_file():
+        raise SpaceError(f"search space file {key} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {e}".splitlines()[0]) from None
+    return SearchSpace.from_dict(data)
