@@ -200,5 +200,6 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         else:
             data = json.loads(text)
     except Exception as e:
-        raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {e}".splitlines()[0]) from None
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {first_line}") from None
     return SearchSpace.from_dict(data)
