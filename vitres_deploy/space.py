@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,16 @@ class SearchSpace:
     def tokens(self) -> tuple[int, ...]:
         """Sequence length of each stage, class token included."""
         return tuple(g * g + 1 for g in self.grids)
+
+    def at_resolution(self, image_size: int) -> SearchSpace:
+        """The same space at another input resolution (token grids follow; the name records it).
+
+        Used to profile or test the 224x224 paper spaces at a reduced resolution; the choices and the
+        weights' shapes stay the same except for the position embeddings.
+        """
+        if image_size == self.image_size:
+            return self
+        return replace(self, name=f"{self.name}@{image_size}", image_size=image_size)
 
     def num_subnets(self) -> int:
         """Number of distinct sub-networks of the space."""
@@ -182,10 +192,13 @@ PRESETS: dict[str, SearchSpace] = {
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """Return a preset by name, or read a space from a ``.json``/``.yaml``/``.yml`` file."""
+    """Return a preset by name (``NAME@RES`` for a preset at another resolution), or read a ``.json``/``.yaml`` file."""
     key = str(name_or_path)
     if key in PRESETS:
         return PRESETS[key]
+    base, _, size = key.partition("@")
+    if base in PRESETS and size.isdigit():
+        return PRESETS[base].at_resolution(int(size))
     path = Path(key)
     if not path.suffix:
         raise SpaceError(f"unknown search space {key!r}: use one of {', '.join(PRESETS)} or a .json/.yaml file")

@@ -1,0 +1,1 @@
+"""Export of static sub-networks to ONNX and TensorRT, with accuracy checks and serving bundles."""

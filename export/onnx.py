@@ -1,0 +1,77 @@
+"""ONNX export of static modules with the dynamo-based ``torch.onnx.export``.
+
+Used by the export pipeline (whole sub-networks) and by latency profiling (single blocks), so that
+what is timed is exactly what gets shipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_OPSET = 18
+
+
+def export_onnx(
+    module: nn.Module,
+    sample_shape: Sequence[int],
+    path: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> Path:
+    """Export ``module`` (in eval mode) for inputs of shape ``(batch, *sample_shape)`` to ``path``.
+
+    With ``dynamic_batch`` the first dimension is symbolic (named ``batch``); otherwise it is 1.
+    The module's parameters are stored inside the ONNX file (no external data). Returns ``path``.
+    """
+    path = Path(path)
+    was_training = module.training
+    module.eval()
+    # A batch of 1 would be specialised by the exporter: trace with 2 when the batch is dynamic.
+    example = torch.zeros(2 if dynamic_batch else 1, *sample_shape, device=_device(module))
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes=dynamic_shapes,
+                optimize=True,
+                verbose=False,
+            )
+            program.save(str(path), external_data=False)
+    finally:
+        module.train(was_training)
+    return path
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and warnings (they are not errors)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
