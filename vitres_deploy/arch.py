@@ -101,8 +101,8 @@ class Arch:
 
     def validate(self, space: SearchSpace) -> Arch:
         """Check that the arch belongs to ``space``; errors name the place and the allowed values."""
-        if self.space != space.name:
-            raise ArchError(f"arch is of space {self.space!r}, expected {space.name!r}")
+        if self.space != space.family:
+            raise ArchError(f"arch is of space {self.space!r}, expected {space.family!r}")
         if len(self.stages) != len(space.stages):
             raise ArchError(f"arch has {len(self.stages)} stages, space {space.name!r} has {len(space.stages)}")
         for i, (s, ss) in enumerate(zip(self.stages, space.stages), 1):
@@ -132,14 +132,14 @@ def _open(choices: tuple[int, ...], fraction: float) -> tuple[int, ...]:
 
 def max_arch(space: SearchSpace) -> Arch:
     """The largest sub-network: every choice at its maximum."""
-    return Arch(space.name, tuple(
+    return Arch(space.family, tuple(
         StageArch(s.embed_dims[0], (BlockArch(s.heads[0], s.mlp_hidden[0]),) * s.depths[0]) for s in space.stages
     ))
 
 
 def min_arch(space: SearchSpace) -> Arch:
     """The smallest sub-network: every choice at its minimum."""
-    return Arch(space.name, tuple(
+    return Arch(space.family, tuple(
         StageArch(s.embed_dims[-1], (BlockArch(s.heads[-1], s.mlp_hidden[-1]),) * s.depths[-1]) for s in space.stages
     ))
 
@@ -154,7 +154,7 @@ def sample_stage(stage: StageSpace, rng: random.Random, fraction: float = 1.0) -
 
 def sample_arch(space: SearchSpace, rng: random.Random, fraction: float = 1.0) -> Arch:
     """Sample a sub-network uniformly per choice; ``fraction`` < 1 keeps only the largest choices."""
-    return Arch(space.name, tuple(sample_stage(s, rng, fraction) for s in space.stages))
+    return Arch(space.family, tuple(sample_stage(s, rng, fraction) for s in space.stages))
 
 
 def random_arch(space: SearchSpace, seed: int) -> Arch:

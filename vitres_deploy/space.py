@@ -77,6 +77,11 @@ class SearchSpace:
                 )
 
     @property
+    def family(self) -> str:
+        """The name archs carry: the preset's name without a ``@RES`` resolution suffix."""
+        return self.name.partition("@")[0]
+
+    @property
     def grids(self) -> tuple[int, ...]:
         """Side of the patch-token grid of each stage (a 3x3 stride-2 conv halves it, rounding up)."""
         sides = [self.image_size // self.patch_size]
