@@ -38,9 +38,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import spaces
+    from . import spaces, train
 
-    for module in (spaces,):
+    for module in (spaces, train):
         for command in module.COMMANDS:
             main.add_command(command)
 

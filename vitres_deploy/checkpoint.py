@@ -1,0 +1,169 @@
+"""Supernet checkpoints: safetensors weights plus JSON metadata, in one file, written atomically.
+
+The metadata (space, data spec with the hold-out split, training config, metrics, package versions,
+and for resumable training checkpoints the optimizer's scalar state) is stored as JSON in the
+safetensors header under the key ``vitres_deploy``. Nothing is ever unpickled.
+The name ``fmnist-demo`` resolves to the supernet shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .space import PRESETS, SearchSpace
+from .supernet import ViTResNASSupernet
+
+FORMAT = "vitres-deploy/supernet-v1"
+META_KEY = "vitres_deploy"
+SHIPPED = {"fmnist-demo": "fmnist-demo.safetensors"}
+OPTIMIZER_PREFIX = "optimizer/"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the supernet (weights loaded) and its metadata."""
+
+    supernet: ViTResNASSupernet
+    meta: dict[str, Any]
+    path: Path
+    optimizer_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def space(self) -> SearchSpace:
+        """The checkpoint's search space."""
+        return self.supernet.space
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The data spec recorded at training time (kind, normalisation, classes, hold-out split)."""
+        return self.meta.get("data", {})
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that matter for reproducing a result."""
+    versions = {"python": platform.python_version()}
+    for name in ("vitres-deploy", "torch", "numpy", "onnx", "onnxruntime", "safetensors", "tensorrt"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, supernet: ViTResNASSupernet, meta: dict[str, Any],
+                    optimizer_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write weights (and optional optimizer tensors) with ``meta`` atomically to ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in supernet.state_dict().items()}
+    for k, v in (optimizer_tensors or {}).items():
+        tensors[OPTIMIZER_PREFIX + k] = v.detach().cpu().contiguous()
+    full = {"format": FORMAT, "space": supernet.space.to_dict(), "packages": package_versions(), **meta}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(full)}))
+    return path
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """Path of a checkpoint given by path or by the name of a shipped one (``fmnist-demo``)."""
+    key = str(name_or_path)
+    if key in SHIPPED:
+        path = Path(str(resources.files("vitres_deploy") / "assets" / SHIPPED[key]))
+        if not path.is_file():
+            raise CheckpointError(f"the shipped supernet {key} is missing from the installed package ({path})")
+        return path
+    path = Path(key)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {key} not found: pass a .safetensors file or one of {', '.join(SHIPPED)}")
+    return path
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint file, without loading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:  # any decoding failure means a corrupt or foreign file
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({type(e).__name__})") from None
+    if raw is None:
+        raise CheckpointError(f"{path} has no vitres-deploy metadata: it was not written by vitres-deploy")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} has corrupt metadata (not JSON)") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def space_difference(a: SearchSpace, b: SearchSpace) -> str:
+    """A short description of the fields in which two spaces differ ('' if they are equal)."""
+    da, db = a.to_dict(), b.to_dict()
+    diffs = []
+    for key in da:
+        if key == "description":
+            continue
+        if key == "stages":
+            for i, (sa, sb) in enumerate(zip(da["stages"], db["stages"]), 1):
+                diffs += [f"stage {i} {k}: {sa[k]} vs {sb[k]}" for k in sa if sa[k] != sb[k]]
+            if len(da["stages"]) != len(db["stages"]):
+                diffs.append(f"stages: {len(da['stages'])} vs {len(db['stages'])}")
+        elif da[key] != db[key]:
+            diffs.append(f"{key}: {da[key]} vs {db[key]}")
+    return "; ".join(diffs)
+
+
+def load_checkpoint(name_or_path: str | Path, expect_space: SearchSpace | None = None,
+                    map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (weights only, never pickle), checking its space against ``expect_space``."""
+    from safetensors.torch import load_file
+
+    path = resolve_checkpoint(name_or_path)
+    meta = read_meta(path)
+    try:
+        space = SearchSpace.from_dict(meta["space"])
+    except KeyError:
+        raise CheckpointError(f"{path} metadata has no search space") from None
+    if expect_space is not None and space != expect_space:
+        what = space_difference(space, expect_space) or f"{space.name} vs {expect_space.name}"
+        raise CheckpointError(f"checkpoint {path.name} is of space {space.name!r}, not {expect_space.name!r} ({what})")
+    preset = PRESETS.get(space.name)
+    if preset is not None and preset != space:
+        raise CheckpointError(f"checkpoint {path.name} has a space named {space.name!r} that differs from the "
+                              f"preset ({space_difference(space, preset)}); rename it or use its space file")
+    tensors = load_file(str(path), device=str(map_location))
+    optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    supernet = ViTResNASSupernet(space).to(map_location)
+    missing, unexpected = supernet.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path.name} does not match the supernet of {space.name}: "
+                              f"{len(missing)} missing and {len(unexpected)} unexpected tensors "
+                              f"(e.g. {(missing or unexpected)[0]})")
+    return Checkpoint(supernet.eval(), meta, path, optimizer)

@@ -1,0 +1,49 @@
+"""Top-1/top-5 accuracy of a sub-network with the supernet's weights, on the hold-out or test split."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .arch import Arch
+from .data import Batch, ImageData
+from .supernet import ViTResNASSupernet
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Accuracies in [0, 1] over ``images`` images."""
+
+    top1: float
+    top5: float
+    images: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON form."""
+        return asdict(self)
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> Accuracy:
+    """Accuracy of ``model`` (put in eval mode) over ``batches``."""
+    model.eval()
+    correct1 = correct5 = n = 0
+    for x, y in batches:
+        logits = model(x.to(device, non_blocking=True))
+        y = y.to(logits.device)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(dim=1).sum())
+        n += len(y)
+    return Accuracy(correct1 / max(n, 1), correct5 / max(n, 1), n)
+
+
+def evaluate_arch(supernet: ViTResNASSupernet, arch: Arch, data: ImageData, split: str = "holdout",
+                  batch_size: int = 500, limit: int | None = None) -> Accuracy:
+    """Accuracy of ``arch`` through its extracted static sub-network, in inference mode."""
+    device = supernet.cls_token.device
+    model = supernet.extract(arch).eval()
+    return accuracy(model, data.eval_batches(split, batch_size, limit), device)
