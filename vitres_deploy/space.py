@@ -62,6 +62,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if len(self.stages) < 1:
             raise SpaceError(f"space {self.name!r}: needs at least one stage")
+        for name in ("image_size", "in_chans", "num_classes", "stem_channels"):
+            if getattr(self, name) <= 0:
+                raise SpaceError(f"space {self.name!r}: {name} must be a positive integer, got {getattr(self, name)}")
         if self.patch_size % 2 or self.patch_size < 2:
             raise SpaceError(f"space {self.name!r}: patch_size must be even (the stem halves first)")
         if self.image_size % self.patch_size:
@@ -116,34 +119,63 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        """Build a space from its plain form; errors name the missing or bad field."""
+        """Build a space from its plain form; errors name the missing, unknown or bad field."""
         if not isinstance(data, dict):
             raise SpaceError("a search space must be a mapping with 'name', 'image_size', ..., 'stages'")
-        try:
-            stages = tuple(
-                StageSpace(
-                    embed_dims=tuple(s["embed_dims"]),
-                    heads=tuple(s["heads"]),
-                    head_dim=int(s["head_dim"]),
-                    mlp_hidden=tuple(s["mlp_hidden"]),
-                    depths=tuple(s["depths"]),
-                )
-                for s in data["stages"]
-            )
-            return cls(
-                name=str(data["name"]),
-                image_size=int(data["image_size"]),
-                in_chans=int(data["in_chans"]),
-                num_classes=int(data["num_classes"]),
-                patch_size=int(data["patch_size"]),
-                stem_channels=int(data["stem_channels"]),
-                stages=stages,
-                description=str(data.get("description", "")),
-            )
-        except KeyError as e:
-            raise SpaceError(f"search space is missing the field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise SpaceError(f"search space has a malformed field: {e}") from None
+        _check_fields(data, _SPACE_FIELDS, "search space", optional=("description",))
+        if not isinstance(data["stages"], list):
+            raise SpaceError("search space field stages must be a list of stage mappings")
+        stages = []
+        for i, s in enumerate(data["stages"], 1):
+            where = f"search space stage {i}"
+            if not isinstance(s, dict):
+                raise SpaceError(f"{where} must be a mapping with {', '.join(_STAGE_FIELDS)}")
+            _check_fields(s, _STAGE_FIELDS, where)
+            try:
+                stages.append(StageSpace(
+                    embed_dims=_ints(s["embed_dims"], f"{where}: embed_dims"),
+                    heads=_ints(s["heads"], f"{where}: heads"),
+                    head_dim=_int(s["head_dim"], f"{where}: head_dim"),
+                    mlp_hidden=_ints(s["mlp_hidden"], f"{where}: mlp_hidden"),
+                    depths=_ints(s["depths"], f"{where}: depths"),
+                ))
+            except SpaceError as e:
+                raise SpaceError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+        return cls(
+            name=str(data["name"]),
+            image_size=_int(data["image_size"], "search space: image_size"),
+            in_chans=_int(data["in_chans"], "search space: in_chans"),
+            num_classes=_int(data["num_classes"], "search space: num_classes"),
+            patch_size=_int(data["patch_size"], "search space: patch_size"),
+            stem_channels=_int(data["stem_channels"], "search space: stem_channels"),
+            stages=tuple(stages),
+            description=str(data.get("description", "")),
+        )
+
+
+_SPACE_FIELDS = ("name", "image_size", "in_chans", "num_classes", "patch_size", "stem_channels", "stages")
+_STAGE_FIELDS = ("embed_dims", "heads", "head_dim", "mlp_hidden", "depths")
+
+
+def _check_fields(data: dict[str, Any], required: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise SpaceError(f"{where} is missing the field {missing[0]!r}")
+    unknown = sorted(str(k) for k in data if k not in required + optional)
+    if unknown:
+        raise SpaceError(f"{where} has an unknown field {unknown[0]!r} (fields: {', '.join(required + optional)})")
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpaceError(f"{where}={value!r} is not an integer")
+    return value
+
+
+def _ints(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SpaceError(f"{where}={value!r} is not a non-empty list of integers")
+    return tuple(_int(v, where) for v in value)
 
 
 def _span(hi: int, lo: int, step: int) -> tuple[int, ...]:
@@ -207,6 +239,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     path = Path(key)
     if not path.suffix:
         raise SpaceError(f"unknown search space {key!r}: use one of {', '.join(PRESETS)} or a .json/.yaml file")
+    if path.suffix not in (".json", ".yaml", ".yml"):
+        raise SpaceError(f"search space file {key}: unsupported extension {path.suffix!r}, use .json or .yaml")
     if not path.is_file():
         raise SpaceError(f"search space file {key} does not exist")
     text = path.read_text()
@@ -220,4 +254,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except Exception as e:
         first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {first_line}") from None
-    return SearchSpace.from_dict(data)
+    try:
+        return SearchSpace.from_dict(data)
+    except SpaceError as e:
+        raise SpaceError(f"{key}: {e}") from None

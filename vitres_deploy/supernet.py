@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,23 @@ from .vit_resnas import (
 # ------------------------------------------------------------------------------- dynamic layers
 
 
+_M = TypeVar("_M", bound=nn.Module)
+
+
 def _copy(dst: nn.Parameter | torch.Tensor, src: torch.Tensor) -> None:
     with torch.no_grad():
         dst.copy_(src)
+
+
+def _uninitialised(build: Callable[[], _M], device: torch.device) -> _M:
+    """``build()`` allocated on ``device`` without random initialisation: its weights are about to be copied in.
+
+    Building on the meta device skips the initialisers, which otherwise cost about twice the copies
+    themselves. Buffers come back uninitialised too: the caller sets them.
+    """
+    with torch.device("meta"):
+        module = build()
+    return module.to_empty(device=device)
 
 
 class DynamicLinear(nn.Linear):
@@ -51,7 +66,7 @@ class DynamicLinear(nn.Linear):
 
     def get_active_subnet(self, in_features: int) -> nn.Linear:
         """A static ``nn.Linear(in_features, active_out)`` with the sliced weights."""
-        layer = nn.Linear(in_features, self.active_out)
+        layer = _uninitialised(lambda: nn.Linear(in_features, self.active_out), self.weight.device)
         _copy(layer.weight, self.weight[: self.active_out, :in_features])
         _copy(layer.bias, self.bias[: self.active_out])
         return layer
@@ -66,7 +81,7 @@ class DynamicLayerNorm(nn.LayerNorm):
 
     def get_active_subnet(self, dim: int) -> nn.LayerNorm:
         """A static ``nn.LayerNorm(dim)`` with the sliced affine parameters."""
-        layer = nn.LayerNorm(dim, eps=self.eps)
+        layer = _uninitialised(lambda: nn.LayerNorm(dim, eps=self.eps), self.weight.device)
         _copy(layer.weight, self.weight[:dim])
         _copy(layer.bias, self.bias[:dim])
         return layer
@@ -95,7 +110,7 @@ class DynamicAttention(nn.Module):
 
     def get_active_subnet(self, dim: int) -> Attention:
         """A static :class:`Attention` with the active heads."""
-        attn = Attention(dim, self.active_heads, self.head_dim)
+        attn = _uninitialised(lambda: Attention(dim, self.active_heads, self.head_dim), self.qkv.weight.device)
         w, b = self._qkv(dim)
         _copy(attn.qkv.weight, w)
         _copy(attn.qkv.bias, b)
@@ -119,7 +134,7 @@ class DynamicMlp(nn.Module):
     def get_active_subnet(self, dim: int) -> Mlp:
         """A static :class:`Mlp` with the active hidden width."""
         self.fc2.active_out = dim
-        mlp = Mlp(dim, self.fc1.active_out)
+        mlp = _uninitialised(lambda: Mlp(dim, self.fc1.active_out), self.fc1.weight.device)
         mlp.fc1 = self.fc1.get_active_subnet(dim)
         mlp.fc2 = self.fc2.get_active_subnet(self.fc1.active_out)
         return mlp
@@ -156,7 +171,10 @@ class DynamicBlock(nn.Module):
 
     def get_active_subnet(self, dim: int) -> Block:
         """A static :class:`Block` of width ``dim`` with the active heads and MLP width."""
-        block = Block(dim, self.attn.active_heads, self.attn.head_dim, self.mlp.fc1.active_out)
+        device = self.norm1.weight.device
+        block = _uninitialised(
+            lambda: Block(dim, self.attn.active_heads, self.attn.head_dim, self.mlp.fc1.active_out), device
+        )
         block.norm1, block.attn = self.norm1.get_active_subnet(dim), self.attn.get_active_subnet(dim)
         block.norm2, block.mlp = self.norm2.get_active_subnet(dim), self.mlp.get_active_subnet(dim)
         return block
@@ -180,7 +198,10 @@ class DynamicConvStem(ConvStem):
     def get_active_subnet(self) -> ConvStem:
         """A static :class:`ConvStem` (BatchNorm statistics included) with the active output width."""
         k = self.active_out
-        stem = ConvStem(self.conv1.in_channels, self.conv1.out_channels, k, 2 * self.proj.stride[0])
+        stem = _uninitialised(
+            lambda: ConvStem(self.conv1.in_channels, self.conv1.out_channels, k, 2 * self.proj.stride[0]),
+            self.proj.weight.device,
+        )
         for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
             setattr(stem, name, copy.deepcopy(getattr(self, name)))
         _copy(stem.proj.weight, self.proj.weight[:k])
@@ -222,7 +243,8 @@ class DynamicReduction(nn.Module):
     def get_active_subnet(self, in_dim: int) -> ResidualSpatialReduction:
         """A static :class:`ResidualSpatialReduction` from ``in_dim`` to the active output width."""
         k = self.active_out
-        red = ResidualSpatialReduction(in_dim, k, self.grid)
+        red = _uninitialised(lambda: ResidualSpatialReduction(in_dim, k, self.grid), self.conv.weight.device)
+        red.skip_scale = None if self.skip_scale is None else self.skip_scale.clone()
         red.norm, red.cls_proj = self.norm.get_active_subnet(in_dim), self.cls_proj.get_active_subnet(in_dim)
         _copy(red.conv.weight, self.conv.weight[:k, :in_dim])
         _copy(red.conv.bias, self.conv.bias[:k])
@@ -301,18 +323,32 @@ class ViTResNASSupernet(nn.Module):
         if not archs:
             return self.forward_head(self.forward_features(x))
         features = self.stem.features(x)  # width-independent: computed once, BN statistics over the batch
-        outputs = []
-        for arch, group in zip(archs, features.tensor_split(len(archs))):
-            self.set_active(arch)
-            outputs.append(self.forward_head(self._forward_tokens(group)))
+        outputs, active = [], self.active
+        try:
+            for arch, group in zip(archs, features.tensor_split(len(archs))):
+                self.set_active(arch)
+                outputs.append(self.forward_head(self._forward_tokens(group)))
+        finally:
+            self.set_active(active)  # the arch a plain forward runs is left as it was
         return torch.cat(outputs)
 
     def extract(self, arch: Arch) -> ViTResNAS:
-        """The static network of ``arch`` with the supernet's (sliced, copied) weights, in the same mode."""
+        """The static network of ``arch`` with the supernet's (sliced, copied) weights, in the same mode.
+
+        The supernet's active arch (what a plain ``forward`` runs) is left as it was.
+        """
+        active = self.active
         self.set_active(arch)
+        try:
+            model = self._extract_active()
+        finally:
+            self.set_active(active)
+        return model.train(self.training)
+
+    def _extract_active(self) -> ViTResNAS:
+        arch = self.active
         dims = [s.embed_dim for s in arch.stages]
-        device = self.cls_token.device
-        model = ViTResNAS(
+        return ViTResNAS(
             arch,
             self.space,
             stem=self.stem.get_active_subnet(),
@@ -326,7 +362,6 @@ class ViTResNASSupernet(nn.Module):
             norm=self.norm.get_active_subnet(dims[-1]),
             head=self.head.get_active_subnet(dims[-1]),
         )
-        return model.to(device).train(self.training)
 
 
 def build_supernet(space: SearchSpace, drop_path_rate: float = 0.0) -> ViTResNASSupernet:

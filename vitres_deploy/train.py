@@ -14,11 +14,13 @@ because every random stream is derived from (seed, epoch, step, rank).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
     supernet = _with_drop_path(supernet, cfg.drop_path).to(env.device)
     model: nn.Module = supernet
     if env.world > 1:
+        # Sliced weights give gradients whose strides differ from DDP's buckets: slower, still exact.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
     opt = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
     if resumed is not None:
@@ -186,13 +190,40 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
                 on_epoch(record)
         if env.world > 1:
             dist.barrier()
+    digests = _rank_digests(supernet, env)
     final = out / FINAL
     if env.main:
         last = load_checkpoint(out / LAST)
-        save_checkpoint(final, last.supernet, {k: v for k, v in last.meta.items() if k not in ("format", "space")})
+        meta = {k: v for k, v in last.meta.items() if k not in ("format", "space", "packages")}
+        save_checkpoint(final, last.supernet, {**meta, "world_size": env.world, "rank_weight_digests": digests})
     if env.world > 1:
         dist.barrier()
     return final
+
+
+def weight_digest(model: nn.Module) -> str:
+    """sha256 over every parameter, in registration order.
+
+    Buffers (BatchNorm running statistics) are left out: under DDP each rank updates them from its
+    own batch and DDP re-broadcasts rank 0's at every forward, so the checkpoint keeps rank 0's.
+    """
+    h = hashlib.sha256()
+    for name, t in model.named_parameters():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rank_digests(supernet: ViTResNASSupernet, env: _Dist) -> list[str]:
+    """Every rank's parameter digest; ranks that drifted apart are an error, not a silent average."""
+    mine = weight_digest(supernet)
+    if env.world == 1:
+        return [mine]
+    gathered: list[str | None] = [None] * env.world
+    dist.all_gather_object(gathered, mine)
+    if len(set(gathered)) != 1:
+        raise VitresError(f"distributed ranks ended with different weights ({len(set(gathered))} distinct digests)")
+    return [str(d) for d in gathered]
 
 
 def _with_drop_path(supernet: ViTResNASSupernet, rate: float) -> ViTResNASSupernet:

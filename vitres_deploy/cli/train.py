@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import click
 
@@ -45,7 +46,8 @@ def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, **op
                 on_epoch=lambda r: click.echo(
                     f"epoch {r['epoch']}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s  "
                     f"hold-out top-1 max {r['holdout_top1_max']:.4f} min {r['holdout_top1_min']:.4f}"))
-    click.echo(f"supernet written to {final}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"supernet written to {final}")
 
 
 @click.command()

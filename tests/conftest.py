@@ -1,0 +1,69 @@
+"""Shared test fixtures and the hardware markers.
+
+Tests that need a CUDA GPU are marked ``@pytest.mark.gpu``, tests that need TensorRT
+``@pytest.mark.tensorrt``; both skip with a reason where the hardware or package is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import pytest
+
+from vitres_deploy.space import PRESETS, SearchSpace
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` and ``tensorrt`` tests, with the reason, where this machine cannot run them."""
+    import torch
+
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
+    if importlib.util.find_spec("tensorrt") is None:
+        skips["tensorrt"] = pytest.mark.skip(reason="needs the tensorrt Python package, which is not installed")
+    for item in items:
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> SearchSpace:
+    """The demo search space (Fashion-MNIST, 28x28x1): small enough for every test."""
+    return PRESETS["fmnist"]
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """Run torch on one intra-op thread for a test module.
+
+    On a busy 2-core machine (a training run beside the tests), two OpenMP threads made small CPU
+    forwards about 10x slower than one. Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir():
+    """Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist, installed by `make test`)."""
+    from vitres_deploy.data import FMNIST_DIR
+
+    if not FMNIST_DIR.is_dir():
+        pytest.fail(f"{FMNIST_DIR} missing: run `make test` (it installs dataset-fashion-mnist) or apt-get install it")
+    return FMNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def small_supernet(tmp_path_factory: pytest.TempPathFactory, fmnist_dir):
+    """A real fmnist supernet checkpoint from a 2-step training run (seconds), with its data spec."""
+    from vitres_deploy.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("small-supernet")
+    return train(TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, eval_limit=200), out, progress=False)

@@ -1,0 +1,67 @@
+"""Checkpoints: safetensors + JSON metadata round trip, space checks, corrupt and foreign files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vitres_deploy.arch import random_arch
+from vitres_deploy.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from vitres_deploy.errors import CheckpointError
+from vitres_deploy.space import PRESETS, SearchSpace
+from vitres_deploy.supernet import build_supernet
+
+
+def test_round_trip_keeps_weights_buffers_and_metadata(tmp_path):
+    space = PRESETS["fmnist"]
+    net = build_supernet(space)
+    net.stem.bn1.running_mean.uniform_()
+    path = save_checkpoint(tmp_path / "a.safetensors", net, {"metrics": {"x": 1.5}})
+    loaded = load_checkpoint(path, expect_space=space)
+    assert loaded.meta["metrics"] == {"x": 1.5} and "torch" in loaded.meta["packages"]
+    arch, x = random_arch(space, 3), torch.randn(2, 1, 28, 28)
+    net.eval()
+    net.set_active(arch)
+    loaded.supernet.set_active(arch)
+    assert torch.equal(net(x), loaded.supernet(x))
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_space_mismatch_says_what_differs(tmp_path):
+    path = save_checkpoint(tmp_path / "a.safetensors", build_supernet(PRESETS["fmnist"]), {})
+    with pytest.raises(CheckpointError, match="not 'vit-resnas-tiny'"):
+        load_checkpoint(path, expect_space=PRESETS["vit-resnas-tiny"])
+    other = SearchSpace.from_dict({**PRESETS["fmnist"].to_dict(), "num_classes": 5})
+    with pytest.raises(CheckpointError, match="num_classes: 10 vs 5"):
+        load_checkpoint(path, expect_space=other)
+
+
+def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="no vitres-deploy metadata"):
+        read_meta(foreign)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    pickled = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(2)}, pickled)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(pickled)
+
+
+def test_wrong_tensors_are_named(tmp_path):
+    net = build_supernet(PRESETS["fmnist"])
+    path = save_checkpoint(tmp_path / "a.safetensors", net, {})
+    meta = read_meta(path)
+    tensors = {k: v for k, v in net.state_dict().items() if k != "head.weight"}
+    save_file(tensors, str(tmp_path / "b.safetensors"), metadata={"vitres_deploy": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"head\.weight"):
+        load_checkpoint(tmp_path / "b.safetensors")

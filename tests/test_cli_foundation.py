@@ -1,0 +1,129 @@
+"""The foundation commands: ``spaces`` and ``info``, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.arch import max_arch, min_arch, random_arch
+from vitres_deploy.cli import main
+from vitres_deploy.macs import arch_cost
+from vitres_deploy.space import PRESETS, load_space
+
+CONSOLE_SCRIPT = Path(sys.executable).with_name("vitres-deploy")
+
+
+def run(*args: str):
+    """Invoke the CLI in-process; exceptions other than SystemExit are left in ``result.exception``."""
+    return CliRunner().invoke(main, list(args))
+
+
+def test_help_lists_the_foundation_commands() -> None:
+    result = run("--help")
+    assert result.exit_code == 0
+    assert "spaces" in result.stdout and "info" in result.stdout
+
+
+def test_spaces_table_lists_every_preset() -> None:
+    result = run("spaces")
+    assert result.exit_code == 0, result.output
+    for name in PRESETS:
+        assert name in result.stdout
+    assert "257 -> 65 -> 17" in result.stdout and "50 -> 17 -> 5" in result.stdout
+
+
+def test_spaces_json_gives_size_and_mac_range() -> None:
+    result = run("spaces", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert list(rows) == list(PRESETS)
+    for name, space in PRESETS.items():
+        row = rows[name]
+        assert row["tokens"] == list(space.tokens)
+        assert row["subnets"] == space.num_subnets()
+        assert row["macs_min"] == arch_cost(min_arch(space), space).macs
+        assert row["macs_max"] == arch_cost(max_arch(space), space).macs
+        assert row["macs_min"] < row["macs_max"]
+
+
+def test_info_json_for_max(fmnist) -> None:
+    result = run("info", "--space", "fmnist", "--arch", "max", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    cost = arch_cost(max_arch(fmnist), fmnist)
+    assert type(data["macs"]) is int and type(data["params"]) is int
+    assert (data["macs"], data["params"]) == (cost.macs, cost.params)
+    assert data["hash"] == max_arch(fmnist).hash
+    assert data["arch"] == max_arch(fmnist).to_dict()
+    assert [s["depth"] for s in data["stages"]] == [3, 3, 3]
+    assert [s["tokens"] for s in data["stages"]] == [50, 17, 5]
+
+
+@pytest.mark.parametrize("spec", ["min", "random:7", "FILE"])
+def test_info_accepts_every_form_of_arch(tmp_path, fmnist, spec: str) -> None:
+    expected = {"min": min_arch(fmnist), "random:7": random_arch(fmnist, 7), "FILE": random_arch(fmnist, 9)}[spec]
+    if spec == "FILE":
+        spec = str(tmp_path / "arch.json")
+        Path(spec).write_text(json.dumps(expected.to_dict()))
+    result = run("info", "--space", "fmnist", "--arch", spec, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["hash"] == expected.hash and data["macs"] == arch_cost(expected, fmnist).macs
+
+
+def test_info_table_and_reduced_resolution() -> None:
+    result = run("info", "--space", "vit-resnas-tiny@56", "--arch", "random:3")
+    assert result.exit_code == 0, result.output
+    space = load_space("vit-resnas-tiny@56")
+    assert random_arch(space, 3).hash in result.stdout
+    assert "vit-resnas-tiny@56" in result.stdout
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp_path / "malformed.json").write_text('{"space": "fmnist", "stages": [')
+    (tmp_path / "space.json").write_text('{"name": "x",')
+    outside = max_arch(PRESETS["fmnist"]).to_dict()
+    outside["stages"][1]["blocks"][2]["heads"] = 9
+    (tmp_path / "outside.json").write_text(json.dumps(outside))
+    return {
+        "malformed arch JSON": (["info", "--space", "fmnist", "--arch", str(tmp_path / "malformed.json")],
+                                "is not valid JSON"),
+        "malformed space JSON": (["info", "--space", str(tmp_path / "space.json"), "--arch", "max"],
+                                 "space.json is not valid JSON"),
+        "unknown space": (["info", "--space", "imagenet-huge", "--arch", "max"], "unknown search space"),
+        "arch outside its space": (["info", "--space", "fmnist", "--arch", str(tmp_path / "outside.json")],
+                                   "stage 2 block 3: heads=9 not in {2, 3, 4}"),
+        "arch of another space": (["info", "--space", "vit-resnas-tiny", "--arch", str(tmp_path / "outside.json")],
+                                  "arch is of space 'fmnist', expected 'vit-resnas-tiny'"),
+        "random:abc": (["info", "--space", "fmnist", "--arch", "random:abc"], "seed of random:SEED must be an integer"),
+        "missing arch file": (["info", "--space", "fmnist", "--arch", "nope.json"], "neither max, min, random:SEED"),
+    }
+
+
+BAD = ["malformed arch JSON", "malformed space JSON", "unknown space", "arch outside its space",
+       "arch of another space", "random:abc", "missing arch file"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_gives_one_error_line(tmp_path, case: str) -> None:
+    args, fragment = _bad_inputs(tmp_path)[case]
+    result = run(*args)
+    assert result.exit_code not in (0, None)
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+def test_console_script_error_has_no_traceback(tmp_path) -> None:
+    args, fragment = _bad_inputs(tmp_path)["arch outside its space"]
+    proc = subprocess.run([str(CONSOLE_SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {fragment}"]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""

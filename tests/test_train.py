@@ -1,0 +1,99 @@
+"""Supernet training: schedules, bit-for-bit resume, the CLI, and DDP with 2 gloo processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from vitres_deploy.checkpoint import load_checkpoint
+from vitres_deploy.cli import main
+from vitres_deploy.train import TrainConfig, lr_at, opened_fraction, train, weight_digest
+
+QUICK = {"steps_per_epoch": 3, "batch_size": 32, "eval_limit": 100}
+pytestmark = pytest.mark.usefixtures("fmnist_dir", "torch_one_thread")
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(epochs=10, lr=1e-3, min_lr=1e-5, lr_warmup_epochs=1)
+    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:])) and lrs[-1] == pytest.approx(1e-5, rel=0.05)
+
+
+def test_choices_open_progressively():
+    cfg = TrainConfig(warmup_epochs=4)
+    fractions = [opened_fraction(cfg, e, 0, 10) for e in range(6)]
+    assert fractions == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert opened_fraction(TrainConfig(warmup_epochs=0), 0, 0, 10) == 1.0
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    cfg = TrainConfig(epochs=2, archs_per_batch=2, **QUICK)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    with pytest.raises(_Stop):  # an interruption right after epoch 1's checkpoint
+        train(cfg, tmp_path / "b", progress=False, on_epoch=lambda r: _stop_after(r, 1))
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert weight_digest(a.supernet) == weight_digest(b.supernet)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert {"loss", "lr", "images_per_s", "holdout_top1_max", "holdout_top1_min"} <= set(log[0])
+    assert b.meta["train_config"]["archs_per_batch"] == 2 and b.meta["data"]["holdout"] == {"seed": 0, "fraction": 0.1}
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(record, epoch):
+    if record["epoch"] == epoch:
+        raise _Stop
+
+
+def test_a_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
+    cfg = TrainConfig(epochs=1, **QUICK)
+    train(cfg, tmp_path, progress=False)
+    with pytest.raises(Exception, match="already holds a training run"):
+        train(cfg, tmp_path, progress=False)
+    with pytest.raises(Exception, match="nothing to resume"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_cli_train_then_evaluate_json(tmp_path):
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
+                                  "--batch-size", "32", "--archs-per-batch", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["evaluate", "--supernet", str(tmp_path / "supernet.safetensors"), "--arch", "min",
+                                  "--split", "holdout", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["images"] == 6000 and 0.0 <= out["top1"] <= out["top5"] <= 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_ranks_keep_identical_weights(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "vitres_deploy.cli", "train", "--out", str(tmp_path),
+           "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--archs-per-batch", "2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = load_checkpoint(tmp_path / "supernet.safetensors").meta
+    assert meta["world_size"] == 2
+    digests = meta["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
