@@ -1,0 +1,191 @@
+"""Strongly typed fp16 ONNX models, with LayerNorm and softmax kept in fp32.
+
+TensorRT 11 removed the builder flags that let it pick fp16 kernels on its own (weak typing): an fp16
+engine is built from a network whose tensors are fp16 in the graph itself. :func:`convert_to_fp16`
+rewrites an fp32 model that way: float initializers, constants and activations become fp16, except
+around the ops in ``keep_fp32`` (LayerNormalization and Softmax by default: their reductions lose
+accuracy in fp16), which get their float inputs cast to fp32 and their outputs cast back. With
+``keep_io_types`` the graph inputs and outputs stay fp32 (casts at the edges), so callers feed the
+same arrays as to the fp32 model. The result is type-checked by ONNX shape inference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+KEEP_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
+
+# Inputs that the ONNX spec types as float32 whatever the data type (op -> input indices).
+_FP32_INPUTS = {"Resize": {2}, "Upsample": {1}}
+_FP16_MAX = float(np.finfo(np.float16).max)
+
+
+class Fp16ConversionError(ValueError):
+    """The model has a construct this converter does not handle (named in the message)."""
+
+
+def convert_to_fp16(
+    model: onnx.ModelProto,
+    *,
+    keep_fp32: Iterable[str] = KEEP_FP32_OPS,
+    keep_io_types: bool = True,
+) -> onnx.ModelProto:
+    """Return a strongly typed fp16 copy of ``model`` (see the module docstring); ``model`` is not changed."""
+    keep = frozenset(keep_fp32)
+    if model.functions:
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
+    else:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise Fp16ConversionError(f"node {node.name or node.op_type} has a subgraph: not supported")
+    float_names = _float_tensors(model)
+
+    init_by_name = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    # Current element type of every float tensor in the rewritten graph.
+    dtype: dict[str, int] = {}
+    for inp in graph.input:
+        if inp.name in float_names:
+            dtype[inp.name] = TensorProto.FLOAT if keep_io_types else TensorProto.FLOAT16
+            if not keep_io_types:
+                inp.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for name, tensor in init_by_name.items():
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        users = consumers.get(name, [])
+        if users and all(_stays_fp32(n, name, keep) for n in users):
+            dtype[name] = TensorProto.FLOAT
+            continue
+        array = numpy_helper.to_array(tensor)
+        tensor.CopyFrom(numpy_helper.from_array(np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16), name))
+        dtype[name] = TensorProto.FLOAT16
+
+    casts: dict[tuple[str, int], str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+
+    def cast(name: str, to: int) -> str:
+        if dtype.get(name) == to:
+            return name
+        key = (name, to)
+        if key not in casts:
+            out = f"{name}__to_{'fp32' if to == TensorProto.FLOAT else 'fp16'}"
+            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"{out}__cast"))
+            casts[key] = out
+            dtype[out] = to
+        return casts[key]
+
+    for node in graph.node:
+        fp32_node = node.op_type in keep and node.domain in ("", "ai.onnx")
+        for i, name in enumerate(node.input):
+            if name and name in dtype:
+                keep_input = fp32_node or i in _FP32_INPUTS.get(node.op_type, ())
+                want = TensorProto.FLOAT if keep_input else TensorProto.FLOAT16
+                node.input[i] = cast(name, want)
+        if not fp32_node:
+            _retype_attributes(node)
+        for name in node.output:
+            if name in float_names:
+                dtype[name] = TensorProto.FLOAT if fp32_node else TensorProto.FLOAT16
+        new_nodes.append(node)
+
+    for out in graph.output:
+        if out.name not in float_names:
+            continue
+        if keep_io_types:
+            if dtype[out.name] != TensorProto.FLOAT:
+                _rename_output(new_nodes, out.name, f"{out.name}__fp16")
+                dtype[f"{out.name}__fp16"] = dtype[out.name]
+                new_nodes.append(helper.make_node("Cast", [f"{out.name}__fp16"], [out.name], to=TensorProto.FLOAT,
+                                                  name=f"{out.name}__cast_out"))
+        else:
+            out.type.tensor_type.elem_type = TensorProto.FLOAT16
+            if dtype[out.name] != TensorProto.FLOAT16:
+                _rename_output(new_nodes, out.name, f"{out.name}__fp32")
+                new_nodes.append(helper.make_node("Cast", [f"{out.name}__fp32"], [out.name], to=TensorProto.FLOAT16,
+                                                  name=f"{out.name}__cast_out"))
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model)
+    return model
+
+
+def convert_file(src: str | Path, dst: str | Path, **kwargs: object) -> Path:
+    """Convert the ONNX file ``src`` to fp16 and write it to ``dst`` atomically; returns ``dst``."""
+    dst = Path(dst)
+    model = convert_to_fp16(onnx.load(str(src)), **kwargs)  # type: ignore[arg-type]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of every fp32 tensor of the graph (inputs, initializers, intermediates, outputs)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    names = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            names.add(vi.name)
+    typed = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)} | {t.name for t in g.initializer}
+    missing = [o for n in g.node for o in n.output if o and o not in typed]
+    if missing:
+        raise Fp16ConversionError(f"shape inference left the type of {missing[0]!r} unknown: cannot convert")
+    return names
+
+
+def _stays_fp32(node: onnx.NodeProto, name: str, keep: frozenset[str]) -> bool:
+    if node.op_type in keep:
+        return True
+    return any(node.input[i] == name for i in _FP32_INPUTS.get(node.op_type, ()) if i < len(node.input))
+
+
+def _retype_attributes(node: onnx.NodeProto) -> None:
+    """Turn float32 type attributes and constant values of a node that now computes in fp16 into fp16."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT:
+            attr.i = TensorProto.FLOAT16
+        elif attr.name == "dtype" and attr.type == onnx.AttributeProto.INT and attr.i == TensorProto.FLOAT:
+            attr.i = TensorProto.FLOAT16
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
+            array = numpy_helper.to_array(attr.t)
+            attr.t.CopyFrom(numpy_helper.from_array(np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16),
+                                                    attr.t.name))
+    if node.op_type == "Constant":
+        for i, attr in enumerate(node.attribute):
+            if attr.name in ("value_float", "value_floats"):
+                values = np.asarray(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float16)
+                del node.attribute[i]
+                node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(values)))
+                break
+
+
+def _rename_output(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+    for node in nodes:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = new
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new

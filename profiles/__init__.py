@@ -1,0 +1,1 @@
+"""Measured latency tables shipped with vitres-deploy (``<device>/<space>-<backend>-<precision>-b<batch>.json``)."""

@@ -1,0 +1,397 @@
+"""Latency tables: entries, profiling with real ONNX Runtime sessions, resume, prediction, range, validation, CLI.
+
+Profiling tests use a tiny two-stage space (9 entries) with a loose protocol and one shared export cache,
+so the exports are paid once per module; fmnist is used where nothing is timed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vitres_deploy.arch import Arch, BlockArch, StageArch, max_arch, random_arch
+from vitres_deploy.cli import main
+from vitres_deploy.errors import ProfileError
+from vitres_deploy.latency import (
+    Correction,
+    Entry,
+    EntrySpec,
+    LatencyTable,
+    ProfileSettings,
+    arch_entries,
+    enumerate_entries,
+    fit_correction,
+    latency_range,
+    measure_onnx,
+    predict,
+    profile_space,
+    validate_table,
+)
+from vitres_deploy.latency.entries import HeadEntry, StemEntry
+from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
+from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache
+from vitres_deploy.runtime import Protocol, TimingStats, get_backend
+from vitres_deploy.space import SearchSpace
+from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
+
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
+              pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
+
+MINI = {
+    "name": "mini", "image_size": 16, "in_chans": 1, "num_classes": 4, "patch_size": 4, "stem_channels": 8,
+    "stages": [
+        {"embed_dims": [24, 16], "heads": [1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
+        {"embed_dims": [32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [1]},
+    ],
+}
+QUICK = Protocol(warmup_s=0.005, min_iterations=20, min_seconds=0.01)
+QUICK_FLAGS = ["--warmup", "0.005", "--min-seconds", "0.01", "--min-iterations", "20", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def mini_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "mini.json"
+    path.write_text(json.dumps(MINI))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mini() -> SearchSpace:
+    return SearchSpace.from_dict(MINI)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the module: every ONNX file is exported once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def quick(cache: Path, **kwargs: object) -> ProfileSettings:
+    return ProfileSettings(protocol=QUICK, workers=1, cache_dir=cache, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def mini_table(mini: SearchSpace, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
+    out = tmp_path_factory.mktemp("tables") / "mini.json"
+    return profile_space(mini, quick(cache), out, progress=False)
+
+
+def all_archs(space: SearchSpace) -> list[Arch]:
+    """Every sub-network of a (small) space."""
+    per_stage = []
+    for st in space.stages:
+        options = []
+        for d, depth in itertools.product(st.embed_dims, st.depths):
+            for blocks in itertools.product(itertools.product(st.heads, st.mlp_hidden), repeat=depth):
+                options.append(StageArch(d, tuple(BlockArch(h, m) for h, m in blocks)))
+        per_stage.append(options)
+    return [Arch(space.family, stages) for stages in itertools.product(*per_stage)]
+
+
+# --------------------------------------------------------------------------------------- entries
+
+
+def test_fmnist_entries_are_every_distinct_choice(fmnist: SearchSpace) -> None:
+    specs = enumerate_entries(fmnist)
+    keys = [s.key for s in specs]
+    assert len(keys) == len(set(keys)) == 4 + 3 * 4 * 3 * 4 + 2 * 4 * 4 + 4
+    assert {k: sum(s.kind == k for s in specs) for k in ("stem", "block", "reduction", "head")} == \
+        {"stem": 4, "block": 144, "reduction": 32, "head": 4}
+    assert all(EntrySpec.from_key(s.key, fmnist) == s for s in specs)
+    rng = random.Random(0)
+    for _ in range(20):
+        arch = random_arch(fmnist, rng.randrange(10**6))
+        assert {s.key for s in arch_entries(arch, fmnist)} <= set(keys)
+    assert EntrySpec("block", 2, (128, 4, 384)).sample_shape(fmnist) == (17, 128)
+    assert EntrySpec("reduction", 3, (96, 160)).sample_shape(fmnist) == (17, 96)
+
+
+def test_entry_modules_chain_into_the_network(fmnist: SearchSpace) -> None:
+    """Entries are the network's own layers: with its weights, their chain computes the network."""
+    arch = random_arch(fmnist, 3)
+    model = vit_resnas(arch, fmnist).eval()
+    state = model.state_dict()
+    x = torch.randn(2, 1, 28, 28)
+    blocks = [b for stage in model.stages for b in stage]
+    modules = []
+    for spec in arch_entries(arch, fmnist):
+        module = spec.build(fmnist)
+        if spec.kind == "stem":
+            assert isinstance(module, StemEntry)
+            module.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("stem", "cls_token",
+                                                                                            "pos_embed")})
+        elif spec.kind == "block":
+            assert isinstance(module, Block)
+            module.load_state_dict(blocks.pop(0).state_dict())
+        elif spec.kind == "reduction":
+            assert isinstance(module, ResidualSpatialReduction)
+            module.load_state_dict(model.reductions[spec.stage - 2].state_dict())
+        else:
+            assert isinstance(module, HeadEntry)
+            module.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("norm", "head")})
+        modules.append((spec, module))
+    y = x
+    with torch.no_grad():
+        for spec, module in modules:
+            assert tuple(y.shape[1:]) == spec.sample_shape(fmnist)
+            y = module(y)
+        torch.testing.assert_close(y, model(x), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- profiling
+
+
+def test_profiled_table_is_complete_and_recorded(mini_table: LatencyTable, mini: SearchSpace) -> None:
+    assert mini_table.complete and len(mini_table.entries) == 9
+    assert all(e.latency_ms > 0 and e.stats.iterations >= QUICK.min_iterations for e in mini_table.entries.values())
+    m = mini_table.meta
+    assert (m.space, m.backend, m.precision, m.batch, m.threads, m.resolution) == ("mini", "ort-cpu", "fp32", 1, 1, 16)
+    assert m.backend_version and m.device and m.cpu_model and m.date and m.package_version
+    assert m.protocol.min_iterations == QUICK.min_iterations and m.options["cache"] in ("warm", "cold")
+    assert m.runner["intra_op_num_threads"] == 1
+    assert mini_table.overhead is not None and mini_table.correction.per_call_ms == mini_table.overhead.median_ms
+    loaded = LatencyTable.load(mini_table.path)
+    assert loaded.entries == mini_table.entries and loaded.meta == mini_table.meta
+    assert not list(mini_table.path.parent.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_interrupted_profile_resumes_where_it_stopped(mini: SearchSpace, cache: Path, tmp_path: Path) -> None:
+    out, done = tmp_path / "partial.json", []
+
+    def interrupt_after_three(entry: Entry) -> None:
+        done.append(entry.key)
+        if len(done) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_space(mini, quick(cache), out, progress=False, on_entry=interrupt_after_three)
+    partial = LatencyTable.load(out)
+    assert sorted(partial.entries) == sorted(done) and not partial.complete
+    with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries\\)"):
+        latency_range(partial)
+    with pytest.raises(ProfileError, match="exists: pass --resume"):
+        profile_space(mini, quick(cache), out, progress=False)
+    with pytest.raises(ProfileError, match="threads=1, now threads=2"):
+        profile_space(mini, quick(cache, threads=2), out, resume=True, progress=False)
+    finished = profile_space(mini, quick(cache), out, resume=True, progress=False)
+    assert finished.complete
+    assert all(finished.entries[k] == partial.entries[k] for k in done)
+
+
+def test_torch_cpu_tables_time_the_static_modules(mini: SearchSpace, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    table = profile_space(mini, quick(cache, backend="torch-cpu"), tmp_path / "torch.json", progress=False)
+    assert table.complete and table.meta.backend == "torch-cpu" and table.meta.runner["mode"] == "eager"
+    report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False)
+    assert not (cache / "onnx").exists()  # torch backends time the modules: nothing is exported
+    assert report["test_samples"] == 2 and LatencyTable.load(tmp_path / "torch.json").validation is not None
+
+
+@pytest.mark.slow
+def test_exports_run_in_worker_processes(mini: SearchSpace, tmp_path: Path) -> None:
+    settings = ProfileSettings(protocol=QUICK, workers=2, cache_dir=tmp_path)
+    targets = [entry_target(s) for s in enumerate_entries(mini)[:2]]
+    sources = prepare_sources(mini, targets, settings)
+    for t in targets:
+        assert sources[t.name] == onnx_cache_path(mini, t, settings)
+        onnx.checker.check_model(str(sources[t.name]))
+
+
+def test_cache_state_follows_network_size(fmnist: SearchSpace) -> None:
+    tiny = SearchSpace.from_dict({**fmnist.to_dict(), "name": "wide", "num_classes": 100_000})
+    warm, decision = resolve_cache(fmnist, ProfileSettings(), "cpu")
+    if decision["last_level_cache_bytes"] is None:
+        pytest.skip("the last-level cache size of this CPU is unknown")
+    assert decision["cache"] == "warm" and warm.protocol.flush_cache_mb == 0  # fmnist networks are a few MB
+    cold, decision = resolve_cache(tiny, ProfileSettings(), "cpu")  # a 25M-parameter classifier does not fit
+    assert decision["cache"] == "cold" and cold.protocol.flush_cache_mb >= 64
+    forced, decision = resolve_cache(fmnist, ProfileSettings(cache="cold"), "cpu")
+    assert decision["cache"] == "cold" and forced.protocol.flush_cache_mb > 0
+
+
+# ------------------------------------------------------------------------------------ prediction
+
+
+def test_prediction_is_the_corrected_sum_of_entries(mini_table: LatencyTable, mini: SearchSpace) -> None:
+    arch = max_arch(mini)
+    p = predict(mini_table, arch)
+    keys = [s.key for s in arch_entries(arch, mini)]
+    raw = sum(mini_table.entries[k].latency_ms for k in keys)
+    c = mini_table.correction
+    assert p.entries == len(keys) == 6 and p.sum_ms == pytest.approx(raw)
+    assert p.latency_ms == pytest.approx(c.scale * (raw - len(keys) * c.per_call_ms) + c.offset_ms)
+    assert sum(p.parts_ms.values()) == pytest.approx(c.scale * p.adjusted_sum_ms)
+
+
+def synthetic_table(space: SearchSpace, seed: int) -> LatencyTable:
+    """A table of random entry latencies (for checking the range search against brute force)."""
+    rng = random.Random(seed)
+    meta = new_meta(space, ProfileSettings(), get_backend("ort-cpu"))
+    table = LatencyTable(space, meta, overhead=TimingStats.from_samples([0.002], 1.0),
+                         correction=Correction(scale=1.3, offset_ms=0.01, per_call_ms=0.002))
+    for s in enumerate_entries(space):
+        stats = TimingStats.from_samples([rng.uniform(0.003, 0.1)], 1.0)
+        table.entries[s.key] = Entry.measured(s, space, stats)
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_latency_range_is_exact(seed: int) -> None:
+    space = SearchSpace.from_dict({
+        **MINI, "stages": [
+            {"embed_dims": [24, 16], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [32, 16], "depths": [2, 1]},
+            {"embed_dims": [40, 32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [2, 1]},
+            {"embed_dims": [48, 40], "heads": [1], "head_dim": 8, "mlp_hidden": [64], "depths": [1]},
+        ]})
+    table = synthetic_table(space, seed)
+    archs = all_archs(space)
+    assert len(archs) == space.num_subnets()
+    lat = [predict(table, a).latency_ms for a in archs]
+    r = latency_range(table)
+    assert r.fastest_ms == pytest.approx(min(lat)) and r.slowest_ms == pytest.approx(max(lat))
+    assert predict(table, r.fastest).latency_ms == pytest.approx(r.fastest_ms)
+    assert predict(table, r.slowest).latency_ms == pytest.approx(r.slowest_ms)
+
+
+def test_other_space_and_uncovered_archs_are_clear_errors(mini_table: LatencyTable, fmnist: SearchSpace) -> None:
+    with pytest.raises(ProfileError, match="is for space 'mini', the arch is of space 'fmnist'"):
+        predict(mini_table, random_arch(fmnist, 0))
+    wide = Arch("mini", (StageArch(20, (BlockArch(1, 32),)), StageArch(32, (BlockArch(2, 48),))))
+    with pytest.raises(ProfileError, match=r"not covered by latency table.*embed_dim=20"):
+        predict(mini_table, wide)
+    holed = LatencyTable.from_dict(mini_table.to_dict())
+    del holed.entries["block/2/32/2/48"]
+    with pytest.raises(ProfileError, match="has no entry block/2/32/2/48"):
+        predict(holed, max_arch(mini_table.space))
+    with pytest.raises(ProfileError, match="incomplete"):
+        latency_range(holed)
+
+
+def test_bad_table_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="does not exist: build it with `vitres-deploy profile`"):
+        LatencyTable.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ProfileError, match="is not valid JSON"):
+        LatencyTable.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"space": "fmnist"}))
+    with pytest.raises(ProfileError, match="is not a vitres-deploy latency table"):
+        LatencyTable.load(tmp_path / "other.json")
+
+
+def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:
+    spec = enumerate_entries(mini)[0]
+    path = onnx_cache_path(mini, entry_target(spec), quick(cache))
+    stats = measure_onnx(mini_table, path, cache_dir=cache)
+    assert stats.median_ms > 0 and stats.iterations >= mini_table.meta.protocol.min_iterations
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def test_validation_fits_on_half_reports_on_the_other(mini_table: LatencyTable, cache: Path, tmp_path: Path) -> None:
+    path = shutil.copy(mini_table.path, tmp_path / "mini.json")
+    report = validate_table(path, samples=4, seed=0, workers=1, cache_dir=cache, progress=False)
+    for key in ("mape", "max_error_pct", "within_5pct", "within_10pct", "kendall_tau", "spearman",
+                "noise_cv_median", "uncalibrated", "correction"):
+        assert key in report
+    assert 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
+    assert report["fit_samples"] == 2 and report["test_samples"] == 2
+    assert [r["split"] for r in report["rows"]] == ["fit", "test", "fit", "test"]
+    stored = LatencyTable.load(path)
+    assert stored.validation["mape"] == pytest.approx(report["mape"])
+    assert stored.correction.fitted_on == 2 and stored.correction.model in ("offset", "scale+offset")
+    test_rows = [r for r in report["rows"] if r["split"] == "test"]
+    assert report["mape"] == pytest.approx(sum(abs(r["error_pct"]) for r in test_rows) / len(test_rows))
+
+
+def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:
+    x = [0.10, 0.15, 0.20, 0.25, 0.30, 0.35]
+    scaled = fit_correction(x, [1.1 * v + 0.01 for v in x], per_call_ms=0.002)
+    assert scaled.model == "scale+offset"
+    assert scaled.scale == pytest.approx(1.1) and scaled.offset_ms == pytest.approx(0.01)
+    shifted = fit_correction(x, [v + 0.02 + (0.001 if i % 2 else -0.001) for i, v in enumerate(x)], 0.002)
+    assert shifted.model == "offset" and shifted.scale == 1.0
+    assert shifted.offset_ms == pytest.approx(0.02, abs=1e-3)
+
+
+def test_rank_and_error_statistics() -> None:
+    assert kendall_tau([1, 2, 3, 4, 5], [3, 4, 1, 2, 5]) == pytest.approx(0.2)
+    assert spearman([1, 2, 3, 4, 5], [3, 4, 1, 2, 5]) == pytest.approx(0.2)
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert ranks([10, 20, 20, 30]) == [1.0, 2.5, 2.5, 4.0]
+    assert mape([110, 90], [100, 100]) == pytest.approx(10.0)
+    assert within([110, 90], [100, 100], 0.10) == 1.0 and within([110, 90], [100, 100], 0.05) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_profile_show_predict(mini_file: Path, cache: Path, tmp_path: Path, fmnist: SearchSpace) -> None:
+    runner = CliRunner(env={"VITRES_DEPLOY_CACHE": str(cache)})
+    out = tmp_path / "cli.json"
+    args = ["profile", "--space", str(mini_file), "--backend", "ort-cpu", *QUICK_FLAGS, "--out", str(out)]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert LatencyTable.load(out).complete
+    again = runner.invoke(main, args)
+    assert again.exit_code == 2 and again.output.strip().splitlines()[-1].startswith("error: ")
+    assert "pass --resume" in again.output
+
+    plot = tmp_path / "table.png"
+    r = runner.invoke(main, ["profile", "show", str(out), "--json", "--plot", str(plot)])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)
+    assert shown["complete"] and shown["entries"] == 9 and shown["range"]["fastest_ms"] <= shown["range"]["slowest_ms"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    r = runner.invoke(main, ["predict", "--profile", str(out), "--arch", "max", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert isinstance(result["latency_ms"], float) and result["latency_ms"] > 0 and result["space"] == "mini"
+
+    other = tmp_path / "fmnist-arch.json"
+    other.write_text(json.dumps(random_arch(fmnist, 1).to_dict()))
+    r = runner.invoke(main, ["predict", "--profile", str(out), "--arch", str(other)])
+    assert r.exit_code == 2 and r.output.strip().startswith("error: latency table")
+    assert "Traceback" not in r.output
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(main, ["profile", "--backend", "ort-cpu"])
+    assert r.exit_code == 2 and "needs --space and --backend" in r.output
+    r = runner.invoke(main, ["profile", "validate", "--profile", str(tmp_path / "none.json")])
+    assert r.exit_code == 2 and r.output.startswith("error: latency table") and "does not exist" in r.output
+    r = runner.invoke(main, ["profile", "--space", "fmnist", "--backend", "nope", "--out", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and r.output.startswith("error: unknown backend 'nope'")
+    if get_backend("tensorrt").unavailable_reason():
+        r = runner.invoke(main, ["profile", "--space", "fmnist", "--backend", "tensorrt", "--out",
+                                 str(tmp_path / "y.json")])
+        assert r.exit_code == 2 and r.output.startswith("error: backend tensorrt is not usable here")
+    r = runner.invoke(main, ["backends", "--json"])
+    assert r.exit_code == 0 and any(b["name"] == "ort-cpu" and b["available"] for b in json.loads(r.stdout))
+
+
+# ------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["ort-cuda", "torch-cuda", "tensorrt"])
+def test_gpu_profile_and_validate(backend: str, mini: SearchSpace, cache: Path, tmp_path: Path) -> None:
+    reason = get_backend(backend).unavailable_reason()
+    if reason:
+        pytest.skip(f"{backend}: {reason}")
+    table = profile_space(mini, quick(cache, backend=backend), tmp_path / "gpu.json", progress=False)
+    assert table.complete and table.meta.device_slug and table.meta.cuda
+    report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False)
+    assert 0 <= report["within_10pct"] <= 1

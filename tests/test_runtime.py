@@ -1,0 +1,241 @@
+"""Runtime backends: the registry, real ONNX Runtime and torch runners, the protocol, fp16 ONNX conversion.
+
+CPU tests run real ONNX Runtime sessions on small exported fmnist modules; GPU and TensorRT tests are
+marked and skip with a reason where the hardware or package is missing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from vitres_deploy.errors import BackendUnavailable, ProfileError
+from vitres_deploy.export.fp16 import KEEP_FP32_OPS, convert_file
+from vitres_deploy.export.onnx import export_onnx
+from vitres_deploy.runtime import (
+    BACKENDS,
+    NoisyMeasurement,
+    Protocol,
+    RunnerOptions,
+    TimingStats,
+    backend_status,
+    get_backend,
+    measure,
+    random_inputs,
+)
+from vitres_deploy.runtime.ort import onnx_input_specs
+from vitres_deploy.vit_resnas import Block, init_weights
+
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
+              pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
+
+QUICK = Protocol(warmup_s=0.01, min_iterations=20, min_seconds=0.02)
+
+
+@pytest.fixture(scope="module")
+def block() -> Block:
+    """A stage-1 fmnist transformer block (64 wide, 4 heads, MLP 192), ViT-initialised."""
+    torch.manual_seed(0)
+    b = Block(64, 4, 16, 192)
+    init_weights(b)
+    return b.eval()
+
+
+@pytest.fixture(scope="module")
+def block_onnx(block: Block, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The block exported with the shared dynamo export primitive (dynamic batch)."""
+    return export_onnx(block, (50, 64), tmp_path_factory.mktemp("onnx") / "block.onnx")
+
+
+def _reference(block: Block, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return block(torch.from_numpy(x)).numpy()
+
+
+def test_registry_lists_every_backend_with_a_reason_when_unusable() -> None:
+    rows = {r["name"]: r for r in backend_status()}
+    assert set(rows) == {"ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch-cpu", "torch-cuda"}
+    assert rows["ort-cpu"]["available"] and rows["torch-cpu"]["available"]
+    for r in rows.values():
+        assert r["available"] == (r["reason"] is None)
+        if not r["available"]:
+            assert r["reason"].strip()
+    if not torch.cuda.is_available():
+        assert "CUDA" in rows["torch-cuda"]["reason"]
+
+
+def test_unknown_backend_and_unusable_backend_are_clear_errors() -> None:
+    with pytest.raises(BackendUnavailable, match="unknown backend 'onnx-gpu': use one of ort-cpu"):
+        get_backend("onnx-gpu")
+    unusable = [b for b in BACKENDS.values() if b.unavailable_reason()]
+    for b in unusable:
+        with pytest.raises(BackendUnavailable, match=f"backend {b.name} is not usable here"):
+            b.check()
+
+
+def test_ort_cpu_runner_matches_torch_and_applies_the_batch(block: Block, block_onnx: Path) -> None:
+    runner = get_backend("ort-cpu").runner(block_onnx, RunnerOptions(batch=3, threads=1))
+    with runner:
+        assert [(s.name, s.shape, s.dtype) for s in runner.input_specs] == [("input", (3, 50, 64), "float32")]
+        x = random_inputs(runner.input_specs, seed=1)
+        out = runner.infer(x)["output"]
+        assert runner.info()["intra_op_num_threads"] == 1
+        assert runner.info()["io_binding"] is True
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=1e-4, rtol=1e-4)
+
+
+def test_measure_follows_the_protocol(block_onnx: Path) -> None:
+    with get_backend("ort-cpu").runner(block_onnx, RunnerOptions()) as runner:
+        by_count = measure(runner, Protocol(warmup_s=0.0, min_iterations=300, min_seconds=0.0, max_cv=1e9))
+        by_time = measure(runner, Protocol(warmup_s=0.01, min_iterations=1, min_seconds=0.1, max_cv=1e9))
+    assert by_count.iterations >= 300
+    assert by_time.seconds >= 0.1 and by_time.iterations >= 1
+    for s in (by_count, by_time):
+        assert 0 < s.min_ms <= s.median_ms <= s.p90_ms <= s.p99_ms
+        assert s.std_ms >= 0 and s.cv == pytest.approx(s.std_ms / s.mean_ms)
+
+
+def test_measure_warns_above_the_cv_limit_and_can_flush_caches(block_onnx: Path) -> None:
+    with get_backend("ort-cpu").runner(block_onnx, RunnerOptions()) as runner:
+        with pytest.warns(NoisyMeasurement, match="coefficient of variation"):
+            measure(runner, Protocol(warmup_s=0.0, min_iterations=50, min_seconds=0.0, max_cv=1e-12))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoisyMeasurement)
+            cold = measure(runner, Protocol(warmup_s=0.0, min_iterations=20, min_seconds=0.0, flush_cache_mb=4))
+    assert cold.iterations >= 20 and cold.median_ms > 0
+
+
+def test_timing_stats_summary() -> None:
+    s = TimingStats.from_samples([1.0, 2.0, 3.0, 4.0, 100.0], seconds=0.5)
+    assert s.median_ms == 3.0 and s.min_ms == 1.0 and s.mean_ms == 22.0 and s.iterations == 5
+    assert s.p99_ms > s.p90_ms > s.median_ms
+    assert TimingStats.from_dict(s.to_dict()) == s
+    with pytest.raises(ProfileError, match="protocol"):
+        Protocol(min_iterations=0)
+
+
+def test_torch_cpu_runner_matches_the_module(block: Block) -> None:
+    with get_backend("torch-cpu").runner((block, (50, 64)), RunnerOptions(batch=2)) as runner:
+        x = random_inputs(runner.input_specs, seed=2)
+        out = runner.infer(x)["output"]
+        assert measure(runner, QUICK).median_ms > 0
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=1e-5)
+
+
+def test_cpu_backends_refuse_fp16(block: Block, block_onnx: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
+        get_backend("ort-cpu").runner(block_onnx, RunnerOptions(precision="fp16"))
+    with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
+        get_backend("torch-cpu").runner((block, (50, 64)), RunnerOptions(precision="fp16"))
+    with pytest.raises(BackendUnavailable, match="precision 'int8'"):
+        RunnerOptions(precision="int8")
+
+
+def test_static_batch_mismatch_is_a_clear_error(block: Block, tmp_path: Path) -> None:
+    static = export_onnx(block, (50, 64), tmp_path / "static.onnx", dynamic_batch=False)
+    assert onnx_input_specs(static, 1)[0].shape == (1, 50, 64)
+    with pytest.raises(ProfileError, match="static batch of 1, asked for 4: export with a dynamic batch"):
+        onnx_input_specs(static, 4)
+
+
+def test_fp16_onnx_keeps_layernorm_and_softmax_in_fp32(block: Block, block_onnx: Path, tmp_path: Path) -> None:
+    fp16 = convert_file(block_onnx, tmp_path / "block.fp16.onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16)), strict_mode=True)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert types["input"] == f32 and types["output"] == f32  # I/O stay fp32
+    kept = [n for n in model.graph.node if n.op_type in KEEP_FP32_OPS]
+    assert {n.op_type for n in kept} == {"LayerNormalization", "Softmax"}
+    for node in kept:
+        assert all(types[i] == f32 for i in node.input if i) and types[node.output[0]] == f32
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert matmuls and all(types[i] == f16 for n in matmuls for i in n.input)
+    x = random_inputs(onnx_input_specs(fp16, 1), seed=3)
+    with get_backend("ort-cpu").runner(fp16, RunnerOptions()) as runner:  # ORT casts fp16 ops it lacks
+        out = runner.infer(x)["output"]
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=2e-2, rtol=2e-2)
+
+
+def test_fp16_conversion_inlines_local_functions(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    square = helper.make_function("local", "Square", ["x"], ["y"], [helper.make_node("Mul", ["x", "x"], ["y"])],
+                                  [helper.make_opsetid("", 18)])
+    graph = helper.make_graph(
+        [helper.make_node("Square", ["input"], ["t"], domain="local"), helper.make_node("Softmax", ["t"], ["output"])],
+        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])])
+    src = tmp_path / "fn.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("local", 1)],
+                                functions=[square], ir_version=10), str(src))
+    dst = convert_file(src, tmp_path / "fn.fp16.onnx")
+    model = onnx.load(str(dst))
+    assert not model.functions
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Mul", "Cast", "Softmax"]
+    x = {"input": np.array([[0.5, -1.0, 2.0]], dtype=np.float32)}
+    with get_backend("ort-cpu").runner(dst, RunnerOptions()) as runner:
+        out = runner.infer(x)["output"]
+    e = np.exp(x["input"] ** 2)
+    np.testing.assert_allclose(out, e / e.sum(), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["ort-cuda", "ort-trt", "torch-cuda"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_runners_match_the_module(name: str, precision: str, block: Block, block_onnx: Path,
+                                      tmp_path: Path) -> None:
+    backend = get_backend(name)
+    if backend.unavailable_reason():
+        pytest.skip(f"{name}: {backend.unavailable_reason()}")
+    source = (block, (50, 64)) if backend.source == "module" else block_onnx
+    options = RunnerOptions(precision=precision, cache_dir=tmp_path, batch=2)
+    with backend.runner(source, options) as runner:
+        x = random_inputs(runner.input_specs, seed=4)
+        out = runner.infer(x)["output"]
+        stats = measure(runner, QUICK)
+    tol = 1e-3 if precision == "fp32" else 3e-2
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=tol, rtol=tol)
+    assert stats.median_ms > 0 and stats.iterations >= QUICK.min_iterations
+
+
+@pytest.mark.gpu
+def test_torch_cuda_graph_replay_matches_eager(block: Block) -> None:
+    options = RunnerOptions(cuda_graphs=True)
+    with get_backend("torch-cuda").runner((block, (50, 64)), options) as runner:
+        x = random_inputs(runner.input_specs, seed=5)
+        out = runner.infer(x)["output"]
+        assert runner.info()["mode"] == "cuda-graph"
+        assert measure(runner, QUICK).median_ms > 0
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_matches_and_is_cached(precision: str, block: Block, block_onnx: Path,
+                                               tmp_path: Path) -> None:
+    from vitres_deploy.runtime.tensorrt import build_engine
+
+    options = RunnerOptions(precision=precision, cache_dir=tmp_path)
+    plan = build_engine(block_onnx, options)
+    assert plan.is_file() and build_engine(block_onnx, options) == plan
+    assert list((tmp_path / "tensorrt").glob("timing-*.cache"))
+    with get_backend("tensorrt").runner(block_onnx, options) as runner:
+        x = random_inputs(runner.input_specs, seed=6)
+        out = runner.infer(x)["output"]
+        assert measure(runner, QUICK).median_ms > 0
+        major = int(runner.info()["tensorrt"].split(".")[0])
+        expected = None if precision == "fp32" else "strongly typed fp16 ONNX" if major >= 11 else "BuilderFlag.FP16"
+        assert runner.info()["fp16_via"] == expected
+    tol = 1e-3 if precision == "fp32" else 3e-2
+    np.testing.assert_allclose(out, _reference(block, x["input"]), atol=tol, rtol=tol)

@@ -1,0 +1,42 @@
+"""Latency tables: profile every distinct choice of a space, predict archs, validate against measured networks.
+
+The API the search and the export steps use::
+
+    from vitres_deploy.latency import LatencyTable, predict, latency_range, measure_onnx
+
+    table = LatencyTable.load("profiles/<device>/fmnist-ort-cpu-fp32-b1.json")
+    predict(table, arch).latency_ms          # predicted end-to-end latency (ms)
+    latency_range(table)                     # exact fastest/slowest predicted latency of the space
+    measure_onnx(table, "model.onnx")        # TimingStats of a file, measured as the table was
+"""
+
+from __future__ import annotations
+
+from .entries import EntrySpec, arch_entries, enumerate_entries
+from .predict import LatencyRange, Prediction, check_arch, fit_correction, latency_range, predict
+from .profiler import TABLE_PROTOCOL, ProfileSettings, measure_module, measure_onnx, profile_space
+from .table import Correction, Entry, LatencyTable, TableMeta, default_table_path
+from .validate import validate_table
+
+__all__ = [
+    "TABLE_PROTOCOL",
+    "Correction",
+    "Entry",
+    "EntrySpec",
+    "LatencyRange",
+    "LatencyTable",
+    "Prediction",
+    "ProfileSettings",
+    "TableMeta",
+    "arch_entries",
+    "check_arch",
+    "default_table_path",
+    "enumerate_entries",
+    "fit_correction",
+    "latency_range",
+    "measure_module",
+    "measure_onnx",
+    "predict",
+    "profile_space",
+    "validate_table",
+]

@@ -1,0 +1,392 @@
+"""Profile a whole space into a latency table, and measure single models the way a table was measured.
+
+Two phases, so that timing never shares the CPU with building:
+
+1. *build*: every entry still missing is exported to ONNX with the shared export primitive (the same
+   one that ships networks), in ``workers`` processes, into a cache keyed by what the file depends on;
+   backends with an engine build step (TensorRT) build their engines in the same workers;
+2. *time*: entries are timed one after the other with the backend's runner and the protocol, and the
+   table is rewritten atomically after each, so an interrupt loses one entry at most.
+
+Besides the entries, the backend's per-call overhead is measured once on an empty model (one
+Identity node, or ``nn.Identity`` for torch backends): prediction takes it out of every entry and
+adds it back once per network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..arch import Arch, sample_arch
+from ..errors import ProfileError
+from ..export.onnx import DEFAULT_OPSET, export_onnx
+from ..macs import arch_cost
+from ..runtime.base import NoisyMeasurement, Protocol, RunnerOptions, TimingStats, measure
+from ..runtime.cache import cache_root
+from ..runtime.registry import Backend, get_backend
+from ..space import SearchSpace
+from ..vit_resnas import vit_resnas
+from .device import device_info, last_level_cache_bytes
+from .entries import EntrySpec, enumerate_entries, network_sample_shape
+from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, default_table_path
+
+#: Protocol for table entries and validation networks: short, because a table has hundreds of entries
+#: of tens of microseconds to milliseconds each (still thousands of iterations for small entries).
+TABLE_PROTOCOL = Protocol(warmup_s=0.05, min_iterations=100, min_seconds=0.2)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Everything that decides what a table measures (recorded in its metadata) plus how to build it."""
+
+    backend: str = "ort-cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int = 1
+    protocol: Protocol = TABLE_PROTOCOL
+    cuda_graphs: bool = False
+    device_id: int = 0
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    workers: int = 2
+    cache_dir: Path | None = None
+    cache: str = "auto"
+
+    def runner_options(self) -> RunnerOptions:
+        """The options every runner of this profile is built with."""
+        return RunnerOptions(batch=self.batch, precision=self.precision, threads=self.threads,
+                             device_id=self.device_id, cache_dir=self.cache_dir, cuda_graphs=self.cuda_graphs)
+
+    def recorded_options(self) -> dict[str, Any]:
+        """Backend options that change results and are not already top-level metadata."""
+        return {"cuda_graphs": self.cuda_graphs} if self.backend == "torch-cuda" else {}
+
+    @classmethod
+    def from_table(cls, table: LatencyTable, **overrides: Any) -> ProfileSettings:
+        """The settings a table was measured with (``overrides``: workers, cache_dir, ...)."""
+        m = table.meta
+        base = cls(backend=m.backend, precision=m.precision, batch=m.batch, threads=m.threads, protocol=m.protocol,
+                   cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch)
+        return replace(base, **overrides)
+
+
+CACHE_STATES = ("auto", "warm", "cold")
+
+
+def resolve_cache(space: SearchSpace, settings: ProfileSettings,
+                  device: str) -> tuple[ProfileSettings, dict[str, Any]]:
+    """Decide whether entries are timed with caches flushed before each iteration (``cold``) or not (``warm``).
+
+    An entry should be timed in the cache state it meets inside a network. ``auto`` compares the weights of
+    the median random network of the space (64 seeded samples) with the device's last-level cache (CPU) or
+    L2 (GPU): networks that do not fit stream their weights from memory block after block, so each entry
+    is timed cold; networks that fit keep their weights cached across inferences, so entries are timed warm.
+    Returns the settings with the protocol's ``flush_cache_mb`` set, and the decision for the metadata.
+    """
+    if settings.cache not in CACHE_STATES:
+        raise ProfileError(f"cache state {settings.cache!r} is not one of {', '.join(CACHE_STATES)}")
+    llc = last_level_cache_bytes(device, settings.device_id)
+    flush_mb = max(64, 2 * (llc >> 20)) if llc else 256
+    bytes_per_weight = 2 if settings.precision == "fp16" else 4
+    rng = random.Random(0)
+    sizes = sorted(arch_cost(sample_arch(space, rng), space).params * bytes_per_weight for _ in range(64))
+    decision: dict[str, Any] = {"cache": settings.cache, "last_level_cache_bytes": llc,
+                                "median_network_weight_bytes": sizes[len(sizes) // 2]}
+    if settings.cache == "auto":
+        decision["cache"] = "cold" if llc is not None and sizes[len(sizes) // 2] > llc else "warm"
+        decision["rule"] = "auto: median random network weights vs last-level cache"
+    flush = flush_mb if decision["cache"] == "cold" else 0
+    return replace(settings, protocol=replace(settings.protocol, flush_cache_mb=flush)), decision
+
+
+def new_meta(space: SearchSpace, settings: ProfileSettings, backend: Backend,
+             cache: dict[str, Any] | None = None) -> TableMeta:
+    """Metadata for a new table of ``space`` measured with ``settings`` (cache decision: ``cache``) here."""
+    dev = device_info(backend.device, settings.device_id)
+    return TableMeta(
+        space=space.name, family=space.family, resolution=space.image_size, backend=backend.name,
+        backend_version=backend.version(), precision=settings.precision, batch=settings.batch,
+        threads=settings.threads, device=dev["device"], device_slug=dev["device_slug"], cpu_model=dev["cpu_model"],
+        cpu_count=dev["cpu_count"], driver=dev["driver"], cuda=dev["cuda"],
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), package_version=__version__,
+        torch_version=torch.__version__, opset=settings.opset, dynamic_batch=settings.dynamic_batch,
+        protocol=settings.protocol, options={**settings.recorded_options(), **(cache or {})},
+    )
+
+
+# ------------------------------------------------------------------------------------ build phase
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something to time: a table entry (``entry`` = its key) or a whole network (``arch`` = its dict)."""
+
+    name: str
+    entry: str | None = None
+    arch: dict[str, Any] | None = None
+    seed: int = 0
+
+    def module(self, space: SearchSpace) -> tuple[nn.Module, tuple[int, ...]]:
+        """The static module and the shape of one input sample."""
+        if self.entry is not None:
+            spec = EntrySpec.from_key(self.entry, space)
+            return spec.build(space, self.seed), spec.sample_shape(space)
+        if self.arch is None:
+            raise ProfileError(f"target {self.name} has neither an entry nor an arch")
+        torch.manual_seed(self.seed)
+        return vit_resnas(Arch.from_dict(self.arch), space).eval(), network_sample_shape(space)
+
+    def signature(self, space: SearchSpace) -> dict[str, Any]:
+        """Everything the exported file depends on besides the exporter settings."""
+        geometry = {k: v for k, v in space.to_dict().items() if k not in ("name", "description")}
+        return {"entry": self.entry, "arch": self.arch, "seed": self.seed, "space": geometry}
+
+
+def entry_target(spec: EntrySpec) -> Target:
+    """The target of one table entry."""
+    return Target(spec.key, entry=spec.key)
+
+
+def network_target(arch: Arch, seed: int = 0) -> Target:
+    """The target of a whole network (validation)."""
+    return Target(f"arch/{arch.hash}", arch=arch.to_dict(), seed=seed)
+
+
+def onnx_cache_path(space: SearchSpace, target: Target, settings: ProfileSettings) -> Path:
+    """Where the exported ONNX file of ``target`` is cached."""
+    key = {"target": target.signature(space), "torch": torch.__version__, "opset": settings.opset,
+           "dynamic_batch": settings.dynamic_batch}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root(settings.cache_dir) / "onnx" / f"{target.name.replace('/', '-')}-{digest}.onnx"
+
+
+@dataclass(frozen=True)
+class _BuildJob:
+    space: dict[str, Any]
+    target: Target
+    path: str
+    settings: ProfileSettings
+
+
+def _build(job: _BuildJob) -> str:
+    """Export one target (unless cached) and pre-build its engine; runs in worker processes too."""
+    space = SearchSpace.from_dict(job.space)
+    path = Path(job.path)
+    if not path.is_file():
+        module, sample_shape = job.target.module(space)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+        try:
+            export_onnx(module, sample_shape, tmp, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    backend = get_backend(job.settings.backend)
+    if backend.builds_in_workers:
+        backend.prebuild(path, job.settings.runner_options())
+    return job.path
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+
+
+def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings,
+                    advance: Callable[[], None] | None = None) -> dict[str, Any]:
+    """What each target's runner is built from: an exported ONNX path, or for torch backends a
+    ``functools.partial`` that builds ``(module, sample_shape)`` when the target is timed (modules of a
+    whole space would not fit in memory together).
+
+    ONNX files are exported (and engines pre-built) in ``settings.workers`` processes; cached files are
+    reused. ``advance`` is called once per target done.
+    """
+    backend = get_backend(settings.backend)
+    if backend.source == "module":
+        lazy = {t.name: functools.partial(t.module, space) for t in targets}
+        for _ in targets:
+            if advance:
+                advance()
+        return lazy
+    jobs = [_BuildJob(space.to_dict(), t, str(onnx_cache_path(space, t, settings)), settings) for t in targets]
+    todo = [j for j in jobs if backend.builds_in_workers or not Path(j.path).is_file()]
+    for _ in range(len(jobs) - len(todo)):
+        if advance:
+            advance()
+    workers = max(1, min(settings.workers, len(todo)))
+    if workers == 1:
+        for job in todo:
+            _build(job)
+            if advance:
+                advance()
+    else:
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+        try:
+            futures = [pool.submit(_build, job) for job in todo]
+            for fut in as_completed(futures):
+                fut.result()
+                if advance:
+                    advance()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return {j.target.name: Path(j.path) for j in jobs}
+
+
+def null_source(space: SearchSpace, settings: ProfileSettings) -> Any:
+    """An empty model (input -> Identity -> output, stage-1 tokens) to measure the per-call overhead."""
+    shape = (space.tokens[0], max(space.stages[0].embed_dims))
+    backend = get_backend(settings.backend)
+    if backend.source == "module":
+        return nn.Identity(), shape
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = cache_root(settings.cache_dir) / "onnx" / f"null-{'x'.join(map(str, shape))}-opset{settings.opset}.onnx"
+    if not path.is_file():
+        dims = ["batch" if settings.dynamic_batch else 1, *shape]
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["input"], ["output"])], "null",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, dims)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", settings.opset)], ir_version=10)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------- time phase
+
+
+def measure_source(source: Any, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
+    """Time one ONNX path (or ``(module, sample_shape)``) with the settings' backend and protocol.
+
+    Returns the statistics and the runner's recorded settings. CV warnings are left to the caller.
+    A ``functools.partial`` (from :func:`prepare_sources`) is called first to build the source.
+    """
+    if isinstance(source, functools.partial):
+        source = source()
+    backend = get_backend(settings.backend)
+    with backend.runner(source, settings.runner_options()) as runner:
+        stats = measure(runner, settings.protocol)
+        return stats, runner.info()
+
+
+def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> TimingStats:
+    """Time the ONNX file ``path`` exactly as ``table`` was measured (backend, precision, batch, threads, protocol).
+
+    This is how to compare a shipped network with its prediction: ``predict(table, arch).latency_ms``.
+    """
+    settings = ProfileSettings.from_table(table, **overrides)
+    if get_backend(settings.backend).source != "onnx":
+        raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files: use measure_module")
+    return measure_source(Path(path), settings)[0]
+
+
+def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
+                   **overrides: Any) -> TimingStats:
+    """Time a static module exactly as ``table`` was measured (torch backends)."""
+    settings = ProfileSettings.from_table(table, **overrides)
+    if get_backend(settings.backend).source != "module":
+        raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
+    return measure_source((module, tuple(sample_shape)), settings)[0]
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Any]:
+    """A rich progress display on stderr (a disabled one when ``enabled`` is false)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled) as bar:
+        yield bar
+
+
+def profile_space(
+    space: SearchSpace,
+    settings: ProfileSettings,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_entry: Callable[[Entry], None] | None = None,
+) -> LatencyTable:
+    """Measure every distinct choice of ``space`` into a table saved at ``out`` (default under ``profiles/``).
+
+    With ``resume``, an existing table at ``out`` made with the same settings is completed; without it
+    an existing file is an error (nothing is overwritten). ``on_entry`` is called after each entry is saved.
+    """
+    backend = get_backend(settings.backend)
+    backend.check(settings.precision)
+    settings, cache = resolve_cache(space, settings, backend.device)
+    meta = new_meta(space, settings, backend, cache)
+    path = Path(out) if out is not None else default_table_path(space, backend.name, settings.precision,
+                                                                 settings.batch, meta.device_slug)
+    if path.exists():
+        if not resume:
+            raise ProfileError(f"{path} exists: pass --resume to finish it, or choose another --out")
+        table = LatencyTable.load(path)
+        if table.space.to_dict() != space.to_dict():
+            raise ProfileError(f"cannot resume {path}: it was made for another definition of space {space.name!r}")
+        check_resumable(table.meta, meta, path)
+    else:
+        table = LatencyTable(space, meta)
+        table.save(path)
+
+    todo = [s for s in enumerate_entries(space) if s.key not in table.entries]
+    with progress_bar(progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurement)
+        build = bar.add_task("build", total=len(todo))
+        sources = prepare_sources(space, [entry_target(s) for s in todo], settings,
+                                  lambda: bar.advance(build))
+        timing = bar.add_task("time", total=len(todo) + (table.overhead is None))
+        if table.overhead is None:
+            stats, info = measure_source(null_source(space, settings), settings)
+            table.overhead = stats
+            table.correction = Correction(offset_ms=stats.median_ms, per_call_ms=stats.median_ms)
+            table.meta = replace(table.meta, runner=info)
+            table.save()
+            bar.advance(timing)
+        for spec in todo:
+            stats, _ = measure_source(sources[spec.key], settings)
+            entry = Entry.measured(spec, space, stats)
+            table.entries[spec.key] = entry
+            table.save()
+            bar.advance(timing)
+            if on_entry is not None:
+                on_entry(entry)
+    return table
+
+
+def noisy_entries(table: LatencyTable) -> list[str]:
+    """Keys of entries whose coefficient of variation is above the table protocol's limit."""
+    limit = table.meta.protocol.max_cv
+    return [k for k, e in table.entries.items() if e.stats.cv > limit]
+

@@ -1,0 +1,285 @@
+"""The latency table: one measured entry per distinct choice of a space, with everything needed to trust it.
+
+On disk it is one JSON file, rewritten atomically (temporary file in the same directory, then
+``os.replace``) after every entry, so an interrupted profile loses at most the entry being timed and
+``profile --resume`` picks up where it stopped. Layout::
+
+    {"format": "vitres-deploy/latency-table", "format_version": 1,
+     "meta": {space, backend, backend_version, precision, batch, resolution, device, threads, protocol, ...},
+     "space": {...the space's plain form...},
+     "overhead": {...per-call overhead of the backend: timing of an empty model...},
+     "entries": {"block/1/64/4/192": {"kind", "stage", "dims", "sample_shape", "latency_ms", "stats"}, ...},
+     "correction": {"scale", "offset_ms", "per_call_ms", "model", ...},
+     "validation": {...report of ``profile validate``, or null...}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ProfileError
+from ..runtime.base import Protocol, TimingStats
+from ..space import SearchSpace
+from .entries import EntrySpec, enumerate_entries
+
+FORMAT = "vitres-deploy/latency-table"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The measured latency of one choice (``stats.median_ms`` is the value used for prediction)."""
+
+    key: str
+    kind: str
+    stage: int
+    dims: tuple[int, ...]
+    sample_shape: tuple[int, ...]
+    stats: TimingStats
+
+    @property
+    def latency_ms(self) -> float:
+        """Median latency of one call, in ms."""
+        return self.stats.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"kind": self.kind, "stage": self.stage, "dims": list(self.dims),
+                "sample_shape": list(self.sample_shape), "latency_ms": self.latency_ms, "stats": self.stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, key: str, data: dict[str, Any]) -> Entry:
+        """Inverse of :meth:`to_dict`."""
+        return cls(key, data["kind"], int(data["stage"]), tuple(data["dims"]), tuple(data["sample_shape"]),
+                   TimingStats.from_dict(data["stats"]))
+
+    @classmethod
+    def measured(cls, spec: EntrySpec, space: SearchSpace, stats: TimingStats) -> Entry:
+        """The entry of ``spec`` with its measurement."""
+        return cls(spec.key, spec.kind, spec.stage, spec.dims, spec.sample_shape(space), stats)
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What was measured, where, with what and how. Two tables are resumable into each other only if
+    every field in :data:`RESUME_FIELDS` agrees."""
+
+    space: str
+    family: str
+    resolution: int
+    backend: str
+    backend_version: str | None
+    precision: str
+    batch: int
+    threads: int
+    device: str
+    device_slug: str
+    cpu_model: str
+    cpu_count: int | None
+    driver: str | None
+    cuda: str | None
+    date: str
+    package_version: str
+    torch_version: str
+    opset: int
+    dynamic_batch: bool
+    protocol: Protocol
+    runner: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        d = asdict(self)
+        d["protocol"] = self.protocol.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableMeta:
+        """Inverse of :meth:`to_dict`."""
+        names = {f.name for f in fields(cls)}
+        missing = sorted(n for n in names - set(data) if n not in ("runner", "options"))
+        if missing:
+            raise ProfileError(f"latency table metadata is missing {', '.join(missing)}")
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["protocol"] = Protocol.from_dict(data["protocol"])
+        return cls(**kwargs)
+
+
+RESUME_FIELDS = ("space", "backend", "backend_version", "precision", "batch", "threads", "device", "opset",
+                 "dynamic_batch", "protocol", "options")
+
+
+@dataclass
+class Correction:
+    """Turns the sum of an arch's entries into a predicted end-to-end latency.
+
+    ``predicted = scale * sum(entry - per_call_ms for each entry) + offset_ms``: each entry's measured
+    per-call overhead is taken out and the whole network's overhead (``offset_ms``) is added once.
+    Before validation, ``scale = 1`` and ``offset_ms = per_call_ms``; ``profile validate`` fits them.
+    """
+
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    per_call_ms: float = 0.0
+    model: str = "uncalibrated"
+    fitted_on: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, adjusted_sum_ms: float) -> float:
+        """Predicted latency (ms) of an arch whose entries, each less ``per_call_ms``, sum to ``adjusted_sum_ms``."""
+        return self.scale * adjusted_sum_ms + self.offset_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Correction:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass
+class LatencyTable:
+    """A (possibly partial) latency table of ``space`` measured as described by ``meta``."""
+
+    space: SearchSpace
+    meta: TableMeta
+    entries: dict[str, Entry] = field(default_factory=dict)
+    overhead: TimingStats | None = None
+    correction: Correction = field(default_factory=Correction)
+    validation: dict[str, Any] | None = None
+    path: Path | None = field(default=None, compare=False)
+
+    # ------------------------------------------------------------------ coverage
+
+    def expected_keys(self) -> list[str]:
+        """Keys of every distinct choice of the space, in profiling order."""
+        return [s.key for s in enumerate_entries(self.space)]
+
+    def missing(self) -> list[str]:
+        """Keys not measured yet."""
+        return [k for k in self.expected_keys() if k not in self.entries]
+
+    @property
+    def complete(self) -> bool:
+        """True when every choice and the per-call overhead are measured."""
+        return self.overhead is not None and not self.missing()
+
+    def require_complete(self) -> None:
+        """Raise :class:`ProfileError` naming how much is missing and how to finish it."""
+        missing = self.missing()
+        if missing or self.overhead is None:
+            where = f" {self.path}" if self.path else ""
+            raise ProfileError(
+                f"latency table{where} is incomplete ({len(self.entries)} of {len(self.expected_keys())} entries): "
+                "finish it with `vitres-deploy profile ... --resume`"
+            )
+
+    # ------------------------------------------------------------------- JSON I/O
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (see the module docstring)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": self.meta.to_dict(),
+            "space": self.space.to_dict(),
+            "overhead": self.overhead.to_dict() if self.overhead else None,
+            "entries": {k: e.to_dict() for k, e in self.entries.items()},
+            "correction": self.correction.to_dict(),
+            "validation": self.validation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "latency table") -> LatencyTable:
+        """Build a table from its JSON form; malformed input is a one-line :class:`ProfileError`."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ProfileError(f"{source} is not a vitres-deploy latency table (no \"format\": \"{FORMAT}\")")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ProfileError(f"{source} has format version {data.get('format_version')}, this vitres-deploy reads "
+                               f"{FORMAT_VERSION}: re-profile")
+        try:
+            space = SearchSpace.from_dict(data["space"])
+            table = cls(
+                space=space,
+                meta=TableMeta.from_dict(data["meta"]),
+                entries={k: Entry.from_dict(k, v) for k, v in data.get("entries", {}).items()},
+                overhead=TimingStats.from_dict(data["overhead"]) if data.get("overhead") else None,
+                correction=Correction.from_dict(data.get("correction") or {}),
+                validation=data.get("validation"),
+            )
+        except ProfileError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileError(f"{source} is malformed: {type(e).__name__}: {e}") from None
+        return table
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the table atomically to ``path`` (default: where it was loaded from); returns the path."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise ProfileError("latency table has no path to save to")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.path = target
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table written by :meth:`save` (``profiles/...`` paths fall back to the shipped tables)."""
+        path = resolve_table_path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ProfileError(f"latency table {path} is not valid JSON: {e}") from None
+        table = cls.from_dict(data, source=f"latency table {path}")
+        table.path = path
+        return table
+
+
+def shipped_profiles() -> Path:
+    """Folder of the latency tables shipped with the package (the repository's ``profiles/``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("vitres_deploy.profiles")))
+
+
+def resolve_table_path(path: str | Path) -> Path:
+    """``path`` if it exists; else, for ``[profiles/]<device>/<file>.json``, the shipped table of that name."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    relative = path.relative_to("profiles") if path.parts[:1] == ("profiles",) else path
+    shipped = shipped_profiles() / relative
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    raise ProfileError(f"latency table {path} does not exist: build it with `vitres-deploy profile`")
+
+
+def default_table_path(space: SearchSpace, backend: str, precision: str, batch: int, device_slug: str,
+                       root: str | Path = "profiles") -> Path:
+    """``profiles/<device>/<space>-<backend>-<precision>-b<batch>.json``."""
+    return Path(root) / device_slug / f"{space.name}-{backend}-{precision}-b{batch}.json"
+
+
+def check_resumable(old: TableMeta, new: TableMeta, path: Path) -> None:
+    """Raise :class:`ProfileError` when ``old`` (on disk) and ``new`` (asked for) measure different things."""
+    a, b = old.to_dict(), new.to_dict()
+    for name in RESUME_FIELDS:
+        if a.get(name) != b.get(name):
+            raise ProfileError(f"cannot resume {path}: it was made with {name}={a.get(name)!r}, now {name}="
+                               f"{b.get(name)!r}: use the same settings or another --out")

@@ -1,0 +1,54 @@
+"""Where backends keep what is expensive to rebuild: exported ONNX files, fp16 models, engines, timing caches.
+
+The root is ``$VITRES_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/vitres-deploy``, else
+``~/.cache/vitres-deploy``. Every cached file is named by a hash of what it was made from, and
+written atomically, so concurrent workers and interrupted runs never leave a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def cache_root(override: str | Path | None = None) -> Path:
+    """The cache directory (``override`` wins over the environment)."""
+    if override is not None:
+        return Path(override)
+    if os.environ.get("VITRES_DEPLOY_CACHE"):
+        return Path(os.environ["VITRES_DEPLOY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vitres-deploy"
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """Hex SHA-256 prefix of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def fp16_onnx(path: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The strongly typed fp16 version of the ONNX file ``path`` (LayerNorm/softmax in fp32), cached by content."""
+    from ..export.fp16 import convert_file
+
+    dst = cache_root(cache_dir) / "fp16" / f"{Path(path).stem}-{file_digest(path)}.fp16.onnx"
+    if not dst.is_file():
+        convert_file(path, dst)
+    return dst

@@ -1,0 +1,188 @@
+"""The backends by name: what each needs, whether it is usable here and why not, and how to build its runner.
+
+Availability checks import nothing heavy unless the backend's package is installed (``find_spec``
+first), so listing backends is cheap and works without onnxruntime-gpu, TensorRT or a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailable
+from .base import Runner, RunnerOptions
+
+
+def _cuda_reason() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to torch (CPU-only build or no driver)"
+    return None
+
+
+def _ort_reason(provider: str, cuda: bool) -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no {provider} (needs the onnxruntime-gpu build)"
+    return _cuda_reason() if cuda else None
+
+
+def _tensorrt_reason() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "the tensorrt Python package is not installed"
+    import tensorrt
+
+    if int(tensorrt.__version__.split(".")[0]) not in (10, 11):
+        return f"tensorrt {tensorrt.__version__} is installed; TensorRT 10.x or 11.x is needed"
+    return _cuda_reason()
+
+
+def _ort_version() -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def _tensorrt_version() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    import tensorrt
+
+    return tensorrt.__version__
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _make_ort(kind: str) -> Callable[[Any, RunnerOptions], Runner]:
+    def make(source: Any, options: RunnerOptions) -> Runner:
+        from . import ort
+
+        cls = {"cpu": ort.OrtCpuRunner, "cuda": ort.OrtCudaRunner, "trt": ort.OrtTrtRunner}[kind]
+        return cls(source, options)
+
+    return make
+
+
+def _make_tensorrt(source: Any, options: RunnerOptions) -> Runner:
+    from .tensorrt import TensorRTRunner
+
+    return TensorRTRunner(source, options)
+
+
+def _make_torch(cuda: bool) -> Callable[[Any, RunnerOptions], Runner]:
+    def make(source: Any, options: RunnerOptions) -> Runner:
+        from .torch_runner import TorchCudaRunner, TorchRunner
+
+        module, sample_shape = source
+        return (TorchCudaRunner if cuda else TorchRunner)(module, sample_shape, options)
+
+    return make
+
+
+def _prebuild_tensorrt(onnx_path: Path, options: RunnerOptions) -> None:
+    from .tensorrt import build_engine
+
+    build_engine(onnx_path, options)
+
+
+def _prebuild_ort_trt(onnx_path: Path, options: RunnerOptions) -> None:
+    from .ort import OrtTrtRunner
+
+    OrtTrtRunner(onnx_path, options).close()  # creating the session fills ONNX Runtime's engine cache
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One backend: its name, device, what it runs (``onnx`` file or torch ``module``) and how."""
+
+    name: str
+    device: str
+    source: str
+    precisions: tuple[str, ...]
+    description: str
+    _reason: Callable[[], str | None]
+    _version: Callable[[], str | None]
+    _make: Callable[[Any, RunnerOptions], Runner]
+    _prebuild: Callable[[Path, RunnerOptions], None] | None = None
+
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can run here, else why not (one line)."""
+        return self._reason()
+
+    def version(self) -> str | None:
+        """Version of the library doing the work (onnxruntime, tensorrt, torch), None when absent."""
+        return self._version()
+
+    @property
+    def builds_in_workers(self) -> bool:
+        """Whether engines are built ahead of timing (worker processes can do it in parallel)."""
+        return self._prebuild is not None
+
+    def check(self, precision: str = "fp32") -> None:
+        """Raise :class:`BackendUnavailable` when the backend cannot run here at ``precision``."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend {self.name} is not usable here: {reason}")
+        if precision not in self.precisions:
+            raise BackendUnavailable(f"backend {self.name} supports {'/'.join(self.precisions)}, not {precision}")
+
+    def prebuild(self, onnx_path: Path, options: RunnerOptions) -> None:
+        """Build and cache the engine of ``onnx_path`` (no-op for backends without a build step)."""
+        if self._prebuild is not None:
+            self._prebuild(onnx_path, options)
+
+    def runner(self, source: Any, options: RunnerOptions) -> Runner:
+        """A runner for ``source``: an ONNX path, or ``(module, sample_shape)`` for torch backends."""
+        self.check(options.precision)
+        return self._make(source, options)
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("ort-cpu", "cpu", "onnx", ("fp32",), "ONNX Runtime, CPU provider, IO binding, fixed threads",
+                lambda: _ort_reason("CPUExecutionProvider", False), _ort_version, _make_ort("cpu")),
+        Backend("ort-cuda", "cuda", "onnx", ("fp32", "fp16"), "ONNX Runtime, CUDA provider, IO binding on the GPU",
+                lambda: _ort_reason("CUDAExecutionProvider", True), _ort_version, _make_ort("cuda")),
+        Backend("ort-trt", "cuda", "onnx", ("fp32", "fp16"), "ONNX Runtime, TensorRT provider, engine cache",
+                lambda: _ort_reason("TensorrtExecutionProvider", True), _ort_version, _make_ort("trt"),
+                _prebuild_ort_trt),
+        Backend("tensorrt", "cuda", "onnx", ("fp32", "fp16"), "TensorRT 10.x/11.x Python API, execute_async_v3",
+                _tensorrt_reason, _tensorrt_version, _make_tensorrt, _prebuild_tensorrt),
+        Backend("torch-cpu", "cpu", "module", ("fp32",), "PyTorch eager, static module, fixed threads",
+                lambda: None, _torch_version, _make_torch(False)),
+        Backend("torch-cuda", "cuda", "module", ("fp32", "fp16"), "PyTorch eager on the GPU, optional CUDA graphs",
+                _cuda_reason, _torch_version, _make_torch(True)),
+    )
+}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; unknown names are a :class:`BackendUnavailable` listing the known ones."""
+    if name not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def backend_status() -> list[dict[str, Any]]:
+    """One row per backend: name, device, precisions, available, version, reason (None when usable)."""
+    rows = []
+    for b in BACKENDS.values():
+        reason = b.unavailable_reason()
+        rows.append({"name": b.name, "device": b.device, "precisions": list(b.precisions),
+                     "available": reason is None, "version": b.version(), "reason": reason,
+                     "description": b.description})
+    return rows
