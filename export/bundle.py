@@ -1,0 +1,167 @@
+"""The serving bundle on disk: staged in a temporary directory and renamed into place, hashed, read back.
+
+Layout::
+
+    BUNDLE/
+      model.onnx                 the network (fp32, or strongly typed fp16 with fp32 inputs/outputs)
+      model.plan                 TensorRT engine, when built (tied to its GPU and TensorRT version)
+      arch.json                  the architecture file
+      reference.npz              the seeded check batch: inputs, labels, PyTorch fp32 logits
+      manifest.json              sha256 of every other file, versions, device, I/O, checks, latency
+      triton/<name>/config.pbtxt, triton/<name>/1/model.onnx
+      triton/<name>_trt/config.pbtxt, triton/<name>_trt/1/model.plan   (with an engine)
+
+A bundle is built in ``.BUNDLE.tmp-*`` beside the target and renamed over it only when everything passed,
+so a failed or interrupted export leaves nothing at the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckFailed, VitresError
+
+FORMAT = "vitres-deploy/bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REFERENCE = "reference.npz"
+
+
+class BundleCorrupt(CheckFailed):
+    """A bundle's files do not match its manifest (modified, truncated or missing)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every file under ``root`` except the manifest."""
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and p != root / MANIFEST}
+
+
+class Stage:
+    """A bundle being built in a temporary directory beside its target (see :func:`staging`)."""
+
+    def __init__(self, target: Path, path: Path) -> None:
+        self.target = target
+        self.path = path
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Rename the staged bundle to its target, replacing an existing one only after the new one is complete."""
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private
+        old = None
+        if self.target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+            os.replace(self.target, old / "bundle")
+        os.replace(self.path, self.target)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.target
+
+
+@contextlib.contextmanager
+def staging(target: str | Path, *, force: bool = False) -> Iterator[Stage]:
+    """A fresh directory beside ``target`` to build a bundle in; whatever is not committed is removed on exit.
+
+    An existing ``target`` is an error unless ``force`` (then :meth:`Stage.commit` replaces it).
+    """
+    target = Path(target)
+    check_target(target, force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Stage(target, Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
+    try:
+        yield stage
+    finally:
+        if not stage.committed:
+            shutil.rmtree(stage.path, ignore_errors=True)
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Raise when ``target`` cannot become a bundle (exists without ``force``, or is a file)."""
+    if target.exists() and not target.is_dir():
+        raise VitresError(f"--out {target} is an existing file: choose a directory path for the bundle")
+    if target.exists() and not force and any(target.iterdir()):
+        raise VitresError(f"--out {target} already exists: pass --force to replace it or choose another path")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (inside a staged bundle, so no separate atomic step is needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_reference(path: Path, inputs: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
+    """Store the seeded check batch and PyTorch fp32's outputs on it."""
+    with open(path, "wb") as f:
+        np.savez_compressed(f, inputs=inputs.astype(np.float32), labels=labels.astype(np.int64),
+                            logits=logits.astype(np.float32))
+
+
+def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, labels and reference logits of a bundle's check batch (no pickle)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["inputs"], z["labels"], z["logits"]
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleCorrupt(f"{path.name} is unreadable ({type(e).__name__}): the bundle is corrupt; "
+                            "re-export") from None
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """The manifest of the bundle directory ``bundle``; a missing or unreadable one is a one-line error."""
+    root = Path(bundle)
+    if not root.is_dir():
+        raise VitresError(f"bundle {root} is not a directory: pass the --out directory of `vitres-deploy export`")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleCorrupt(f"{root} has no {MANIFEST}: not a vitres-deploy bundle, or an incomplete copy")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleCorrupt(f"{path} is not valid JSON ({e}): the bundle is "
+                            "corrupt; re-export it") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleCorrupt(f"{path} is not a vitres-deploy bundle manifest (no \"format\": \"{FORMAT}\")")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise VitresError(f"{path} has bundle format version {manifest.get('format_version')}, this vitres-deploy "
+                          f"reads {FORMAT_VERSION}: re-export with this version")
+    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
+        raise BundleCorrupt(f"{path} lists no files: the manifest is corrupt; re-export")
+    return manifest
+
+
+def verify_hashes(bundle: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Check every file of the manifest against its sha256; raise :class:`BundleCorrupt` on the first mismatch."""
+    root = Path(bundle).resolve()
+    for rel, expected in manifest["files"].items():
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise BundleCorrupt(f"manifest lists {rel!r}, a path outside the bundle: the manifest is corrupt")
+        if not path.is_file():
+            raise BundleCorrupt(f"{rel} is missing from the bundle (listed in {MANIFEST}): re-export or restore it")
+        found = sha256_file(path)
+        if found != expected:
+            raise BundleCorrupt(f"{rel}: sha256 {found[:16]}… does not match the manifest's {str(expected)[:16]}…: "
+                                "the file was modified or corrupted; re-export the bundle")
+    return dict(manifest["files"])

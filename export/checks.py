@@ -1,0 +1,184 @@
+"""Accuracy checks of exported artifacts against PyTorch fp32, and the typed errors of a failed check.
+
+Two kinds of checks run on every artifact (ONNX model, TensorRT engine):
+
+* *numerics*: the artifact's outputs on a seeded batch of real images against PyTorch fp32's, with the
+  comparator of :mod:`vitres_deploy.export.compare` (Polygraphy's element-wise rule, cosine, top-1, NaN/Inf);
+* *accuracy*: the artifact's top-1 on the eval split against PyTorch's, failing above a maximum drop in
+  percentage points.
+
+Each check gives a :class:`CheckResult` with its numbers and PASS/FAIL; :func:`raise_for_failures` turns
+the first failure into a typed :class:`ExportCheckFailed` that names the artifact, the check and by how much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckFailed
+from .compare import Comparison, Tolerances, compare
+
+#: Maximum top-1 drop against PyTorch fp32, in percentage points, per precision.
+DEFAULT_MAX_DROP = {"fp32": 0.1, "fp16": 0.5}
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check of one artifact: its numbers (``values``), its limits, PASS/FAIL and, if failed, by how much."""
+
+    artifact: str
+    runtime: str
+    check: str
+    passed: bool
+    summary: str
+    values: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    failure: str = ""
+
+    @property
+    def status(self) -> str:
+        """``PASS`` or ``FAIL``."""
+        return "PASS" if self.passed else "FAIL"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (with ``status``)."""
+        return {**asdict(self), "status": self.status}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+class ExportCheckFailed(CheckFailed):
+    """A check of an exported artifact failed; ``result`` holds its numbers."""
+
+    def __init__(self, result: CheckResult, others: int = 0) -> None:
+        self.result = result
+        self.others = others
+        more = f" (and {others} more failed check{'s' if others > 1 else ''})" if others else ""
+        super().__init__(f"{result.check} check of {result.artifact} on {result.runtime} failed: "
+                         f"{result.failure}{more}")
+
+
+class NumericsCheckFailed(ExportCheckFailed):
+    """Outputs of an artifact differ from PyTorch fp32 beyond the tolerances."""
+
+
+class AccuracyCheckFailed(ExportCheckFailed):
+    """Task accuracy of an artifact dropped more than allowed below PyTorch fp32."""
+
+
+class LatencyCheckFailed(ExportCheckFailed):
+    """The measured latency of an artifact is above the budget and its tolerance."""
+
+
+_ERRORS: dict[str, type[ExportCheckFailed]] = {"numerics": NumericsCheckFailed, "supernet": NumericsCheckFailed,
+                                               "simplify": NumericsCheckFailed, "accuracy": AccuracyCheckFailed,
+                                               "latency": LatencyCheckFailed}
+
+
+def raise_for_failures(results: Sequence[CheckResult]) -> None:
+    """Raise the typed error of the first failed check (the message counts the others); no-op if all passed."""
+    failed = [r for r in results if not r.passed]
+    if failed:
+        first = failed[0]
+        raise _ERRORS.get(first.check, ExportCheckFailed)(first, len(failed) - 1)
+
+
+def numerics_check(artifact: str, runtime: str, reference: np.ndarray, actual: np.ndarray,
+                   tolerances: Tolerances, check: str = "numerics") -> CheckResult:
+    """Compare one artifact's outputs with the reference outputs on the same inputs."""
+    c: Comparison = compare(reference, actual, tolerances)
+    batch = c.shape[0] if c.shape else 1
+    summary = (f"batch {batch}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}, {c.failed_elements}/{c.elements} "
+               f"elements out, cosine {c.min_cosine:.6f}, top-1 agree {c.top1_agreement:.2%}, "
+               f"NaN {c.nan}, Inf {c.inf}")
+    values = {k: v for k, v in c.to_dict().items() if k not in ("limits", "failures", "passed")}
+    values["batch"] = batch
+    return CheckResult(artifact, runtime, check, c.passed, summary, values, tolerances.to_dict(),
+                       "; ".join(c.failures))
+
+
+def accuracy_check(artifact: str, runtime: str, split: str, reference_top1: float, top1: float, images: int,
+                   agreement: float | None, max_drop_points: float) -> CheckResult:
+    """Top-1 of one artifact against PyTorch fp32's on the same ``images`` of ``split``."""
+    drop = (reference_top1 - top1) * 100.0
+    passed = drop <= max_drop_points + 1e-9
+    agree = f", top-1 agree {agreement:.2%}" if agreement is not None else ""
+    summary = (f"{split} ({images} images): top-1 {top1:.2%} vs PyTorch {reference_top1:.2%}, "
+               f"drop {drop:+.2f} points{agree}")
+    values = {"split": split, "images": images, "top1": top1, "reference_top1": reference_top1,
+              "drop_points": drop, "top1_agreement": agreement}
+    failure = "" if passed else (f"top-1 dropped {drop:.2f} points ({reference_top1:.2%} -> {top1:.2%}), "
+                                 f"{drop - max_drop_points:.2f} points over the {max_drop_points:g}-point limit")
+    return CheckResult(artifact, runtime, "accuracy", passed, summary, values, {"max_drop_points": max_drop_points},
+                       failure)
+
+
+@dataclass
+class SplitEvaluation:
+    """One pass over the eval split: top-1 of every predictor, agreement with the reference, a seeded sample."""
+
+    images: int
+    correct: dict[str, int]
+    agree: dict[str, int]
+    sample_inputs: np.ndarray
+    sample_labels: np.ndarray
+
+    def top1(self, name: str) -> float:
+        """Top-1 accuracy of predictor ``name``."""
+        return self.correct[name] / max(self.images, 1)
+
+    def agreement(self, name: str) -> float | None:
+        """Share of images on which ``name`` predicts the reference's class (None without a reference)."""
+        return self.agree[name] / max(self.images, 1) if name in self.agree else None
+
+
+def evaluate_split(predictors: Mapping[str, Predict], batches: Iterable[tuple[Any, Any]], *,
+                   reference: str | None, sample_size: int, seed: int,
+                   on_batch: Callable[[int], None] | None = None) -> SplitEvaluation:
+    """Run every predictor on every batch, counting correct top-1 and agreement with ``reference``.
+
+    A seeded uniform sample of ``sample_size`` images of the split is drawn on the way (reservoir sampling,
+    so the split is read once) and returned in split order, for the numerics checks.
+    """
+    rng = np.random.default_rng(seed)
+    correct = dict.fromkeys(predictors, 0)
+    agree = {n: 0 for n in predictors if reference is not None and n != reference}
+    reservoir: list[tuple[int, np.ndarray, int]] = []
+    seen = 0
+    for x, y in batches:
+        x_np = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        y_np = np.asarray(y)
+        preds = {name: np.asarray(predict(x_np)).argmax(axis=-1) for name, predict in predictors.items()}
+        for name, p in preds.items():
+            correct[name] += int((p == y_np).sum())
+            if name in agree:
+                agree[name] += int((p == preds[reference]).sum())
+        for i in range(len(y_np)):
+            index = seen + i
+            if len(reservoir) < sample_size:
+                reservoir.append((index, x_np[i].copy(), int(y_np[i])))
+            else:
+                j = int(rng.integers(0, index + 1))
+                if j < sample_size:
+                    reservoir[j] = (index, x_np[i].copy(), int(y_np[i]))
+        seen += len(y_np)
+        if on_batch:
+            on_batch(len(y_np))
+    reservoir.sort(key=lambda t: t[0])
+    inputs = np.stack([r[1] for r in reservoir]) if reservoir else np.zeros((0,), np.float32)
+    labels = np.asarray([r[2] for r in reservoir], dtype=np.int64)
+    return SplitEvaluation(seen, correct, agree, inputs, labels)
+
+
+def batched(predict: Predict, x: np.ndarray, batch: int) -> np.ndarray:
+    """Outputs of ``predict`` on ``x`` fed in chunks of at most ``batch`` images."""
+    return np.concatenate([predict(x[i: i + batch]) for i in range(0, len(x), batch)])

@@ -1,0 +1,111 @@
+"""The latency gate: measure the exported network the way a latency table was measured, against a budget.
+
+The table fixes the backend, precision, batch, threads and protocol; the measured latency is set beside the
+table's prediction for the arch and the budget (from ``best.json``'s ``budget_ms`` or given). Measured
+above ``budget * (1 + tolerance)`` fails unless over-budget exports are allowed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..arch import Arch
+from ..errors import ProfileError
+from ..latency.predict import predict
+from ..latency.table import LatencyTable
+from ..runtime.base import NoisyMeasurement, RunnerOptions, TimingStats, measure
+from ..runtime.registry import get_backend
+from ..space import SearchSpace
+from .checks import CheckResult
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """A loaded table that fits the export (space, precision, batch range), ready to gate."""
+
+    table: LatencyTable
+    predicted_ms: float
+
+
+def plan_latency_gate(profile: str | Path, arch: Arch, space: SearchSpace, precision: str,
+                      batch_range: tuple[int, int, int], formats: tuple[str, ...]) -> LatencyPlan:
+    """Load ``profile`` and check, before anything is exported, that it can gate this export here."""
+    table = LatencyTable.load(profile)
+    meta = table.meta
+    if meta.space != space.name:
+        raise ProfileError(f"latency table {profile} was profiled for space {meta.space!r}, the supernet is "
+                           f"{space.name!r}: use a table of {space.name!r}")
+    if meta.precision != precision:
+        raise ProfileError(f"latency table {profile} measures {meta.precision}, the export is {precision}: "
+                           f"pass --precision {meta.precision} or a {precision} table")
+    backend = get_backend(meta.backend)
+    backend.check(meta.precision)
+    if meta.backend == "tensorrt" and "tensorrt" in formats and not batch_range[0] <= meta.batch <= batch_range[2]:
+        raise ProfileError(f"latency table {profile} is measured at batch {meta.batch}, outside --batch-range "
+                           f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine")
+    return LatencyPlan(table, predict(table, arch).latency_ms)
+
+
+def measure_export(plan: LatencyPlan, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
+                   sample_shape: tuple[int, ...]) -> tuple[str, TimingStats]:
+    """Time the exported network with the table's backend and protocol; returns (artifact, statistics).
+
+    ``tensorrt`` tables time the bundle's engine itself at the table's batch; ONNX Runtime tables time
+    ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as when profiling); torch
+    tables time the static module.
+    """
+    from ..latency.profiler import measure_module, measure_onnx
+
+    meta = plan.table.meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
+        if meta.backend == "tensorrt" and plan_path is not None:
+            from .tensorrt_plan import PlanRunner
+
+            with PlanRunner(plan_path, RunnerOptions(batch=meta.batch, precision=meta.precision,
+                                                     threads=meta.threads)) as runner:
+                return "tensorrt", measure(runner, meta.protocol)
+        if get_backend(meta.backend).source == "onnx":
+            return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(plan.table, onnx_path)
+        return "pytorch", measure_module(plan.table, module, sample_shape)
+
+
+def latency_check(plan: LatencyPlan, artifact: str, stats: TimingStats, budget_ms: float | None,
+                  tolerance: float, allow_over_budget: bool) -> tuple[CheckResult, dict[str, Any]]:
+    """The gate's verdict and the manifest's ``latency`` record."""
+    meta = plan.table.meta
+    measured = stats.median_ms
+    error = (plan.predicted_ms - measured) / measured if measured > 0 else 0.0
+    noisy = f", CV {stats.cv:.1%}" + (" (noisy)" if stats.cv > meta.protocol.max_cv else "")
+    summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms (median of "
+               f"{stats.iterations}{noisy}), predicted {plan.predicted_ms:.4g} ms ({error:+.1%})")
+    limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
+    passed, failure = True, ""
+    if budget_ms is None:
+        summary += ", no budget given"
+    else:
+        limit = budget_ms * (1 + tolerance)
+        over = measured / budget_ms - 1
+        summary += f", budget {budget_ms:.4g} ms ({over:+.1%})"
+        if measured > limit:
+            if allow_over_budget:
+                summary += " over budget, allowed by --allow-over-budget"
+            else:
+                passed = False
+                failure = (f"measured {measured:.4g} ms is {over:.1%} over the {budget_ms:.4g} ms budget "
+                           f"(limit {limit:.4g} ms with {tolerance:.0%} tolerance); pass --allow-over-budget to "
+                           "ship it anyway")
+    record = {
+        "table": str(plan.table.path), "backend": meta.backend, "backend_version": meta.backend_version,
+        "precision": meta.precision, "batch": meta.batch, "threads": meta.threads, "device": meta.device,
+        "protocol": meta.protocol.to_dict(), "predicted_ms": plan.predicted_ms, "measured_ms": measured,
+        "prediction_error": error, "stats": stats.to_dict(), "budget_ms": budget_ms, "tolerance": tolerance,
+        "allow_over_budget": allow_over_budget, "artifact": artifact,
+    }
+    values = {"measured_ms": measured, "predicted_ms": plan.predicted_ms, "cv": stats.cv, "budget_ms": budget_ms}
+    return CheckResult(artifact, meta.backend, "latency", passed, summary, values, limits, failure), record

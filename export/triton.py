@@ -1,0 +1,155 @@
+"""Triton Inference Server model configurations: write ``config.pbtxt``, and read it back to check a bundle.
+
+A bundle holds a Triton model repository (``triton/<name>/config.pbtxt`` + ``triton/<name>/1/model.onnx``,
+and ``triton/<name>_trt/...`` with ``model.plan`` when an engine was built). Configurations declare the
+batch dimension through ``max_batch_size`` (so ``dims`` are per sample) and turn dynamic batching on.
+:func:`parse_pbtxt` reads the protobuf text format subset such files use, so ``verify`` can check that a
+configuration still matches the model it serves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import VitresError
+
+PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """A model input or output as Triton sees it: name, numpy dtype name, per-sample dims."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+
+def model_config(name: str, fmt: str, max_batch_size: int, preferred_batch_sizes: Sequence[int],
+                 inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
+                 max_queue_delay_us: int = 100) -> str:
+    """The ``config.pbtxt`` text of a model in format ``onnx`` or ``tensorrt``, dynamic batching on."""
+    platform, filename = PLATFORMS[fmt]
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f'default_model_filename: "{filename}"',
+             f"max_batch_size: {max_batch_size}"]
+    for key, tensors in (("input", inputs), ("output", outputs)):
+        lines.append(f"{key} [")
+        body = []
+        for t in tensors:
+            body.append(f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_TYPES[t.dtype]}\n'
+                        f"    dims: [ {', '.join(map(str, t.dims))} ]\n  }}")
+        lines.append(",\n".join(body))
+        lines.append("]")
+    preferred = sorted({b for b in preferred_batch_sizes if 1 < b <= max_batch_size})
+    lines.append("dynamic_batching {")
+    if preferred:
+        lines.append(f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]")
+    lines.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
+    lines.append("}")
+    if fmt == "tensorrt":
+        lines.append("instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]")
+    return "\n".join(lines) + "\n"
+
+
+class PbtxtError(VitresError):
+    """A ``config.pbtxt`` is not valid protobuf text format."""
+
+
+_TOKEN = re.compile(r"""\s*(?:\#[^\n]*\n?\s*)*             # whitespace and comments
+                        (?:("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')  # a quoted string
+                        |([{}\[\]:,;])                        # punctuation
+                        |([^\s{}\[\]:,;\#"']+))                 # a bare word or number""", re.VERBOSE)
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise PbtxtError(f"config.pbtxt: cannot read at character {pos}: {text[pos:pos + 20]!r}")
+        token = m.group(1) or m.group(2) or m.group(3)
+        if token is not None:
+            out.append(token)
+        pos = m.end()
+    return out
+
+
+def parse_pbtxt(text: str) -> dict[str, list[Any]]:
+    """Parse protobuf text format into ``{field: [values...]}`` (every field a list; messages are dicts)."""
+    tokens = _tokens(text)
+    message, pos = _message(tokens, 0, None)
+    if pos != len(tokens):
+        raise PbtxtError(f"config.pbtxt: unexpected {tokens[pos]!r}")
+    return message
+
+
+def _message(tokens: list[str], pos: int, end: str | None) -> tuple[dict[str, list[Any]], int]:
+    fields: dict[str, list[Any]] = {}
+    while pos < len(tokens) and tokens[pos] != end:
+        name = tokens[pos]
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise PbtxtError(f"config.pbtxt: expected a field name, found {name!r}")
+        pos += 1
+        if pos < len(tokens) and tokens[pos] == ":":
+            pos += 1
+        if pos >= len(tokens):
+            raise PbtxtError(f"config.pbtxt: field {name} has no value")
+        if tokens[pos] == "[":
+            values, pos = _list(tokens, pos + 1)
+            fields.setdefault(name, []).extend(values)
+        else:
+            value, pos = _value(tokens, pos)
+            fields.setdefault(name, []).append(value)
+        if pos < len(tokens) and tokens[pos] in (",", ";"):
+            pos += 1
+    if end is not None:
+        if pos >= len(tokens):
+            raise PbtxtError(f"config.pbtxt: missing {end!r}")
+        pos += 1
+    return fields, pos
+
+
+def _list(tokens: list[str], pos: int) -> tuple[list[Any], int]:
+    values = []
+    while pos < len(tokens) and tokens[pos] != "]":
+        value, pos = _value(tokens, pos)
+        values.append(value)
+        if pos < len(tokens) and tokens[pos] == ",":
+            pos += 1
+    if pos >= len(tokens):
+        raise PbtxtError("config.pbtxt: missing ']'")
+    return values, pos + 1
+
+
+def _value(tokens: list[str], pos: int) -> tuple[Any, int]:
+    token = tokens[pos]
+    if token == "{":
+        return _message(tokens, pos + 1, "}")
+    if token[0] in "\"'":
+        return bytes(token[1:-1], "utf-8").decode("unicode_escape"), pos + 1
+    if token in ("}", "]", ":", ","):
+        raise PbtxtError(f"config.pbtxt: unexpected {token!r}")
+    for kind in (int, float):
+        try:
+            return kind(token), pos + 1
+        except ValueError:
+            continue
+    return {"true": True, "false": False}.get(token, token), pos + 1
+
+
+def tensors_of(config: dict[str, list[Any]], key: str) -> list[TensorConfig]:
+    """The ``input`` or ``output`` entries of a parsed configuration."""
+    out = []
+    reverse = {v: k for k, v in TRITON_TYPES.items()}
+    for t in config.get(key, []):
+        try:
+            out.append(TensorConfig(t["name"][0], reverse.get(t["data_type"][0], t["data_type"][0]),
+                                    tuple(int(d) for d in t["dims"])))
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise PbtxtError(f"config.pbtxt: {key} entry {t!r} lacks name, data_type or dims") from None
+    return out

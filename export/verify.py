@@ -1,0 +1,160 @@
+"""Re-check an existing bundle: file hashes, Triton configurations, then the accuracy checks on this machine.
+
+The reference needs no checkpoint: the bundle stores PyTorch fp32's logits on the seeded check batch
+(``reference.npz``) and its top-1 on the eval split (manifest), so each artifact is run again with this
+machine's runtimes and held to the tolerances and accuracy-drop limit recorded at export. Artifacts no
+runtime here can run (an fp16 model without a GPU, an engine of another GPU or TensorRT version) are
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import HoldoutSpec, open_data
+from ..errors import BackendUnavailable, DataError, VitresError
+from ..runtime.registry import get_backend
+from .artifacts import Artifact, check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact
+from .bundle import REFERENCE, BundleCorrupt, read_manifest, read_reference, verify_hashes
+from .checks import CheckResult, raise_for_failures
+from .compare import Tolerances
+from .pipeline import BatchRange
+from .triton import PLATFORMS, PbtxtError, TensorConfig, parse_pbtxt, tensors_of
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify_bundle`: hash and config checks passed, the runtime checks, what was skipped."""
+
+    bundle: Path
+    manifest: dict[str, Any]
+    files: int
+    checks: list[CheckResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """True when every runtime check passed."""
+        return all(c.passed for c in self.checks)
+
+    def raise_for_failures(self) -> None:
+        """Raise the first failed check, or :class:`BackendUnavailable` when no artifact could be run here."""
+        raise_for_failures(self.checks)
+        if not self.checks:
+            reasons = "; ".join(f"{k}: {v}" for k, v in self.skipped.items())
+            raise BackendUnavailable(f"hashes match, but no runtime here can run the bundle's artifacts ({reasons})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form for ``--json``."""
+        return {"bundle": str(self.bundle), "passed": self.passed and bool(self.checks), "files_verified": self.files,
+                "checks": [c.to_dict() for c in self.checks], "skipped": self.skipped,
+                "name": self.manifest.get("name"), "precision": self.manifest.get("precision")}
+
+
+def check_triton(bundle: Path, manifest: dict[str, Any]) -> int:
+    """Every Triton configuration must parse and match the manifest's I/O and batch range; returns their count."""
+    space = manifest["space"]
+    sample = (space["in_chans"], space["image_size"], space["image_size"])
+    want_in = [TensorConfig(manifest["input"]["name"], manifest["input"]["dtype"], sample)]
+    want_out = [TensorConfig(manifest["output"]["name"], manifest["output"]["dtype"], (space["num_classes"],))]
+    configs = sorted(rel for rel in manifest["files"] if rel.startswith("triton/") and rel.endswith("/config.pbtxt"))
+    if not configs:
+        raise BundleCorrupt(f"{bundle} has no Triton configuration in its manifest: re-export the bundle")
+    for rel in configs:
+        try:
+            config = parse_pbtxt((bundle / rel).read_text())
+            platform = config.get("platform", [None])[0]
+            fmt = next((f for f, (p, _) in PLATFORMS.items() if p == platform), None)
+            problems = []
+            if fmt is None:
+                problems.append(f"unknown platform {platform!r}")
+            elif f"{rel.rsplit('/', 1)[0]}/1/{PLATFORMS[fmt][1]}" not in manifest["files"]:
+                problems.append(f"no {PLATFORMS[fmt][1]} beside it")
+            if config.get("max_batch_size", [None])[0] != manifest["batch_range"]["max"]:
+                problems.append(f"max_batch_size {config.get('max_batch_size')} != {manifest['batch_range']['max']}")
+            if tensors_of(config, "input") != want_in or tensors_of(config, "output") != want_out:
+                problems.append("inputs/outputs differ from the model's")
+            if "dynamic_batching" not in config:
+                problems.append("dynamic batching is off")
+        except PbtxtError as e:
+            problems = [str(e)]
+        if problems:
+            raise BundleCorrupt(f"{rel}: {'; '.join(problems)}: re-export the bundle")
+    return len(configs)
+
+
+def _check_onnx_io(path: Path, manifest: dict[str, Any]) -> None:
+    from ..runtime.ort import onnx_input_specs
+
+    specs = onnx_input_specs(path, 1)
+    space = manifest["space"]
+    want = (manifest["input"]["name"], (1, space["in_chans"], space["image_size"], space["image_size"]), "float32")
+    if [(s.name, s.shape, s.dtype) for s in specs] != [want]:
+        raise BundleCorrupt(f"{path.name} takes {[(s.name, s.shape, s.dtype) for s in specs]}, the manifest says "
+                            f"{want}: re-export the bundle")
+
+
+def _artifacts_here(bundle: Path, manifest: dict[str, Any], threads: int) -> tuple[list[Artifact], dict[str, str]]:
+    artifacts, skipped = [], {}
+    precision = manifest["precision"]
+    try:
+        artifacts.append(onnx_artifact(bundle / "model.onnx", onnx_runtime_for(precision), threads))
+    except BackendUnavailable as e:
+        skipped["onnx"] = str(e)
+    plan = manifest["artifacts"].get("model.plan")
+    if plan is not None:
+        backend = get_backend("tensorrt")
+        reason = backend.unavailable_reason()
+        if reason is None and backend.version() != plan["tensorrt"]:
+            reason = f"engine built with TensorRT {plan['tensorrt']}, this machine has {backend.version()}"
+        if reason is None:
+            import torch
+
+            if torch.cuda.get_device_name(0) != plan["device"]:
+                reason = f"engine built for {plan['device']}, this machine has {torch.cuda.get_device_name(0)}"
+        if reason is None:
+            artifacts.append(plan_artifact(bundle / "model.plan", precision))
+        else:
+            skipped["tensorrt"] = reason
+    return artifacts, skipped
+
+
+def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, threads: int = 1,
+                  progress: bool = False) -> VerifyReport:
+    """Verify ``bundle``: hashes and configurations (raising :class:`BundleCorrupt`), then the runtime checks.
+
+    Runtime check failures are in the report (:meth:`VerifyReport.raise_for_failures`).
+    """
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    try:
+        files = verify_hashes(root, manifest)
+        check_triton(root, manifest)
+        _check_onnx_io(root / "model.onnx", manifest)
+        evaluation, space, data_spec = manifest["evaluation"], manifest["space"], manifest["data"]
+        tolerances = Tolerances(**manifest["tolerances"])
+        batch_range = BatchRange(**manifest["batch_range"])
+        max_drop = float(manifest["max_accuracy_drop_points"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleCorrupt(f"{root / 'manifest.json'} lacks or garbles {e}: the manifest is corrupt; "
+                            "re-export the bundle") from None
+    except VitresError as e:
+        if isinstance(e, BundleCorrupt):
+            raise
+        raise BundleCorrupt(f"{root}: {e}") from None
+    report = VerifyReport(root, manifest, len(files))
+    artifacts, report.skipped = _artifacts_here(root, manifest, threads)
+    if not artifacts:
+        return report
+    data = open_data(data_spec["kind"], data_dir, space["image_size"], HoldoutSpec.from_dict(data_spec["holdout"]))
+    if data.holdout_digest != data_spec["holdout_sha256"]:
+        raise DataError(f"the data in {data_dir or 'the default directory'} gives another hold-out split than the "
+                        "bundle was checked on: pass the same --data as at export")
+    sample = read_reference(root / REFERENCE)
+    report.checks, _ = check_artifacts(
+        artifacts, None, evaluation["reference_runtime"], data, split=evaluation["split"], limit=evaluation["limit"],
+        min_batch=batch_range.min, max_batch=batch_range.max, tolerances=tolerances, max_drop=max_drop,
+        seed=evaluation["seed"], sample=sample, reference_top1=evaluation["reference_top1"], progress=progress)
+    return report

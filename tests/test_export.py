@@ -1,0 +1,278 @@
+"""End-to-end export on CPU: real dynamo export, real ONNX Runtime sessions, the bundle loaded back.
+
+One bundle is exported (through the CLI) for the whole module and shared; the tests that need another
+export (an injected numeric failure) keep the eval split short.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.cli import main
+from vitres_deploy.export.bundle import MANIFEST, REFERENCE, read_manifest, sha256_file
+from vitres_deploy.export.checks import CheckResult, LatencyCheckFailed, raise_for_failures
+from vitres_deploy.export.triton import parse_pbtxt, tensors_of
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+ARCH = "random:3"
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, list(map(str, args)), catch_exceptions=False)
+
+
+def _error_line(result) -> str:
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture(scope="module")
+def latency_table(tmp_path_factory, fmnist) -> Path:
+    """A complete ort-cpu fmnist table with a short protocol; its entry latencies are synthetic (1 µs each)."""
+    from vitres_deploy.latency.entries import enumerate_entries
+    from vitres_deploy.latency.profiler import ProfileSettings, new_meta
+    from vitres_deploy.latency.table import Entry, LatencyTable
+    from vitres_deploy.runtime import Protocol, TimingStats, get_backend
+
+    settings = ProfileSettings(protocol=Protocol(warmup_s=0.02, min_iterations=5, min_seconds=0.1))
+    stats = TimingStats.from_samples([0.001] * 5, 0.001)
+    table = LatencyTable(fmnist, new_meta(fmnist, settings, get_backend("ort-cpu")),
+                         {s.key: Entry.measured(s, fmnist, stats) for s in enumerate_entries(fmnist)}, overhead=stats)
+    return table.save(tmp_path_factory.mktemp("profiles") / "fmnist-ort-cpu-fp32-b1.json")
+
+
+@pytest.fixture(scope="module")
+def best_json(tmp_path_factory, fmnist) -> Path:
+    """A search result file: the arch plus a latency budget far below anything measurable."""
+    from vitres_deploy.arch import resolve_arch
+
+    path = tmp_path_factory.mktemp("search") / "best.json"
+    path.write_text(json.dumps({**resolve_arch(ARCH, fmnist).to_dict(), "budget_ms": 1e-4, "top1": 0.5}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, small_supernet, best_json, latency_table):
+    """The shared bundle: exported through the CLI with a latency gate that is over budget but allowed."""
+    out = tmp_path_factory.mktemp("bundles") / "fmnist-bundle"
+    result = _invoke("export", "--supernet", small_supernet, "--arch", best_json, "--formats", "onnx",
+                     "--batch-range", "1:4:16", "--eval-limit", 320, "--profile", latency_table,
+                     "--allow-over-budget", "--out", out, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_bundle_files_match_their_manifest_hashes(exported):
+    out, report = exported
+    manifest = read_manifest(out)
+    names = set(manifest["files"])
+    assert {"model.onnx", "arch.json", REFERENCE} <= names
+    name = manifest["name"]
+    assert {f"triton/{name}/config.pbtxt", f"triton/{name}/1/model.onnx"} <= names
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MANIFEST}
+    assert on_disk == names
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(out / rel) == digest
+    assert manifest["artifacts"]["model.onnx"]["sha256"] == manifest["files"]["model.onnx"]
+    assert report["bundle"] == str(out) and report["passed"]
+    assert not _leftovers(out.parent, out.name)
+
+
+def test_manifest_records_versions_io_normalisation_and_checks(exported, small_supernet):
+    from vitres_deploy.checkpoint import load_checkpoint
+
+    out, _ = exported
+    manifest = read_manifest(out)
+    assert manifest["precision"] == "fp32" and manifest["opset"] >= 18
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert manifest["device"]["device"]
+    assert manifest["input"] == {**manifest["input"], "name": "input", "shape": ["batch", 1, 28, 28],
+                                 "dtype": "float32"}
+    data = load_checkpoint(small_supernet).data
+    assert manifest["normalization"]["mean"] == data["mean"] and manifest["normalization"]["std"] == data["std"]
+    assert manifest["class_names"] == data["class_names"]
+    checks = {(c["artifact"], c["check"], c["values"].get("batch")): c for c in manifest["checks"]}
+    assert checks[("static", "supernet", 16)]["values"]["max_abs"] == 0.0
+    for key in (("onnx", "numerics", 16), ("onnx", "numerics", 1)):
+        c = checks[key]
+        assert c["status"] == "PASS" and c["values"]["nan"] == 0 and c["values"]["max_abs"] < 1e-4
+        assert c["values"]["top1_agreement"] == 1.0 and c["values"]["min_cosine"] > 0.99999
+    acc = checks[("onnx", "accuracy", None)]
+    assert acc["values"]["images"] == 320 and acc["values"]["split"] == "holdout"
+    assert abs(acc["values"]["drop_points"]) <= 0.1 and acc["limits"]["max_drop_points"] == 0.1
+    from vitres_deploy.arch import resolve_arch
+
+    arch = resolve_arch(ARCH, load_checkpoint(small_supernet).space)
+    assert json.loads((out / "arch.json").read_text()) == arch.to_dict()
+
+
+def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_table):
+    out, _ = exported
+    manifest = read_manifest(out)
+    latency = manifest["latency"]
+    assert latency["backend"] == "ort-cpu" and latency["table"] == str(latency_table)
+    assert latency["budget_ms"] == 1e-4  # from best.json
+    assert latency["measured_ms"] > latency["budget_ms"] * 1.1  # over budget ...
+    assert latency["predicted_ms"] > 0 and latency["stats"]["iterations"] >= 5
+    gate = next(c for c in manifest["checks"] if c["check"] == "latency")
+    assert gate["status"] == "PASS" and "allowed by --allow-over-budget" in gate["summary"]  # ... but allowed
+
+    # Without --allow-over-budget, the same measurement fails the gate, naming by how much.
+    from vitres_deploy.export.latency_gate import LatencyPlan, latency_check
+    from vitres_deploy.latency.table import LatencyTable
+    from vitres_deploy.runtime import TimingStats
+
+    plan = LatencyPlan(LatencyTable.load(latency_table), latency["predicted_ms"])
+    result, _ = latency_check(plan, "onnx", TimingStats.from_dict(latency["stats"]), 1e-4, 0.1, False)
+    assert not result.passed
+    with pytest.raises(LatencyCheckFailed, match=r"latency check of onnx on ort-cpu failed: measured .* over the"):
+        raise_for_failures([CheckResult.from_dict(gate), result])
+
+
+def test_triton_repository_is_a_valid_dynamic_batching_config(exported):
+    out, _ = exported
+    manifest = read_manifest(out)
+    model_dir = out / "triton" / manifest["name"]
+    config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    assert config["name"] == [manifest["name"]] and config["platform"] == ["onnxruntime_onnx"]
+    assert config["max_batch_size"] == [16]
+    assert [(t.name, t.dtype, t.dims) for t in tensors_of(config, "input")] == [("input", "float32", (1, 28, 28))]
+    assert [(t.name, t.dims) for t in tensors_of(config, "output")] == [("output", (10,))]
+    assert config["dynamic_batching"][0]["preferred_batch_size"] == [4, 16]
+    assert sha256_file(model_dir / "1" / "model.onnx") == sha256_file(out / "model.onnx")
+
+
+def test_bundled_onnx_runs_in_onnxruntime_like_pytorch(exported, small_supernet):
+    """Independent of the pipeline: a plain ORT session on model.onnx against the extracted PyTorch model."""
+    import onnxruntime as ort
+    import torch
+
+    from vitres_deploy.arch import Arch
+    from vitres_deploy.checkpoint import load_checkpoint
+
+    out, _ = exported
+    ref = np.load(out / REFERENCE)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = ref["inputs"][:5]  # a batch size no check used
+    got = session.run(None, {"input": x})[0]
+    arch = Arch.from_dict(json.loads((out / "arch.json").read_text()))
+    model = load_checkpoint(small_supernet).supernet.extract(arch)
+    with torch.inference_mode():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(ref["logits"][:5], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_verify_passes_on_the_bundle(exported):
+    out, _ = exported
+    result = _invoke("verify", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["files_verified"] == len(read_manifest(out)["files"])
+    assert {(c["artifact"], c["check"]) for c in report["checks"]} == {("onnx", "numerics"), ("onnx", "accuracy")}
+
+
+@pytest.mark.parametrize("victim", ["model.onnx", "triton/{name}/config.pbtxt", REFERENCE])
+def test_verify_fails_after_corrupting_one_byte(exported, tmp_path, victim):
+    out, _ = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    rel = victim.format(name=read_manifest(copy)["name"])
+    data = bytearray((copy / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / rel).write_bytes(bytes(data))
+    result = _invoke("verify", copy)
+    assert result.exit_code == 1
+    assert f"error: {rel}: sha256" in _error_line(result) and "re-export" in _error_line(result)
+
+
+def test_verify_rejects_a_directory_without_manifest(tmp_path):
+    result = _invoke("verify", tmp_path)
+    assert result.exit_code == 1 and "no manifest.json" in _error_line(result)
+
+
+def test_injected_numeric_failure_exits_1_naming_artifact_check_and_amount(small_supernet, tmp_path):
+    out = tmp_path / "bundle"
+    result = _invoke("export", "--supernet", small_supernet, "--arch", "min", "--batch-range", "2:2:8",
+                     "--eval-limit", 64, "--no-simplify", "--atol", 1e-12, "--rtol", 1e-12, "--out", out)
+    assert result.exit_code == 1
+    line = _error_line(result)
+    assert line.startswith("error: numerics check of onnx on ort-cpu failed: ")
+    assert "elements beyond atol 1e-12 and rtol 1e-12 (max abs error" in line
+    assert "FAIL" in result.stdout and "PASS" in result.stdout  # the table shows every check's verdict
+    assert not out.exists() and not _leftovers(tmp_path, "bundle")
+
+
+def _arch_file(tmp_path: Path, name: str, data: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _bad_inputs(tmp_path: Path, fmnist, latency_table: Path, exported) -> dict[str, tuple[list, str]]:
+    from vitres_deploy.arch import max_arch
+
+    outside = max_arch(fmnist).to_dict()
+    outside["stages"][0]["blocks"][0]["heads"] = 99
+    other_space = {**max_arch(fmnist).to_dict(), "space": "vit-resnas-tiny"}
+    table = json.loads(latency_table.read_text())
+    table["meta"]["space"] = "vit-resnas-tiny"
+    other_table = tmp_path / "tiny-table.json"
+    other_table.write_text(json.dumps(table))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00" * 64)
+    return {
+        "arch outside the space": (["--arch", _arch_file(tmp_path, "outside.json", outside)], "heads=99 not in"),
+        "arch of another space": (["--arch", _arch_file(tmp_path, "tiny.json", other_space)], "expected 'fmnist'"),
+        "tensorrt unavailable": (["--formats", "onnx,tensorrt"], "backend tensorrt is not usable here"),
+        "fp16 without a backend for it": (["--precision", "fp16"], "ort-cpu: runs fp32 only"),
+        "unknown format": (["--formats", "onnx,tflite"], "unknown format 'tflite'"),
+        "bad batch range": (["--batch-range", "8:4:2"], "MIN <= OPT <= MAX"),
+        "table of another space": (["--profile", other_table], "profiled for space 'vit-resnas-tiny'"),
+        "corrupt checkpoint": (["--supernet", corrupt], "not a readable safetensors checkpoint"),
+        "existing bundle": (["--out", exported[0]], "already exists: pass --force"),
+    }
+
+
+@pytest.mark.parametrize("case", ["arch outside the space", "arch of another space", "tensorrt unavailable",
+                                  "fp16 without a backend for it", "unknown format", "bad batch range",
+                                  "table of another space", "corrupt checkpoint", "existing bundle"])
+def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, fmnist, small_supernet, latency_table, exported):
+    args, message = _bad_inputs(tmp_path, fmnist, latency_table, exported)[case]
+    out = tmp_path / "bundle"
+    flags = {"--supernet": small_supernet, "--arch": "max", "--out": out, **dict(zip(args[::2], args[1::2]))}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = _invoke("export", *(x for kv in flags.items() for x in kv))
+    assert result.exit_code == 2, result.output
+    assert message in _error_line(result)
+    assert "Traceback" not in result.output + result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert read_manifest(exported[0])  # the existing bundle is untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_engine_in_bundle_is_checked_and_served(small_supernet, tmp_path):
+    out = tmp_path / "bundle"
+    result = _invoke("export", "--supernet", small_supernet, "--arch", "max", "--formats", "onnx,tensorrt",
+                     "--batch-range", "1:4:16", "--eval-limit", 320, "--out", out, "--json")
+    assert result.exit_code == 0, result.stderr
+    manifest = read_manifest(out)
+    assert manifest["artifacts"]["model.plan"]["profile"] == {"min": 1, "opt": 4, "max": 16}
+    assert {c["artifact"] for c in manifest["checks"]} >= {"onnx", "tensorrt"}
+    trt_model = out / "triton" / f"{manifest['name']}_trt"
+    config = parse_pbtxt((trt_model / "config.pbtxt").read_text())
+    assert config["platform"] == ["tensorrt_plan"] and (trt_model / "1" / "model.plan").is_file()
+    assert _invoke("verify", out).exit_code == 0

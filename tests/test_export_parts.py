@@ -1,0 +1,176 @@
+"""The export's small parts on hand-made inputs: comparator, check verdicts, Triton config text, staging."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from vitres_deploy.errors import CheckFailed, VitresError
+from vitres_deploy.export.bundle import BundleCorrupt, read_manifest, staging, verify_hashes, write_json
+from vitres_deploy.export.checks import (
+    AccuracyCheckFailed,
+    NumericsCheckFailed,
+    accuracy_check,
+    evaluate_split,
+    numerics_check,
+    raise_for_failures,
+)
+from vitres_deploy.export.compare import Tolerances, compare, cosine_per_sample
+from vitres_deploy.export.pipeline import BatchRange
+from vitres_deploy.export.triton import PbtxtError, TensorConfig, model_config, parse_pbtxt, tensors_of
+
+LOOSE = Tolerances(atol=1e-3, rtol=1e-2, min_cosine=0.0, min_top1_agreement=0.0)
+
+
+def test_element_fails_only_when_both_absolute_and_relative_errors_are_too_large():
+    ref = np.array([[1000.0, 0.001, 1.0]])
+    # 1000 -> 1000.5: abs 0.5 > atol but rel 5e-4 < rtol -> passes (large values).
+    # 0.001 -> 0.0015: rel 0.5 > rtol but abs 5e-4 < atol -> passes (tiny values).
+    # 1 -> 1.1: abs 0.1 > atol and rel 0.1 > rtol -> the only failure.
+    got = np.array([[1000.5, 0.0015, 1.1]])
+    c = compare(ref, got, LOOSE)
+    assert c.failed_elements == 1 and not c.passed
+    assert c.max_abs == pytest.approx(0.5) and c.max_rel == pytest.approx(0.5)
+    assert "1 of 3 elements beyond atol 0.001 and rtol 0.01" in c.failures[0]
+    assert compare(ref, np.array([[1000.5, 0.0015, 1.0]]), LOOSE).passed
+
+
+def test_nan_and_inf_always_fail_and_are_counted():
+    ref = np.ones((2, 3))
+    got = ref.copy()
+    got[0, 1], got[1, 2] = np.nan, np.inf
+    c = compare(ref, got, Tolerances(atol=1e9, rtol=1e9, min_cosine=-1, min_top1_agreement=0))
+    assert (c.nan, c.inf) == (1, 1) and not c.passed and "1 NaN and 1 Inf values" in c.failures[0]
+    assert np.isfinite(c.max_abs)
+
+
+def test_zero_reference_gives_a_finite_relative_error():
+    c = compare(np.zeros((1, 2)), np.array([[0.0, 1e-3]]), Tolerances(1e-2, 1e-2, 0.0, 0.0))
+    assert c.passed and np.isfinite(c.max_rel) and c.max_rel > 1e30
+
+
+def test_cosine_and_top1_agreement():
+    ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    got = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(cosine_per_sample(ref, got), [1.0, 0.0, 1.0])
+    c = compare(ref, got, Tolerances(atol=10, rtol=10, min_cosine=0.5, min_top1_agreement=0.9))
+    assert c.min_cosine == 0.0 and c.top1_agreement == pytest.approx(2 / 3)
+    assert [f.split()[0] for f in c.failures] == ["cosine", "top-1"]
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        compare(np.zeros((2, 3)), np.zeros((3, 2)), LOOSE)
+
+
+def test_numerics_and_accuracy_checks_name_artifact_check_and_amount():
+    ref = np.array([[1.0, 2.0], [3.0, 4.0]])
+    ok = numerics_check("onnx", "ort-cpu", ref, ref + 1e-6, LOOSE)
+    bad = numerics_check("onnx", "ort-cpu", ref, ref * 1.5, LOOSE)
+    assert ok.passed and ok.values["batch"] == 2 and "batch 2: max abs" in ok.summary
+    assert not bad.passed and "4 of 4 elements" in bad.failure
+    with pytest.raises(NumericsCheckFailed, match=r"^numerics check of onnx on ort-cpu failed: 4 of 4") as e:
+        raise_for_failures([ok, bad])
+    assert isinstance(e.value, CheckFailed) and e.value.exit_code == 1
+
+    drop = accuracy_check("tensorrt", "tensorrt", "test", 0.90, 0.896, 1000, 0.99, 0.5)
+    assert drop.passed and drop.values["drop_points"] == pytest.approx(0.4)
+    assert "top-1 89.60% vs PyTorch 90.00%, drop +0.40 points, top-1 agree 99.00%" in drop.summary
+    big = accuracy_check("tensorrt", "tensorrt", "test", 0.90, 0.88, 1000, 0.97, 0.5)
+    assert not big.passed
+    with pytest.raises(AccuracyCheckFailed, match=r"top-1 dropped 2.00 points .* 1.50 points over the 0.5-point limit"
+                       r" \(and 1 more failed check\)"):
+        raise_for_failures([ok, big, bad])
+    raise_for_failures([ok, drop])  # all passed: no error
+
+
+def test_accuracy_drop_limit_is_inclusive():
+    assert accuracy_check("onnx", "ort-cpu", "holdout", 0.5, 0.499, 1000, None, 0.1).passed
+    assert not accuracy_check("onnx", "ort-cpu", "holdout", 0.5, 0.4985, 1000, None, 0.1).passed
+
+
+def test_evaluate_split_counts_agreement_and_draws_a_seeded_sample():
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((50, 4)).astype(np.float32)
+    ys = rng.integers(0, 4, 50)
+    batches = [(xs[i: i + 8], ys[i: i + 8]) for i in range(0, 50, 8)]
+    models = {"ref": lambda x: x, "flip": lambda x: -x}
+    a = evaluate_split(models, batches, reference="ref", sample_size=6, seed=1)
+    b = evaluate_split(models, batches, reference="ref", sample_size=6, seed=1)
+    c = evaluate_split(models, batches, reference="ref", sample_size=6, seed=2)
+    assert a.images == 50 and a.correct["ref"] == int((xs.argmax(1) == ys).sum())
+    assert a.agreement("flip") == pytest.approx((xs.argmax(1) == (-xs).argmax(1)).mean())
+    assert a.agreement("ref") is None
+    np.testing.assert_array_equal(a.sample_inputs, b.sample_inputs)
+    assert not np.array_equal(a.sample_inputs, c.sample_inputs)
+    rows = [int(np.flatnonzero((xs == row).all(1))[0]) for row in a.sample_inputs]
+    assert rows == sorted(rows) and len(set(rows)) == 6  # distinct images of the split, in split order
+    np.testing.assert_array_equal(a.sample_labels, ys[rows])
+
+
+def test_triton_config_round_trips_through_the_parser():
+    text = model_config("m_trt", "tensorrt", 32, (8, 32, 64), [TensorConfig("input", "float32", (3, 224, 224))],
+                        [TensorConfig("output", "float32", (1000,))])
+    config = parse_pbtxt(text + "# trailing comment\nparameters: { key: \"k\" value: { string_value: \"a b\" } }\n")
+    assert config["platform"] == ["tensorrt_plan"] and config["max_batch_size"] == [32]
+    assert config["dynamic_batching"][0]["preferred_batch_size"] == [8, 32]  # 64 > max_batch_size is dropped
+    assert config["instance_group"][0]["kind"] == ["KIND_GPU"]
+    assert tensors_of(config, "input") == [TensorConfig("input", "float32", (3, 224, 224))]
+    assert config["parameters"][0]["value"][0]["string_value"] == ["a b"]
+
+
+@pytest.mark.parametrize("bad", ['name: "x" {', "input [ { name: } ]", "max_batch_size: 4 }", '"x": 3'])
+def test_malformed_pbtxt_is_a_pbtxt_error(bad):
+    with pytest.raises(PbtxtError):
+        parse_pbtxt(bad)
+
+
+@pytest.mark.parametrize(("text", "ok"), [("1:8:32", True), ("4:4:4", True), ("8:4:32", False), ("0:1:2", False),
+                                          ("1:8", False), ("a:b:c", False)])
+def test_batch_range_parsing(text, ok):
+    if ok:
+        assert str(BatchRange.parse(text)) == text
+    else:
+        with pytest.raises(VitresError, match="--batch-range"):
+            BatchRange.parse(text)
+
+
+def _bundle_in(stage_dir, payload: bytes) -> None:
+    (stage_dir / "model.onnx").write_bytes(payload)
+    write_json(stage_dir / "manifest.json", {"format": "vitres-deploy/bundle", "format_version": 1,
+                                             "files": {"model.onnx": hashlib.sha256(payload).hexdigest()}})
+
+
+def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):
+    target = tmp_path / "bundle"
+    with pytest.raises(RuntimeError), staging(target) as stage:
+        _bundle_in(stage.path, b"first")
+        raise RuntimeError("export failed half way")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+    with staging(target) as stage:
+        _bundle_in(stage.path, b"first")
+        stage.commit()
+    verify_hashes(target, read_manifest(target))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+
+    with staging(target, force=True) as stage:  # not committed (a check failed): the old bundle stays
+        _bundle_in(stage.path, b"second")
+    assert (target / "model.onnx").read_bytes() == b"first"
+
+    with pytest.raises(VitresError, match="already exists: pass --force"), staging(target):
+        pass
+    with staging(target, force=True) as stage:
+        _bundle_in(stage.path, b"second")
+        stage.commit()
+    assert (target / "model.onnx").read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+    (target / "model.onnx").write_bytes(b"secomd")
+    with pytest.raises(BundleCorrupt, match=r"model\.onnx: sha256"):
+        verify_hashes(target, read_manifest(target))

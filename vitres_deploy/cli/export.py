@@ -1,0 +1,154 @@
+"""``export`` and ``verify``: a checked serving bundle of one sub-network, and re-checking a bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .output import print_json, print_table
+
+
+def check_rows(checks: list[Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """Table rows of check results: artifact, runtime, check, numbers, limits, PASS/FAIL."""
+    rows = []
+    for c in checks:
+        name = f"{c.check} b{c.values['batch']}" if c.check == "numerics" else c.check
+        rows.append((c.artifact, c.runtime, name, c.summary + (f"\n-> {c.failure}" if c.failure else ""),
+                     _limits(c), c.status))
+    return rows
+
+
+def _limits(c: Any) -> str:
+    lim = c.limits
+    if "atol" in lim:
+        return (f"atol {lim['atol']:g} & rtol {lim['rtol']:g}, cos >= {lim['min_cosine']:g}, "
+                f"top-1 >= {lim['min_top1_agreement']:.0%}")
+    if "max_drop_points" in lim:
+        return f"drop <= {lim['max_drop_points']:g} pt"
+    if lim.get("budget_ms") is not None:
+        allowed = " (over allowed)" if lim.get("allow_over_budget") else ""
+        return f"<= {lim['budget_ms'] * (1 + lim['tolerance']):.4g} ms{allowed}"
+    return "-"
+
+
+def _arch_file(spec: str) -> dict[str, Any] | None:
+    path = Path(spec)
+    if spec in ("max", "min") or spec.startswith("random:") or not path.is_file():
+        return None
+    data = json.loads(path.read_text())  # already parsed successfully by resolve_arch
+    return data if isinstance(data, dict) else None
+
+
+@click.command()
+@click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
+@click.option("--arch", "arch_spec", required=True,
+              help="Architecture file (a search's best.json gives the latency budget too), max, min or random:SEED.")
+@click.option("--formats", default="onnx", show_default=True,
+              help="onnx or onnx,tensorrt (the ONNX model is always part of the bundle).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch-range", default="1:8:32", show_default=True,
+              help="MIN:OPT:MAX batch sizes served (TensorRT optimization profile, Triton max_batch_size).")
+@click.option("--profile", "profile", default=None,
+              help="Latency table: measure the export with its backend and protocol and gate on the budget.")
+@click.option("--budget-ms", type=float, default=None, help="Latency budget (default: budget_ms of a best.json).")
+@click.option("--latency-tolerance", type=float, default=0.1, show_default=True,
+              help="Measured latency may exceed the budget by this fraction.")
+@click.option("--allow-over-budget", is_flag=True, help="Write the bundle even if measured latency is over budget.")
+@click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
+@click.option("--eval-split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True,
+              help="Split of the accuracy check.")
+@click.option("--eval-limit", type=int, default=None, help="Check accuracy on the first N images only.")
+@click.option("--atol", type=float, default=None, help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2).")
+@click.option("--rtol", type=float, default=None, help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2).")
+@click.option("--min-cosine", type=float, default=None, help="Numerics: minimum cosine similarity per image.")
+@click.option("--min-top1-agreement", type=float, default=None, help="Numerics: minimum top-1 agreement (0..1).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Maximum top-1 drop against PyTorch fp32, in points (fp32 0.1, fp16 0.5).")
+@click.option("--no-simplify", is_flag=True, help="Skip the onnxslim simplification.")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the numerics check batch.")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")
+@click.option("--name", default=None, help="Triton model name (default: <space>_<arch hash>).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--out", "out", required=True, help="Bundle directory to write.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range: str, profile: str | None,
+           budget_ms: float | None, latency_tolerance: float, allow_over_budget: bool, data_dir: str | None,
+           eval_split: str, eval_limit: int | None, atol: float | None, rtol: float | None,
+           min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
+           no_simplify: bool, opset: int, seed: int, threads: int, name: str | None, force: bool, out: str,
+           as_json: bool) -> None:
+    """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
+    import dataclasses
+
+    from ..arch import resolve_arch
+    from ..checkpoint import load_checkpoint
+    from ..export.bundle import check_target
+    from ..export.compare import DEFAULT_TOLERANCES
+    from ..export.pipeline import BatchRange, ExportOptions, check_backends, export_bundle
+    from ..session import open_checkpoint_data
+
+    start = time.perf_counter()
+    given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine,
+                               "min_top1_agreement": min_top1_agreement}.items() if v is not None}
+    options = ExportOptions(
+        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), precision=precision,
+        batch_range=BatchRange.parse(batch_range), opset=opset, simplify=not no_simplify, eval_split=eval_split,
+        eval_limit=eval_limit, seed=seed,
+        tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
+        max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, profile=profile,
+        budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget)
+    check_target(Path(out), force)
+    check_backends(options)
+    checkpoint = load_checkpoint(ckpt)
+    arch = resolve_arch(arch_spec, checkpoint.space)
+    data = open_checkpoint_data(checkpoint, data_dir)
+    if not as_json:
+        click.echo(f"exporting {checkpoint.space.name} arch {arch.hash} ({arch.short()}) from {checkpoint.path.name}",
+                   err=True)
+    report = export_bundle(checkpoint, arch, data, out, options, arch_file=_arch_file(arch_spec), progress=not as_json)
+    report.timings_s["total"] = round(time.perf_counter() - start, 3)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_table(f"checks of {arch.hash} ({precision})", ["artifact", "runtime", "check", "numbers", "limit",
+                                                             "result"], check_rows(report.checks))
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        if report.bundle is not None:
+            files = report.manifest["files"]
+            size = sum((report.bundle / f).stat().st_size for f in files)
+            click.echo(f"bundle written to {report.bundle} ({len(files) + 1} files, {size / 1e6:.2f} MB) in "
+                       f"{report.timings_s['total']:.1f} s")
+        else:
+            click.echo(f"nothing written to {out}: a check failed")
+    report.raise_for_failures()
+
+
+@click.command()
+@click.argument("bundle")
+@click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def verify(bundle: str, data_dir: str | None, threads: int, as_json: bool) -> None:
+    """Re-check a bundle: file hashes, Triton configurations, then the accuracy checks on this machine."""
+    from ..export.verify import verify_bundle
+
+    report = verify_bundle(bundle, data_dir=data_dir, threads=threads, progress=not as_json)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        click.echo(f"{bundle}: {report.files} files match the manifest; Triton configurations match the model")
+        if report.checks:
+            print_table(f"checks of {report.manifest.get('name')} on this machine",
+                        ["artifact", "runtime", "check", "numbers", "limit", "result"], check_rows(report.checks))
+        for artifact, reason in report.skipped.items():
+            click.echo(f"skipped {artifact}: {reason}")
+    report.raise_for_failures()
+
+
+COMMANDS = [export, verify]
