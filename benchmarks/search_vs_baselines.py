@@ -1,0 +1,221 @@
+"""Does the search pay off? The searched arch against two baselines under the same latency budgets (issue 5, §7).
+
+For three budgets spread over the latency table's achievable range (by default at 25%, 50% and 75% of
+``fastest .. slowest``) this compares, on hold-out and on test top-1:
+
+* **search**: the arch ``vitres-deploy search`` picks (one search over the three budgets, evaluations shared);
+* **uniform**: the best, by hold-out top-1, of the *uniform* archs whose predicted latency is <= B. A
+  uniform arch takes one position in the choice lists (embedding width, depth, heads, MLP width, each
+  list sorted largest first) and uses it in every block of every stage: the same choice in every
+  block of a stage, scaled alike across stages (144 archs for ``fmnist``; the archs that are only
+  uniform within each stage number 144^3 and cannot all be evaluated);
+* **random**: the median of 50 archs sampled uniformly per choice (seeded) whose predicted latency is <= B.
+
+Selection uses the hold-out split only; the test split is evaluated for the chosen archs to report.
+The search must beat both baselines at every budget; the margins are reported.
+
+Run (the lead's numbers in docs/ come from the shipped supernet and table)::
+
+    .venv/bin/python benchmarks/search_vs_baselines.py --supernet fmnist-demo \\
+        --profile profiles/<device>/fmnist-ort-cpu-fp32-b1.json --preset demo --out runs/search-vs-baselines
+
+It writes ``OUT/report.json`` and ``OUT/report.md`` and keeps the search in ``OUT/search`` (``--resume``
+continues an interrupted run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitres_deploy.arch import Arch, BlockArch, StageArch, sample_arch
+from vitres_deploy.checkpoint import load_checkpoint
+from vitres_deploy.cli.output import print_table
+from vitres_deploy.data import ImageData
+from vitres_deploy.errors import VitresError
+from vitres_deploy.evaluate import evaluate_arch
+from vitres_deploy.latency import LatencyTable, latency_range
+from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
+from vitres_deploy.search.outputs import write_json
+from vitres_deploy.session import open_checkpoint_data
+from vitres_deploy.space import SearchSpace
+
+
+def uniform_archs(space: SearchSpace) -> list[Arch]:
+    """Every uniform arch: one position in each choice list, used in every block of every stage."""
+    lengths = [min(len(getattr(st, name)) for st in space.stages) for name in ("embed_dims", "depths", "heads",
+                                                                                "mlp_hidden")]
+    out = []
+    for e, d, h, m in itertools.product(*(range(n) for n in lengths)):
+        out.append(Arch(space.family, tuple(
+            StageArch(st.embed_dims[e], (BlockArch(st.heads[h], st.mlp_hidden[m]),) * st.depths[d])
+            for st in space.stages)))
+    return out
+
+
+def random_under(space: SearchSpace, cost: CostModel, budget_ms: float, n: int, seed: int,
+                 tries: int = 200_000) -> list[Arch]:
+    """``n`` distinct archs sampled uniformly per choice whose predicted latency is <= ``budget_ms``."""
+    rng, found = random.Random(f"random-baseline/{seed}/{budget_ms!r}"), {}
+    for _ in range(tries):
+        arch = sample_arch(space, rng)
+        if arch.hash not in found and cost(arch).latency_ms <= budget_ms:
+            found[arch.hash] = arch
+            if len(found) == n:
+                break
+    return list(found.values())
+
+
+class TestAccuracy:
+    """Test-split top-1 of archs, cached by hash (reported only, never used to choose)."""
+
+    def __init__(self, fitness: Fitness, data: ImageData, limit: int | None) -> None:
+        self.fitness, self.data, self.limit, self.cache = fitness, data, limit, {}
+
+    def __call__(self, arch: Arch) -> float:
+        if arch.hash not in self.cache:
+            acc = evaluate_arch(self.fitness.supernet, arch, self.data, "test", self.fitness.batch_size, self.limit)
+            self.cache[arch.hash] = acc.top1
+        return self.cache[arch.hash]
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the search and both baselines; return the report."""
+    t0 = time.perf_counter()
+    checkpoint = load_checkpoint(args.supernet)
+    data = open_checkpoint_data(checkpoint, args.data)
+    table = LatencyTable.load(args.profile)
+    space = checkpoint.space
+    cost = CostModel(table, space)
+    achievable = latency_range(table)
+    if args.budgets_ms:
+        budgets = [float(b) for b in args.budgets_ms.split(",")]
+    else:
+        budgets = [achievable.fastest_ms + float(f) * (achievable.slowest_ms - achievable.fastest_ms)
+                   for f in args.fractions.split(",")]
+    overrides = {k: getattr(args, k) for k in ("population", "iterations", "parents", "mutations", "crossovers")
+                 if getattr(args, k) is not None}
+    config = dataclasses.replace(PRESETS[args.preset], seed=args.seed, **overrides)
+    result = run_search(checkpoint, data, table, budgets, args.out / "search", config=config, alpha=args.alpha,
+                        resume=args.resume, eval_limit=args.eval_limit, progress=True)
+    fitness = Fitness(checkpoint.supernet, data, limit=args.eval_limit)
+    test = TestAccuracy(fitness, data, args.eval_limit)
+
+    def holdout(arch: Arch) -> float:
+        return fitness.evaluate([arch])[0].top1
+
+    uniform = uniform_archs(space)
+    rows = []
+    for c, best in zip(result.constraints, result.bests):
+        under = [a for a in uniform if cost(a).latency_ms <= c.budget_ms]
+        if not under:
+            raise VitresError(f"no uniform arch is under {c.budget_ms:g} ms: choose a higher budget")
+        best_uniform = max(under, key=lambda a: (holdout(a), -cost(a).latency_ms))
+        randoms = random_under(space, cost, c.budget_ms, args.random_archs, args.seed)
+        random_holdout = [holdout(a) for a in randoms]
+        random_test = [test(a) for a in randoms]
+        row = {
+            "budget_ms": c.budget_ms,
+            "search": {"hash": best.hash, "latency_ms": best.latency_ms, "holdout_top1": best.holdout_top1,
+                       "test_top1": test(best.arch), "arch": best.arch.to_dict()},
+            "uniform": {"hash": best_uniform.hash, "latency_ms": cost(best_uniform).latency_ms,
+                        "holdout_top1": holdout(best_uniform), "test_top1": test(best_uniform),
+                        "candidates_under_budget": len(under), "arch": best_uniform.to_dict()},
+            "random": {"archs": len(randoms), "median_holdout_top1": statistics.median(random_holdout),
+                       "median_test_top1": statistics.median(random_test),
+                       "holdout_top1_range": [min(random_holdout), max(random_holdout)]},
+        }
+        s, u, r = row["search"], row["uniform"], row["random"]
+        row["margins"] = {
+            "vs_uniform_holdout": s["holdout_top1"] - u["holdout_top1"],
+            "vs_uniform_test": s["test_top1"] - u["test_top1"],
+            "vs_random_holdout": s["holdout_top1"] - r["median_holdout_top1"],
+            "vs_random_test": s["test_top1"] - r["median_test_top1"],
+        }
+        row["search_beats_both"] = all(v > 0 for v in row["margins"].values())
+        rows.append(row)
+    return {
+        "command": " ".join(sys.argv),
+        "supernet": str(checkpoint.path), "table": str(table.path), "space": space.name,
+        "device": table.meta.device, "backend": table.meta.backend,
+        "achievable_ms": [achievable.fastest_ms, achievable.slowest_ms],
+        "preset": args.preset, "evolution": dataclasses.asdict(config), "alpha": args.alpha,
+        "search_evaluations": len(result.records), "eval_limit": args.eval_limit,
+        "holdout_images": result.records[0].images, "torch_threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - t0, "budgets": rows,
+        "search_beats_both_everywhere": all(r["search_beats_both"] for r in rows),
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table (top-1 in %, margins in percentage points)."""
+    lines = [f"Space `{report['space']}`, table `{report['table']}` ({report['backend']} on {report['device']}), "
+             f"supernet `{report['supernet']}`, preset `{report['preset']}` ({report['search_evaluations']} "
+             f"evaluations), {report['holdout_images']} hold-out images. Command: `{report['command']}`", "",
+             "| budget (ms) | search hold-out / test | best uniform hold-out / test | median random hold-out / test "
+             "| margin vs uniform (hold-out / test) | margin vs random (hold-out / test) |",
+             "|---|---|---|---|---|---|"]
+    for r in report["budgets"]:
+        s, u, q, m = r["search"], r["uniform"], r["random"], r["margins"]
+        lines.append(f"| {r['budget_ms']:.4g} | {_pct(s['holdout_top1'])} / {_pct(s['test_top1'])} "
+                     f"| {_pct(u['holdout_top1'])} / {_pct(u['test_top1'])} "
+                     f"| {_pct(q['median_holdout_top1'])} / {_pct(q['median_test_top1'])} "
+                     f"| {100 * m['vs_uniform_holdout']:+.2f} / {100 * m['vs_uniform_test']:+.2f} "
+                     f"| {100 * m['vs_random_holdout']:+.2f} / {100 * m['vs_random_test']:+.2f} |")
+    verdict = "beats" if report["search_beats_both_everywhere"] else "does NOT beat"
+    lines += ["", f"The search {verdict} both baselines at every budget."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--supernet", default="fmnist-demo", help="Checkpoint file or fmnist-demo.")
+    parser.add_argument("--profile", required=True, type=Path, help="Latency table of the supernet's space.")
+    parser.add_argument("--data", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
+    parser.add_argument("--out", required=True, type=Path, help="Directory for the search and the report.")
+    parser.add_argument("--fractions", default="0.25,0.5,0.75",
+                        help="Budgets as fractions of the table's fastest..slowest range.")
+    parser.add_argument("--budgets-ms", default=None, help="Explicit budgets in ms (overrides --fractions).")
+    parser.add_argument("--preset", default="demo", choices=list(PRESETS), help="Evolution preset of the search.")
+    for name in ("population", "iterations", "parents", "mutations", "crossovers"):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"Override the preset's {name}.")
+    parser.add_argument("--alpha", type=float, default=0.9, help="Latency window [alpha*B, B] of the search.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the search and of the random baseline.")
+    parser.add_argument("--random-archs", type=int, default=50, help="Random archs per budget.")
+    parser.add_argument("--eval-limit", type=int, default=None, help="First N images of each split (smoke runs).")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more can be slower when shared).")
+    parser.add_argument("--resume", action="store_true", help="Continue the search in OUT/search.")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        report = compare(args)
+    except VitresError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    write_json(args.out / "report.json", report)
+    (args.out / "report.md").write_text(markdown(report))
+    print_table("search vs baselines (top-1 %)", ["budget ms", "search ho/test", "uniform ho/test",
+                                                  "random median ho/test", "beats both"],
+                [(f"{r['budget_ms']:.4g}", f"{_pct(r['search']['holdout_top1'])}/{_pct(r['search']['test_top1'])}",
+                  f"{_pct(r['uniform']['holdout_top1'])}/{_pct(r['uniform']['test_top1'])}",
+                  f"{_pct(r['random']['median_holdout_top1'])}/{_pct(r['random']['median_test_top1'])}",
+                  "yes" if r["search_beats_both"] else "NO") for r in report["budgets"]])
+    print(f"report: {args.out / 'report.md'} ({report['seconds']:.0f} s)")
+    return 0 if report["search_beats_both_everywhere"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

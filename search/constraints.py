@@ -1,0 +1,143 @@
+"""What a candidate must satisfy: predicted latency in ``[alpha*B, B]`` plus optional MAC and parameter caps.
+
+Latency comes from the latency table (:func:`vitres_deploy.latency.predict`), MACs and parameters
+from the closed form (:func:`vitres_deploy.macs.arch_cost`); both are memoised per arch. Budgets the
+space cannot meet are refused before any evaluation, naming the achievable range; candidates that
+break a constraint are repaired by a bounded hill climb (:func:`repair`), so the search never hangs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..arch import Arch, min_arch
+from ..checkpoint import space_difference
+from ..errors import BudgetError, ProfileError
+from ..latency import LatencyRange, LatencyTable, latency_range, predict
+from ..macs import arch_cost
+from ..space import SearchSpace
+from .genome import GeneLayout, perturb
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What the constraints look at: predicted latency, MACs and parameters of one arch."""
+
+    latency_ms: float
+    macs: int
+    params: int
+
+
+class CostModel:
+    """Predicted latency (from a latency table) and closed-form MACs/parameters of archs, memoised."""
+
+    def __init__(self, table: LatencyTable, space: SearchSpace) -> None:
+        if table.space != space:
+            where = f" {table.path}" if table.path else ""
+            diff = space_difference(table.space, space) or f"{table.space.name} vs {space.name}"
+            raise ProfileError(f"latency table{where} was profiled for another space than the supernet's ({diff}): "
+                               f"profile the supernet's space with `vitres-deploy profile --space ...`")
+        table.require_complete()
+        self.table, self.space = table, space
+        self._memo: dict[Arch, Metrics] = {}
+
+    def __call__(self, arch: Arch) -> Metrics:
+        """The metrics of ``arch``."""
+        m = self._memo.get(arch)
+        if m is None:
+            cost = arch_cost(arch, self.space)
+            m = self._memo[arch] = Metrics(predict(self.table, arch).latency_ms, cost.macs, cost.params)
+        return m
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Predicted latency within ``[alpha * budget_ms, budget_ms]``, MACs <= ``max_macs``, params <= ``max_params``."""
+
+    budget_ms: float
+    alpha: float = 0.9
+    max_macs: int | None = None
+    max_params: int | None = None
+
+    @property
+    def low_ms(self) -> float:
+        """Lower end of the latency window."""
+        return self.alpha * self.budget_ms
+
+    def violation(self, m: Metrics) -> float:
+        """How far ``m`` is from satisfying the constraint (relative excesses summed); 0 exactly when satisfied."""
+        v = max(0.0, self.low_ms - m.latency_ms, m.latency_ms - self.budget_ms) / self.budget_ms
+        if self.max_macs is not None:
+            v += max(0, m.macs - self.max_macs) / self.max_macs
+        if self.max_params is not None:
+            v += max(0, m.params - self.max_params) / self.max_params
+        return v
+
+    def satisfied(self, m: Metrics) -> bool:
+        """True when ``m`` is in the latency window and under the caps."""
+        return self.violation(m) == 0.0
+
+    def describe(self) -> str:
+        """E.g. ``latency in [0.9, 1] ms, MACs <= 12,000,000``."""
+        parts = [f"latency in [{self.low_ms:.4g}, {self.budget_ms:.4g}] ms"]
+        if self.max_macs is not None:
+            parts.append(f"MACs <= {self.max_macs:,}")
+        if self.max_params is not None:
+            parts.append(f"params <= {self.max_params:,}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"budget_ms": self.budget_ms, "alpha": self.alpha, "window_ms": [self.low_ms, self.budget_ms],
+                "max_macs": self.max_macs, "max_params": self.max_params}
+
+
+def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> LatencyRange:
+    """Refuse, before any evaluation, budgets and caps that no arch of the space can meet.
+
+    Returns the table's achievable latency range. A budget below the fastest or above the slowest
+    predicted arch, or a cap below the smallest arch's MACs/parameters, is a :class:`BudgetError`.
+    """
+    achievable = latency_range(cost.table)
+    fast, slow = achievable.fastest_ms, achievable.slowest_ms
+    where = f" (table {cost.table.path})" if cost.table.path else ""
+    for c in constraints:
+        if not c.budget_ms > 0:
+            raise BudgetError(f"budget {c.budget_ms:g} ms must be positive")
+        if c.budget_ms < fast or c.budget_ms > slow:
+            side = "below the fastest" if c.budget_ms < fast else "above the slowest"
+            raise BudgetError(f"budget {c.budget_ms:g} ms is {side} architecture of space {cost.space.name!r}: "
+                              f"the achievable range is {fast:.4g} .. {slow:.4g} ms{where}")
+        if not 0.0 < c.alpha <= 1.0:
+            raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]")
+    smallest = cost(min_arch(cost.space))
+    for c in constraints:
+        if c.max_macs is not None and c.max_macs < smallest.macs:
+            raise BudgetError(f"--max-macs {c.max_macs:,} is below the smallest architecture of space "
+                              f"{cost.space.name!r} ({smallest.macs:,} MACs): raise it")
+        if c.max_params is not None and c.max_params < smallest.params:
+            raise BudgetError(f"--max-params {c.max_params:,} is below the smallest architecture of space "
+                              f"{cost.space.name!r} ({smallest.params:,} parameters): raise it")
+    return achievable
+
+
+def repair(arch: Arch, constraint: Constraint, cost: CostModel, layout: GeneLayout, rng: random.Random,
+           steps: int) -> Arch | None:
+    """Move ``arch`` into the constraint by at most ``steps`` single-gene changes that reduce its violation.
+
+    Returns the repaired arch, or None when ``steps`` were not enough (the caller re-samples).
+    """
+    genome = layout.encode(arch)
+    violation = constraint.violation(cost(arch))
+    for _ in range(steps):
+        if violation == 0.0:
+            return arch
+        candidate = perturb(genome, layout, rng)
+        moved = layout.decode(candidate)
+        v = constraint.violation(cost(moved))
+        if v < violation:
+            genome, arch, violation = candidate, moved, v
+    return arch if violation == 0.0 else None

@@ -1,0 +1,40 @@
+"""Fitness of a candidate: top-1 on the checkpoint's hold-out split with the supernet's weights.
+
+Each arch is run through its extracted static sub-network in inference mode
+(:func:`vitres_deploy.evaluate.evaluate_arch`), never on the test split. Results are cached by arch
+hash. Under ``torchrun`` the archs still to evaluate are dealt out to the ranks round-robin and the
+results gathered, so every rank holds every result, the same as one process computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..arch import Arch
+from ..data import ImageData
+from ..evaluate import Accuracy, evaluate_arch
+from ..supernet import ViTResNASSupernet
+from .distributed import Ranks
+
+
+class Fitness:
+    """Hold-out accuracy of archs, cached by hash, evaluated across ``ranks``."""
+
+    def __init__(self, supernet: ViTResNASSupernet, data: ImageData, ranks: Ranks | None = None,
+                 batch_size: int = 500, limit: int | None = None) -> None:
+        self.ranks = ranks or Ranks()
+        self.supernet = supernet.to(self.ranks.device).eval()
+        self.data, self.batch_size, self.limit = data, batch_size, limit
+        self.cache: dict[str, Accuracy] = {}
+
+    def evaluate(self, archs: Sequence[Arch]) -> list[Accuracy]:
+        """Hold-out accuracy of each arch (in order); uncached archs are sharded across the ranks."""
+        todo = list(dict.fromkeys(a.hash for a in archs if a.hash not in self.cache))
+        by_hash = {a.hash: a for a in archs}
+        mine = {h: self._run(by_hash[h]) for h in todo[self.ranks.rank::self.ranks.world]}
+        for part in self.ranks.all_gather(mine):
+            self.cache.update(part)
+        return [self.cache[a.hash] for a in archs]
+
+    def _run(self, arch: Arch) -> Accuracy:
+        return evaluate_arch(self.supernet, arch, self.data, "holdout", self.batch_size, self.limit)

@@ -1,0 +1,96 @@
+"""What a search leaves in its directory besides ``evaluated.jsonl``: best archs, the Pareto front, the plot.
+
+* ``best.json`` (one budget) or ``best-<budget>.json`` (several): the architecture-file form (so it is
+  accepted wherever an arch file is) plus predicted latency, MACs, params, hold-out top-1, the budget and
+  the latency table it was searched against (path and identity);
+* ``pareto.json``: the accuracy-vs-latency frontier of everything evaluated;
+* ``search.png``: every evaluated arch, the frontier, the chosen ones and the budget lines.
+
+Every file is written atomically (temporary file in the same directory, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import Checkpoint, atomic_write
+from ..latency import LatencyTable
+from .constraints import Constraint
+from .records import Record
+
+BEST, PARETO, PLOT = "best.json", "pareto.json", "search.png"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def table_identity(table: LatencyTable) -> dict[str, Any]:
+    """Which latency table a search used: its path, the sha256 of its file, and what it measured."""
+    m = table.meta
+    digest = file_sha256(table.path) if table.path else \
+        hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()
+    return {"path": str(table.path) if table.path else None, "sha256": digest, "space": m.space,
+            "backend": m.backend, "backend_version": m.backend_version, "precision": m.precision, "batch": m.batch,
+            "threads": m.threads, "device": m.device, "date": m.date, "correction": table.correction.model,
+            "validated": table.validation is not None}
+
+
+def supernet_identity(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Which supernet a search used: its path, the sha256 of its file, its space and hold-out split."""
+    return {"path": str(checkpoint.path), "sha256": file_sha256(checkpoint.path), "space": checkpoint.space.name,
+            "holdout_sha256": checkpoint.data.get("holdout_sha256")}
+
+
+def best_filename(budget_ms: float, several: bool) -> str:
+    """``best.json`` for a single budget, ``best-<budget>.json`` (e.g. ``best-1.5.json``) for several."""
+    return f"best-{budget_ms:g}.json" if several else BEST
+
+
+def best_document(record: Record, constraint: Constraint, table: dict[str, Any], supernet: dict[str, Any],
+                  evaluated: int) -> dict[str, Any]:
+    """The content of a best file: the arch file plus its metrics, the budget and the table's identity."""
+    return {**record.arch.to_dict(), "hash": record.hash, "latency_ms": record.latency_ms, "macs": record.macs,
+            "params": record.params, "holdout_top1": record.holdout_top1, "holdout_top5": record.holdout_top5,
+            "holdout_images": record.images, **constraint.to_dict(), "evaluated": evaluated, "table": table,
+            "supernet": supernet}
+
+
+def pareto_front(records: Sequence[Record]) -> list[Record]:
+    """Records no other record beats on both latency (lower) and hold-out top-1 (higher), fastest first."""
+    front: list[Record] = []
+    for r in sorted(records, key=lambda r: (r.latency_ms, -r.holdout_top1, r.hash)):
+        if not front or r.holdout_top1 > front[-1].holdout_top1:
+            front.append(r)
+    return front
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_outputs(out: Path, docs: Sequence[dict[str, Any]], records: Sequence[Record],
+                  constraints: Sequence[Constraint], bests: Sequence[Record], table: dict[str, Any],
+                  supernet: dict[str, Any], title: str) -> None:
+    """Write the best file(s) (``docs``, one per constraint), ``pareto.json`` and ``search.png`` into ``out``."""
+    several = len(constraints) > 1
+    for c, doc in zip(constraints, docs):
+        write_json(out / best_filename(c.budget_ms, several), doc)
+    front = pareto_front(records)
+    write_json(out / PARETO, {"table": table, "supernet": supernet, "evaluated": len(records),
+                              "front": [{"hash": r.hash, "latency_ms": r.latency_ms, "holdout_top1": r.holdout_top1,
+                                         "macs": r.macs, "params": r.params, "arch": r.arch.to_dict()}
+                                        for r in front]})
+    from .plot import plot_search
+
+    plot_search(out / PLOT, records, front, constraints, bests, title)

@@ -1,0 +1,45 @@
+"""``search.png``: hold-out top-1 against predicted latency for every evaluated arch, with the frontier,
+the latency window of each budget and the arch chosen for it (matplotlib, Agg, imported here only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..checkpoint import atomic_write
+from .constraints import Constraint
+from .records import Record
+
+
+def plot_search(path: Path, records: Sequence[Record], front: Sequence[Record], constraints: Sequence[Constraint],
+                bests: Sequence[Record], title: str) -> None:
+    """Draw the search into ``path`` (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    try:
+        colors = plt.get_cmap("tab10")
+        ax.scatter([r.latency_ms for r in records], [100 * r.holdout_top1 for r in records], s=9, color="0.6",
+                   alpha=0.6, linewidths=0, label=f"evaluated ({len(records)})")
+        right = max(r.latency_ms for r in records)  # the frontier holds its last accuracy up to the slowest arch
+        ax.step([r.latency_ms for r in front] + [right], [100 * r.holdout_top1 for r in [*front, front[-1]]],
+                where="post", color="black", linewidth=1.2, label="Pareto frontier")
+        for i, (c, best) in enumerate(zip(constraints, bests)):
+            color = colors(i % 10)
+            ax.axvspan(c.low_ms, c.budget_ms, color=color, alpha=0.12, linewidth=0)
+            ax.axvline(c.budget_ms, color=color, linestyle="--", linewidth=1.2, label=f"budget {c.budget_ms:g} ms")
+            ax.scatter([best.latency_ms], [100 * best.holdout_top1], marker="*", s=220, color=color,
+                       edgecolors="black", linewidths=0.8, zorder=5,
+                       label=f"chosen: {100 * best.holdout_top1:.2f}% at {best.latency_ms:.3g} ms")
+        ax.set_xlabel("predicted latency (ms)")
+        ax.set_ylabel("hold-out top-1 (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

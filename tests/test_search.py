@@ -1,0 +1,316 @@
+"""Latency-aware evolutionary search: genome, constraints, determinism, resume, several budgets, torchrun, outputs.
+
+Everything runs on a small 28x28 space of its own (24 table entries, a few thousand archs): a real
+latency table profiled with the torch-cpu backend and a quick protocol, a real supernet of that space
+trained for two steps, and real hold-out evaluations on the first 100 hold-out images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.arch import Arch, resolve_arch, sample_arch
+from vitres_deploy.checkpoint import Checkpoint, load_checkpoint
+from vitres_deploy.cli import main
+from vitres_deploy.errors import BudgetError, VitresError
+from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, profile_space
+from vitres_deploy.macs import arch_cost
+from vitres_deploy.runtime import Protocol
+from vitres_deploy.search import Constraint, CostModel, EvolutionConfig, run_search
+from vitres_deploy.search.constraints import repair
+from vitres_deploy.search.genome import GeneLayout, crossover, mutate, perturb
+from vitres_deploy.search.outputs import pareto_front
+from vitres_deploy.search.records import read_records
+from vitres_deploy.session import open_checkpoint_data
+from vitres_deploy.space import SearchSpace
+
+pytestmark = [pytest.mark.usefixtures("fmnist_dir", "torch_one_thread"),
+              pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
+
+SPACE = {
+    "name": "search-mini", "image_size": 28, "in_chans": 1, "num_classes": 10, "patch_size": 4, "stem_channels": 8,
+    "stages": [
+        {"embed_dims": [24, 16], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [32, 16], "depths": [3, 2, 1]},
+        {"embed_dims": [40, 32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [64, 32], "depths": [2, 1]},
+    ],
+}
+TINY = EvolutionConfig(population=6, iterations=2, parents=3, mutations=3, crossovers=3, seed=1)
+LIMIT = 100
+TINY_FLAGS = ["--population", "6", "--iterations", "2", "--parents", "3", "--mutations", "3", "--crossovers", "3",
+              "--seed", "1", "--eval-limit", str(LIMIT)]
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "search-mini.json"
+    path.write_text(json.dumps(SPACE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def table(space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
+    """A real torch-cpu latency table of the small space, measured with a quick protocol."""
+    root = tmp_path_factory.mktemp("table")
+    settings = ProfileSettings(backend="torch-cpu", protocol=Protocol(warmup_s=0.005, min_iterations=20,
+                                                                      min_seconds=0.01), workers=1, cache_dir=root)
+    return profile_space(SearchSpace.from_dict(SPACE), settings, root / "search-mini-torch-cpu.json", progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    """A real supernet of the small space (two training steps)."""
+    from vitres_deploy.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("supernet")
+    path = train(TrainConfig(space=str(space_file), epochs=1, steps_per_epoch=2, batch_size=32, eval_limit=200), out,
+                 progress=False)
+    return load_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def data(checkpoint: Checkpoint) -> Any:
+    return open_checkpoint_data(checkpoint)
+
+
+def budget_at(table: LatencyTable, fraction: float) -> float:
+    """A budget at ``fraction`` of the table's achievable range."""
+    r = latency_range(table)
+    return r.fastest_ms + fraction * (r.slowest_ms - r.fastest_ms)
+
+
+def search(checkpoint: Checkpoint, data: Any, table: LatencyTable, budgets: list[float], out: Path,
+           **kwargs: Any) -> Any:
+    kwargs.setdefault("config", TINY)
+    return run_search(checkpoint, data, table, budgets, out, eval_limit=LIMIT, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Checkpoint, data: Any, table: LatencyTable, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One uninterrupted single-budget search, the reference of the determinism, resume and torchrun tests."""
+    return search(checkpoint, data, table, [budget_at(table, 0.5)], tmp_path_factory.mktemp("reference"))
+
+
+def _without_paths(doc: dict[str, Any]) -> dict[str, Any]:
+    return {**doc, "table": {**doc["table"], "path": None}, "supernet": {**doc["supernet"], "path": None}}
+
+
+# ------------------------------------------------------------------------------------------ genome
+
+
+def test_genome_round_trip_and_operators(fmnist: SearchSpace) -> None:
+    layout = GeneLayout.of(fmnist)
+    assert len(layout) == 3 * (2 + 2 * 3)
+    rng = random.Random(0)
+    for _ in range(50):
+        arch = sample_arch(fmnist, rng)
+        genome = layout.encode(arch)
+        assert layout.decode(genome) == arch and layout.encode(layout.decode(genome)) == genome
+        assert mutate(genome, layout, rng, 0.0) == genome
+        child = layout.decode(mutate(genome, layout, rng, 1.0))
+        assert child.validate(fmnist) == child
+        other = layout.encode(sample_arch(fmnist, rng))
+        mixed = crossover(genome, other, rng)
+        assert all(g in (a, b) for g, a, b in zip(mixed, genome, other))
+        moved = perturb(genome, layout, rng)
+        changed = [i for i, (a, b) in enumerate(zip(genome, moved)) if a != b]
+        assert len(changed) == 1 and changed[0] in layout.active(genome)
+        assert layout.decode(moved) != arch
+
+
+def test_repair_moves_archs_into_the_window(table: LatencyTable, checkpoint: Checkpoint) -> None:
+    cost = CostModel(table, checkpoint.space)
+    layout, rng = GeneLayout.of(checkpoint.space), random.Random(0)
+    c = Constraint(budget_at(table, 0.3), 0.9)
+    repaired = [repair(sample_arch(checkpoint.space, rng), c, cost, layout, rng, 100) for _ in range(20)]
+    assert sum(a is not None for a in repaired) >= 15
+    assert all(c.satisfied(cost(a)) for a in repaired if a is not None)
+
+
+# -------------------------------------------------------------------------------------- the search
+
+
+def test_same_seed_same_search(reference: Any, checkpoint: Checkpoint, data: Any, table: LatencyTable,
+                               tmp_path: Path) -> None:
+    again = search(checkpoint, data, table, [r.budget_ms for r in reference.bests[:1]], tmp_path)
+    assert (tmp_path / "evaluated.jsonl").read_bytes() == (reference.out_dir / "evaluated.jsonl").read_bytes()
+    assert _without_paths(json.loads((tmp_path / "best.json").read_text())) == \
+        _without_paths(json.loads((reference.out_dir / "best.json").read_text()))
+    assert again.new_evaluations == len(again.records) > TINY.population
+    hashes = [r.hash for r in again.records]
+    assert len(hashes) == len(set(hashes))  # no arch is evaluated twice
+    other = search(checkpoint, data, table, [reference.bests[0].budget_ms], tmp_path / "seed2",
+                   config=dataclasses.replace(TINY, seed=2))
+    assert [r.hash for r in other.records] != hashes
+
+
+def test_every_evaluation_satisfies_the_window_and_caps(checkpoint: Checkpoint, data: Any, table: LatencyTable,
+                                                        tmp_path: Path) -> None:
+    space, rng = checkpoint.space, random.Random(0)
+    costs = [arch_cost(sample_arch(space, rng), space) for _ in range(50)]
+    max_macs = sorted(c.macs for c in costs)[25]
+    max_params = sorted(c.params for c in costs)[30]
+    budget = budget_at(table, 0.6)
+    result = search(checkpoint, data, table, [budget], tmp_path, max_macs=max_macs, max_params=max_params)
+    records = read_records(tmp_path / "evaluated.jsonl")
+    assert records == result.records and len(records) > TINY.population
+    for r in records:
+        assert 0.9 * budget <= r.latency_ms <= budget and r.macs <= max_macs and r.params <= max_params
+        cost = arch_cost(r.arch, space)
+        assert (r.macs, r.params) == (cost.macs, cost.params)
+        assert r.images == LIMIT and 0.0 <= r.holdout_top1 <= r.holdout_top5 <= 1.0
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["hash"] == max(records, key=lambda r: (r.holdout_top1, -r.latency_ms)).hash
+    assert best["max_macs"] == max_macs and best["max_params"] == max_params
+
+
+def test_infeasible_budgets_fail_at_once_with_the_range(table: LatencyTable, checkpoint: Checkpoint,
+                                                        tmp_path: Path) -> None:
+    r = latency_range(table)
+    base = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path), "--out", str(tmp_path)]
+    for budget in (r.fastest_ms / 2, r.slowest_ms * 2):
+        result = CliRunner().invoke(main, [*base, "--budget-ms", f"{budget:.6g}"])
+        assert result.exit_code == 2
+        line = result.output.strip()
+        assert "\n" not in line and line.startswith("error: budget ")
+        assert f"the achievable range is {r.fastest_ms:.4g} .. {r.slowest_ms:.4g} ms" in line
+    result = CliRunner().invoke(main, [*base, "--budget-ms", f"{budget_at(table, 0.5):.6g}", "--max-macs", "1k"])
+    assert result.exit_code == 2 and "--max-macs 1,000 is below the smallest architecture" in result.output
+    result = CliRunner().invoke(main, [*base, "--budget-ms", "1,x"])
+    assert result.exit_code == 2 and result.output.startswith("error: --budget-ms '1,x'")
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_interrupted_search_resumes_to_the_same_result(reference: Any, checkpoint: Checkpoint, data: Any,
+                                                       table: LatencyTable, tmp_path: Path) -> None:
+    budget = reference.bests[0].budget_ms
+    seen: list[str] = []
+
+    def interrupt(record: Any) -> None:
+        seen.append(record.hash)
+        if len(seen) == 9:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(checkpoint, data, table, [budget], tmp_path, on_record=interrupt)
+    log = tmp_path / "evaluated.jsonl"
+    assert len(log.read_text().splitlines()) == 9 and not (tmp_path / "best.json").exists()
+    with open(log, "a") as f:  # a write torn by the interruption
+        f.write('{"index": 9, "hash": "0123')
+    with pytest.raises(VitresError, match="already holds a search: pass --resume"):
+        search(checkpoint, data, table, [budget], tmp_path)
+    with pytest.raises(VitresError, match="searched with budgets_ms="):
+        search(checkpoint, data, table, [budget * 0.99], tmp_path, resume=True)
+    resumed = search(checkpoint, data, table, [budget], tmp_path, resume=True)
+    assert resumed.new_evaluations == len(reference.records) - 9
+    assert log.read_bytes() == (reference.out_dir / "evaluated.jsonl").read_bytes()
+    assert _without_paths(resumed.documents[0]) == _without_paths(reference.documents[0])
+    with pytest.raises(VitresError, match="nothing to resume"):
+        search(checkpoint, data, table, [budget], tmp_path / "empty", resume=True)
+
+
+def test_several_budgets_share_one_search(checkpoint: Checkpoint, data: Any, table: LatencyTable,
+                                          tmp_path: Path) -> None:
+    budgets = [budget_at(table, 0.45), budget_at(table, 0.5)]
+    low, high = budgets[0], budgets[1]
+    assert 0.9 * high < low  # overlapping windows: evaluations count for both budgets
+    result = search(checkpoint, data, table, [high, low], tmp_path)
+    assert [c.budget_ms for c in result.constraints] == [low, high]
+    assert not (tmp_path / "best.json").exists()
+    records = read_records(tmp_path / "evaluated.jsonl")
+    assert len({r.hash for r in records}) == len(records)
+    assert {r.budget_ms for r in records} == {low, high}
+    shared = [r for r in records if 0.9 * high <= r.latency_ms <= low]
+    assert shared, "no evaluation fell in both windows"
+    for b, best in zip(budgets, result.bests):
+        doc = json.loads((tmp_path / f"best-{b:g}.json").read_text())
+        window = [r for r in records if 0.9 * b <= r.latency_ms <= b]
+        assert doc["hash"] == best.hash == min(window, key=lambda r: (-r.holdout_top1, r.latency_ms, r.hash)).hash
+        assert doc["budget_ms"] == b and doc["window_ms"] == [0.9 * b, b]
+
+
+def test_outputs_and_json(reference: Any, table: LatencyTable, checkpoint: Checkpoint) -> None:
+    out = reference.out_dir
+    best = json.loads((out / "best.json").read_text())
+    assert {"space", "stages", "hash", "latency_ms", "macs", "params", "holdout_top1", "budget_ms", "window_ms",
+            "table", "supernet"} <= set(best)
+    assert resolve_arch(out / "best.json", checkpoint.space) == Arch.from_dict(best)  # an architecture file
+    assert best["table"]["path"] == str(table.path) and best["table"]["backend"] == "torch-cpu"
+    assert len(best["table"]["sha256"]) == 64 and best["supernet"]["path"] == str(checkpoint.path)
+    assert best["latency_ms"] <= best["budget_ms"] and best["evaluated"] == len(reference.records)
+    pareto = json.loads((out / "pareto.json").read_text())
+    front = pareto["front"]
+    assert [p["hash"] for p in front] == [r.hash for r in pareto_front(reference.records)]
+    assert all(a["latency_ms"] <= b["latency_ms"] and a["holdout_top1"] < b["holdout_top1"]
+               for a, b in itertools.pairwise(front))
+    png = (out / "search.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    settings = json.loads((out / "search.json").read_text())
+    assert settings["settings"]["evolution"]["population"] == TINY.population
+    assert not list(out.glob(".*.tmp"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_give_the_single_process_result(reference: Any, checkpoint: Checkpoint, table: LatencyTable,
+                                                        tmp_path: Path) -> None:
+    budget = reference.bests[0].budget_ms
+    args = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path),
+            "--budget-ms", repr(budget), "--out", str(tmp_path / "ddp"), "--device", "cpu", "--json", *TINY_FLAGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "vitres_deploy.cli", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = json.loads(proc.stdout)  # rank 0 prints best.json, the other rank nothing
+    assert _without_paths(printed) == _without_paths(reference.documents[0])
+    assert (tmp_path / "ddp" / "evaluated.jsonl").read_bytes() == \
+        (reference.out_dir / "evaluated.jsonl").read_bytes()
+
+
+def test_cli_prints_a_summary_and_json(reference: Any, checkpoint: Checkpoint, table: LatencyTable,
+                                       tmp_path: Path) -> None:
+    budget = reference.bests[0].budget_ms
+    args = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path), "--budget-ms", repr(budget),
+            "--out", str(tmp_path), *TINY_FLAGS]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert reference.bests[0].hash in result.output and "hold-out top-1" in result.output
+    assert f"{len(reference.records)} archs evaluated" in result.output
+    result = CliRunner().invoke(main, [*args, "--resume", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc == json.loads((tmp_path / "best.json").read_text())
+    assert _without_paths(doc) == _without_paths(reference.documents[0])
+
+
+def test_bad_settings_are_one_line_errors(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
+    base = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path), "--out", str(tmp_path),
+            "--budget-ms", f"{budget_at(table, 0.5):.6g}"]
+    result = CliRunner().invoke(main, [*base, "--parents", "0"])
+    assert result.exit_code == 2 and result.output.strip() == "error: --parents 0 must be >= 1"
+    result = CliRunner().invoke(main, [*base, "--mutation-prob", "1.5"])
+    assert result.exit_code == 2 and "--mutation-prob 1.5 must be in [0, 1]" in result.output
+    other = SearchSpace.from_dict({**SPACE, "name": "other", "stem_channels": 16})
+    with pytest.raises(VitresError, match="profiled for another space"):
+        CostModel(table, other)
+    with pytest.raises(BudgetError, match="alpha 0 must be in"):
+        from vitres_deploy.search import check_budgets
+
+        check_budgets([Constraint(budget_at(table, 0.5), 0.0)], CostModel(table, checkpoint.space))

@@ -1,0 +1,130 @@
+"""``search``: the most accurate sub-network of a supernet under one or several latency budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import BudgetError
+from ..search.evolution import PRESETS, EvolutionConfig
+from .output import human, print_json, print_table
+
+_SCALES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``"1.0,1.5,2"`` -> ``[1.0, 1.5, 2.0]``; anything else is a one-line :class:`BudgetError`."""
+    try:
+        budgets = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise BudgetError(f"--budget-ms {text!r}: give a latency in ms or a comma-separated list (1.0,1.5,2)") from None
+    if any(not b > 0 or b == float("inf") for b in budgets):
+        raise BudgetError(f"--budget-ms {text!r}: budgets must be positive finite milliseconds")
+    return budgets
+
+
+def parse_count(text: str | None, flag: str) -> int | None:
+    """``"12M"`` -> 12000000 (suffixes k, M, G); None stays None."""
+    if text is None:
+        return None
+    number, suffix = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
+    try:
+        value = float(number) * _SCALES[suffix]
+    except (ValueError, KeyError):
+        raise BudgetError(f"{flag} {text!r}: give a count such as 12000000, 12M, 500k or 1.5G") from None
+    if value <= 0:
+        raise BudgetError(f"{flag} {text!r} must be positive")
+    return int(value)
+
+
+def _preset_help() -> str:
+    paper, demo = PRESETS["paper"], PRESETS["demo"]
+    return (f"Evolution settings: paper ({paper.population} + {paper.iterations} x "
+            f"({paper.mutations}+{paper.crossovers}) evaluations per budget) or demo ({demo.population} + "
+            f"{demo.iterations} x ({demo.mutations}+{demo.crossovers}), sized for a CPU). Flags below override it.")
+
+
+@click.command()
+@click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
+@click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Latency table of the target device (`vitres-deploy profile`).")
+@click.option("--budget-ms", "budget_text", required=True,
+              help="Latency budget B in ms, or several (1.0,1.5,2.0): one search sharing its evaluations.")
+@click.option("--max-macs", help="Also cap MACs (e.g. 12M).")
+@click.option("--max-params", help="Also cap parameters (e.g. 1.5M).")
+@click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Search directory (evaluated.jsonl, best*.json, pareto.json, search.png).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed and inputs, same result.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True, help=_preset_help())
+@click.option("--population", type=int, help="Initial random population per budget.")
+@click.option("--iterations", type=int, help="Evolution iterations after the initial population.")
+@click.option("--parents", type=int, help="Top archs (of everything evaluated) that parent each iteration.")
+@click.option("--mutations", type=int, help="Mutants per iteration and budget.")
+@click.option("--crossovers", type=int, help="Uniform crossovers per iteration and budget.")
+@click.option("--mutation-prob", type=float, help="Per-gene mutation probability.")
+@click.option("--alpha", type=float, default=0.9, show_default=True,
+              help="Latency window [alpha*B, B]: candidates faster than alpha*B are left out.")
+@click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on the first N hold-out images (quick runs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="torch CPU threads per process. More can be many times slower on a shared machine; to use N "
+                   "cores run N processes: torchrun --nproc_per_node N -m vitres_deploy.cli search ...")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Evaluation device (default: cuda if available).")
+@click.option("--resume", is_flag=True, help="Continue the search in --out (same flags) from its evaluated.jsonl.")
+@click.option("--json", "as_json", is_flag=True, help="Print best.json (a list for several budgets).")
+def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, max_params: str | None,
+           data_dir: str | None, out_dir: Path, seed: int, preset: str, alpha: float, eval_limit: int | None,
+           batch_size: int, threads: int, device: str | None, resume: bool, as_json: bool,
+           **overrides: float | None) -> None:
+    """Evolutionary search for the most accurate sub-network under a latency budget (works under torchrun)."""
+    import dataclasses
+
+    import torch
+
+    from ..checkpoint import load_checkpoint
+    from ..latency import LatencyTable
+    from ..search.constraints import Constraint, CostModel, check_budgets
+    from ..search.distributed import join_ranks
+    from ..search.evolution import run_search
+    from ..session import open_checkpoint_data
+
+    budgets = parse_budgets(budget_text)
+    caps = parse_count(max_macs, "--max-macs"), parse_count(max_params, "--max-params")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    config: EvolutionConfig = dataclasses.replace(PRESETS[preset], seed=seed, **changes)
+    config.check()
+    torch.set_num_threads(threads)
+    table = LatencyTable.load(table_path)
+    with join_ranks(device) as ranks:
+        checkpoint = load_checkpoint(ckpt, map_location=ranks.device)
+        # refuse impossible budgets before the data is read (run_search checks them again)
+        check_budgets([Constraint(b, alpha, *caps) for b in budgets], CostModel(table, checkpoint.space))
+        data = open_checkpoint_data(checkpoint, data_dir)
+        result = run_search(checkpoint, data, table, budgets, out_dir, config=config, alpha=alpha, max_macs=caps[0],
+                            max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size,
+                            ranks=ranks, progress=not as_json)
+        if not ranks.main:
+            return
+    if as_json:
+        print_json(result.documents[0] if len(result.documents) == 1 else result.documents)
+        return
+    if table.validation is None:
+        click.echo(f"note: {table_path} is not validated yet (`vitres-deploy profile validate`)", err=True)
+    rows = []
+    for c, best in zip(result.constraints, result.bests):
+        feasible = sum(c.satisfied(r.metrics) for r in result.records)
+        rows.append((f"{c.budget_ms:g}", f"{c.low_ms:.4g}-{c.budget_ms:.4g}", best.hash, f"{best.latency_ms:.4g}",
+                     f"{100 * best.holdout_top1:.2f}%", human(best.macs), human(best.params), feasible))
+    print_table(f"search on {table.meta.device} ({table.meta.backend}, {table.meta.precision}, batch "
+                f"{table.meta.batch})", ["budget (ms)", "window (ms)", "arch", "latency (ms)", "hold-out top-1",
+                                         "MACs", "params", "in window"], rows)
+    for best in result.bests:
+        click.echo(f"  {best.hash}: {best.arch.short()}")
+    click.echo(f"{len(result.records)} archs evaluated ({result.new_evaluations} new) in {result.seconds:.1f} s; "
+               f"achievable {result.achievable.fastest_ms:.4g} .. {result.achievable.slowest_ms:.4g} ms; "
+               f"results in {out_dir}")
+
+
+COMMANDS = [search]
