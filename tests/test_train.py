@@ -70,7 +70,7 @@ def test_cli_train_then_evaluate_json(tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(main, ["train", "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
-                                  "--batch-size", "32", "--archs-per-batch", "1"])
+                                  "--batch-size", "32", "--archs-per-batch", "1", "--eval-limit", "100"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["evaluate", "--supernet", str(tmp_path / "supernet.safetensors"), "--arch", "min",
                                   "--split", "holdout", "--json"])
@@ -90,7 +90,8 @@ def test_ddp_two_gloo_ranks_keep_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "vitres_deploy.cli", "train", "--out", str(tmp_path),
-           "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--archs-per-batch", "2"]
+           "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--archs-per-batch", "2",
+           "--eval-limit", "100"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = load_checkpoint(tmp_path / "supernet.safetensors").meta

@@ -38,9 +38,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import spaces, train
+    from . import demo, export, profile, search, spaces, train
 
-    for module in (spaces, train):
+    for module in (spaces, train, profile, search, export, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -36,6 +36,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 @click.option("--holdout-fraction", type=float, default=None, help="Hold-out share of each class (fmnist: 0.1).")
 @click.option("--holdout-per-class", type=int, default=None, help="Hold-out images per class (folders: 25).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (quick runs).")
+@click.option("--eval-limit", type=int, default=None, help="Hold-out images evaluated per epoch (default: all).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, **options) -> None:
     """Train a supernet with multi-architectural sampling (works under torchrun)."""
