@@ -78,10 +78,10 @@ def onnx_artifact(path: Path, runtime: str, threads: int) -> Artifact:
 
 def plan_artifact(path: Path, precision: str) -> Artifact:
     """The TensorRT engine artifact."""
-    from .tensorrt_plan import PlanRunner
+    from ..runtime.tensorrt import TensorRTRunner
 
     return Artifact("tensorrt", path, "tensorrt",
-                    lambda batch: PlanRunner(path, RunnerOptions(batch=batch, precision=precision)))
+                    lambda batch: TensorRTRunner(path, RunnerOptions(batch=batch, precision=precision)))
 
 
 def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_runtime: str, data: ImageData, *,

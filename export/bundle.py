@@ -18,7 +18,6 @@ so a failed or interrupted export leaves nothing at the target.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckFailed, VitresError
+from ..files import current_umask, sha256_file
 
 FORMAT = "vitres-deploy/bundle"
 FORMAT_VERSION = 1
@@ -39,15 +39,6 @@ REFERENCE = "reference.npz"
 
 class BundleCorrupt(CheckFailed):
     """A bundle's files do not match its manifest (modified, truncated or missing)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -66,9 +57,7 @@ class Stage:
 
     def commit(self) -> Path:
         """Rename the staged bundle to its target, replacing an existing one only after the new one is complete."""
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.path, 0o777 & ~umask)  # mkdtemp made it private
+        os.chmod(self.path, 0o777 & ~current_umask())  # mkdtemp made it private
         old = None
         if self.target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
@@ -103,12 +92,6 @@ def check_target(target: Path, force: bool) -> None:
         raise VitresError(f"--out {target} is an existing file: choose a directory path for the bundle")
     if target.exists() and not force and any(target.iterdir()):
         raise VitresError(f"--out {target} already exists: pass --force to replace it or choose another path")
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON (inside a staged bundle, so no separate atomic step is needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def write_reference(path: Path, inputs: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:

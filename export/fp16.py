@@ -11,13 +11,14 @@ same arrays as to the fp32 model. The result is type-checked by ONNX shape infer
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from ..files import atomic_write
 
 KEEP_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
 
@@ -128,16 +129,8 @@ def convert_to_fp16(
 
 def convert_file(src: str | Path, dst: str | Path, **kwargs: object) -> Path:
     """Convert the ONNX file ``src`` to fp16 and write it to ``dst`` atomically; returns ``dst``."""
-    dst = Path(dst)
     model = convert_to_fp16(onnx.load(str(src)), **kwargs)  # type: ignore[arg-type]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    return atomic_write(dst, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:

@@ -65,10 +65,10 @@ def measure_export(plan: LatencyPlan, *, onnx_path: Path, plan_path: Path | None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
         if meta.backend == "tensorrt" and plan_path is not None:
-            from .tensorrt_plan import PlanRunner
+            from ..runtime.tensorrt import TensorRTRunner
 
-            with PlanRunner(plan_path, RunnerOptions(batch=meta.batch, precision=meta.precision,
-                                                     threads=meta.threads)) as runner:
+            with TensorRTRunner(plan_path, RunnerOptions(batch=meta.batch, precision=meta.precision,
+                                                         threads=meta.threads)) as runner:
                 return "tensorrt", measure(runner, meta.protocol)
         if get_backend(meta.backend).source == "onnx":
             return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(plan.table, onnx_path)

@@ -36,6 +36,7 @@ from ..arch import Arch
 from ..checkpoint import Checkpoint, package_versions
 from ..data import SPLITS, ImageData
 from ..errors import BackendUnavailable, DataError, VitresError
+from ..files import atomic_write_json, sha256_file
 from ..macs import arch_cost
 from ..runtime.base import RunnerOptions
 from ..runtime.registry import get_backend
@@ -46,9 +47,7 @@ from .bundle import (
     MANIFEST,
     REFERENCE,
     file_hashes,
-    sha256_file,
     staging,
-    write_json,
     write_reference,
 )
 from .checks import (
@@ -270,16 +269,6 @@ def simplify(src: Path, dst: Path, x: np.ndarray) -> tuple[CheckResult | None, d
     return result, record
 
 
-def _versions() -> dict[str, str]:
-    versions = package_versions()
-    for name in ("onnxslim", "onnxscript"):
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def default_name(arch: Arch) -> str:
     """Triton model name: ``<space>_<arch hash>`` with only letters, digits, ``-`` and ``_``."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{arch.space}_{arch.hash}")
@@ -392,7 +381,7 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
         name = opts.name or default_name(arch)
         inputs, labels, ref_logits = evaluation["sample"]
         write_reference(root / REFERENCE, inputs, labels, ref_logits)
-        write_json(root / "arch.json", arch.to_dict())
+        atomic_write_json(root / "arch.json", arch.to_dict())
         _write_triton(root, name, formats, opts.batch_range, sample_shape, space.num_classes)
         cost = arch_cost(arch, space)
         manifest = {
@@ -413,7 +402,7 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
             "normalization": {"mean": list(data.mean), "std": list(data.std), "pixel_scale": 1 / 255},
             "class_names": list(data.class_names),
             "data": {"kind": data.kind, "holdout": data.holdout.to_dict(), "holdout_sha256": data.holdout_digest},
-            "versions": _versions(),
+            "versions": package_versions(("onnxslim", "onnxscript")),
             "device": device_info("cuda" if engine or onnx_runtime == "ort-cuda" else "cpu"),
             "artifacts": {
                 "model.onnx": {"format": "onnx", "precision": opts.precision, "checked_on": onnx_runtime,
@@ -431,7 +420,7 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
         for rel, info in manifest["artifacts"].items():
             info["sha256"] = manifest["files"][rel]
             info["bytes"] = (root / rel).stat().st_size
-        write_json(root / MANIFEST, manifest)
+        atomic_write_json(root / MANIFEST, manifest)
         report = ExportReport(checks, manifest, None, timings, notes)
         if report.passed:
             report.bundle = stage.commit()

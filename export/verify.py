@@ -110,10 +110,10 @@ def _artifacts_here(bundle: Path, manifest: dict[str, Any], threads: int) -> tup
         if reason is None and backend.version() != plan["tensorrt"]:
             reason = f"engine built with TensorRT {plan['tensorrt']}, this machine has {backend.version()}"
         if reason is None:
-            import torch
+            from ..runtime.tensorrt import cuda_device_name
 
-            if torch.cuda.get_device_name(0) != plan["device"]:
-                reason = f"engine built for {plan['device']}, this machine has {torch.cuda.get_device_name(0)}"
+            if cuda_device_name(0) != plan["device"]:
+                reason = f"engine built for {plan['device']}, this machine has {cuda_device_name(0)}"
         if reason is None:
             artifacts.append(plan_artifact(bundle / "model.plan", precision))
         else:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import Checkpoint, atomic_write
+from ..checkpoint import Checkpoint
+from ..files import atomic_write_json, sha256_file
 from ..latency import LatencyTable
 from .constraints import Constraint
 from .records import Record
@@ -25,19 +26,10 @@ from .records import Record
 BEST, PARETO, PLOT = "best.json", "pareto.json", "search.png"
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def table_identity(table: LatencyTable) -> dict[str, Any]:
     """Which latency table a search used: its path, the sha256 of its file, and what it measured."""
     m = table.meta
-    digest = file_sha256(table.path) if table.path else \
+    digest = sha256_file(table.path) if table.path else \
         hashlib.sha256(json.dumps(table.to_dict(), sort_keys=True).encode()).hexdigest()
     return {"path": str(table.path) if table.path else None, "sha256": digest, "space": m.space,
             "backend": m.backend, "backend_version": m.backend_version, "precision": m.precision, "batch": m.batch,
@@ -47,7 +39,7 @@ def table_identity(table: LatencyTable) -> dict[str, Any]:
 
 def supernet_identity(checkpoint: Checkpoint) -> dict[str, Any]:
     """Which supernet a search used: its path, the sha256 of its file, its space and hold-out split."""
-    return {"path": str(checkpoint.path), "sha256": file_sha256(checkpoint.path), "space": checkpoint.space.name,
+    return {"path": str(checkpoint.path), "sha256": sha256_file(checkpoint.path), "space": checkpoint.space.name,
             "holdout_sha256": checkpoint.data.get("holdout_sha256")}
 
 
@@ -74,23 +66,18 @@ def pareto_front(records: Sequence[Record]) -> list[Record]:
     return front
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
 def write_outputs(out: Path, docs: Sequence[dict[str, Any]], records: Sequence[Record],
                   constraints: Sequence[Constraint], bests: Sequence[Record], table: dict[str, Any],
                   supernet: dict[str, Any], title: str) -> None:
     """Write the best file(s) (``docs``, one per constraint), ``pareto.json`` and ``search.png`` into ``out``."""
     several = len(constraints) > 1
     for c, doc in zip(constraints, docs):
-        write_json(out / best_filename(c.budget_ms, several), doc)
+        atomic_write_json(out / best_filename(c.budget_ms, several), doc)
     front = pareto_front(records)
-    write_json(out / PARETO, {"table": table, "supernet": supernet, "evaluated": len(records),
-                              "front": [{"hash": r.hash, "latency_ms": r.latency_ms, "holdout_top1": r.holdout_top1,
-                                         "macs": r.macs, "params": r.params, "arch": r.arch.to_dict()}
-                                        for r in front]})
+    atomic_write_json(out / PARETO, {"table": table, "supernet": supernet, "evaluated": len(records),
+                                     "front": [{"hash": r.hash, "latency_ms": r.latency_ms,
+                                                "holdout_top1": r.holdout_top1, "macs": r.macs, "params": r.params,
+                                                "arch": r.arch.to_dict()} for r in front]})
     from .plot import plot_search
 
     plot_search(out / PLOT, records, front, constraints, bests, title)

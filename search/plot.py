@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .constraints import Constraint
 from .records import Record
 

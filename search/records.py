@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..checkpoint import atomic_write
 from ..errors import ArchError, VitresError
+from ..files import atomic_write_json, atomic_write_text
 from .constraints import Metrics
 
 EVALUATED, SETTINGS = "evaluated.jsonl", "search.json"
@@ -93,7 +93,7 @@ def read_records(path: Path) -> list[Record]:
                                   "new search with another --out") from None
     if not text.endswith("\n") and text:  # the last write was interrupted: keep only whole lines
         kept = "".join(json.dumps(r.to_dict(), separators=(",", ":")) + "\n" for r in records)
-        atomic_write(path, lambda tmp: tmp.write_text(kept))
+        atomic_write_text(path, kept)
     return records
 
 
@@ -129,4 +129,4 @@ def open_run_dir(out: Path, settings: dict[str, Any], info: dict[str, Any], resu
 def write_settings(path: Path, settings: dict[str, Any], info: dict[str, Any]) -> None:
     """Write ``search.json`` atomically."""
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings, **info}
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write_json(path, doc)

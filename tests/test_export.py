@@ -15,9 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from vitres_deploy.cli import main
-from vitres_deploy.export.bundle import MANIFEST, REFERENCE, read_manifest, sha256_file
+from vitres_deploy.export.bundle import MANIFEST, REFERENCE, read_manifest
 from vitres_deploy.export.checks import CheckResult, LatencyCheckFailed, raise_for_failures
 from vitres_deploy.export.triton import parse_pbtxt, tensors_of
+from vitres_deploy.files import sha256_file
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vitres_deploy.errors import CheckFailed, VitresError
-from vitres_deploy.export.bundle import BundleCorrupt, read_manifest, staging, verify_hashes, write_json
+from vitres_deploy.export.bundle import BundleCorrupt, read_manifest, staging, verify_hashes
 from vitres_deploy.export.checks import (
     AccuracyCheckFailed,
     NumericsCheckFailed,
@@ -21,6 +21,7 @@ from vitres_deploy.export.checks import (
 from vitres_deploy.export.compare import Tolerances, compare, cosine_per_sample
 from vitres_deploy.export.pipeline import BatchRange
 from vitres_deploy.export.triton import PbtxtError, TensorConfig, model_config, parse_pbtxt, tensors_of
+from vitres_deploy.files import atomic_write_json
 
 LOOSE = Tolerances(atol=1e-3, rtol=1e-2, min_cosine=0.0, min_top1_agreement=0.0)
 
@@ -140,8 +141,8 @@ def test_batch_range_parsing(text, ok):
 
 def _bundle_in(stage_dir, payload: bytes) -> None:
     (stage_dir / "model.onnx").write_bytes(payload)
-    write_json(stage_dir / "manifest.json", {"format": "vitres-deploy/bundle", "format_version": 1,
-                                             "files": {"model.onnx": hashlib.sha256(payload).hexdigest()}})
+    atomic_write_json(stage_dir / "manifest.json", {"format": "vitres-deploy/bundle", "format_version": 1,
+                                                    "files": {"model.onnx": hashlib.sha256(payload).hexdigest()}})
 
 
 def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):

@@ -9,9 +9,7 @@ The name ``fmnist-demo`` resolves to the supernet shipped inside the package.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from importlib import resources
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .space import PRESETS, SearchSpace
 from .supernet import ViTResNASSupernet
 
@@ -50,35 +49,15 @@ class Checkpoint:
         return self.meta.get("data", {})
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that matter for reproducing a result."""
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of the packages that matter for reproducing a result, and of the installed ones of ``extra``."""
     versions = {"python": platform.python_version()}
-    for name in ("vitres-deploy", "torch", "numpy", "onnx", "onnxruntime", "safetensors", "tensorrt"):
+    for name in ("vitres-deploy", "torch", "numpy", "onnx", "onnxruntime", "safetensors", "tensorrt", *extra):
         try:
             versions[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make shipped files private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | Path, supernet: ViTResNASSupernet, meta: dict[str, Any],

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import max_arch, min_arch, sample_arch
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .errors import CheckpointError, VitresError
 from .evaluate import evaluate_arch
+from .files import atomic_write_text
 from .space import load_space
 from .supernet import ViTResNASSupernet
 
@@ -281,4 +282,4 @@ def _trim_log(path: Path, epochs_kept: int) -> None:
     if not path.is_file():
         return
     lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_kept]
-    atomic_write(path, lambda tmp: tmp.write_text("".join(ln + "\n" for ln in lines)))
+    atomic_write_text(path, "".join(ln + "\n" for ln in lines))

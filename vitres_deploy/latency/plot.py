@@ -6,9 +6,9 @@ backend switch); matplotlib is imported only here.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from ..files import atomic_write
 from .entries import EntrySpec
 from .table import LatencyTable
 
@@ -74,11 +74,4 @@ def plot_table(table: LatencyTable, out: str | Path) -> Path:
     m = table.meta
     fig.suptitle(f"{m.space} · {m.backend} {m.backend_version} · {m.precision} · batch {m.batch} · "
                  f"{m.threads} thread(s) · {m.device}", fontsize=9)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110), suffix=f".tmp{out.suffix}")  # format from suffix

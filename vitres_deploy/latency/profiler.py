@@ -20,7 +20,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +36,7 @@ from .. import __version__
 from ..arch import Arch, sample_arch
 from ..errors import ProfileError
 from ..export.onnx import DEFAULT_OPSET, export_onnx
+from ..files import atomic_write
 from ..macs import arch_cost
 from ..runtime.base import NoisyMeasurement, Protocol, RunnerOptions, TimingStats, measure
 from ..runtime.cache import cache_root
@@ -191,13 +191,8 @@ def _build(job: _BuildJob) -> str:
     path = Path(job.path)
     if not path.is_file():
         module, sample_shape = job.target.module(space)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-        try:
-            export_onnx(module, sample_shape, tmp, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: export_onnx(module, sample_shape, tmp, opset=job.settings.opset,
+                                                   dynamic_batch=job.settings.dynamic_batch), suffix=".tmp.onnx")
     backend = get_backend(job.settings.backend)
     if backend.builds_in_workers:
         backend.prebuild(path, job.settings.runner_options())
@@ -267,10 +262,7 @@ def null_source(space: SearchSpace, settings: ProfileSettings) -> Any:
             [helper.make_tensor_value_info("output", TensorProto.FLOAT, dims)],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", settings.opset)], ir_version=10)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
     return path
 
 

@@ -16,12 +16,12 @@ On disk it is one JSON file, rewritten atomically (temporary file in the same di
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import ProfileError
+from ..files import atomic_write_json
 from ..runtime.base import Protocol, TimingStats
 from ..space import SearchSpace
 from .entries import EntrySpec, enumerate_entries
@@ -224,17 +224,7 @@ class LatencyTable:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ProfileError("latency table has no path to save to")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_json(target, self.to_dict(), indent=1, fsync=True)
         self.path = target
         return target
 

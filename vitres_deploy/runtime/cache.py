@@ -7,9 +7,10 @@ written atomically, so concurrent workers and interrupted runs never leave a hal
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+
+from ..files import sha256_file
 
 
 def cache_root(override: str | Path | None = None) -> Path:
@@ -22,33 +23,11 @@ def cache_root(override: str | Path | None = None) -> Path:
     return Path(base) / "vitres-deploy"
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """Hex SHA-256 prefix of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def fp16_onnx(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The strongly typed fp16 version of the ONNX file ``path`` (LayerNorm/softmax in fp32), cached by content."""
     from ..export.fp16 import convert_file
 
-    dst = cache_root(cache_dir) / "fp16" / f"{Path(path).stem}-{file_digest(path)}.fp16.onnx"
+    dst = cache_root(cache_dir) / "fp16" / f"{Path(path).stem}-{sha256_file(path)[:16]}.fp16.onnx"
     if not dst.is_file():
         convert_file(path, dst)
     return dst

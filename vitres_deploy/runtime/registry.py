@@ -39,7 +39,9 @@ def _tensorrt_reason() -> str | None:
         return "the tensorrt Python package is not installed"
     import tensorrt
 
-    if int(tensorrt.__version__.split(".")[0]) not in (10, 11):
+    from .tensorrt import SUPPORTED_MAJORS
+
+    if int(tensorrt.__version__.split(".")[0]) not in SUPPORTED_MAJORS:
         return f"tensorrt {tensorrt.__version__} is installed; TensorRT 10.x or 11.x is needed"
     return _cuda_reason()
 
@@ -79,7 +81,7 @@ def _make_ort(kind: str) -> Callable[[Any, RunnerOptions], Runner]:
 def _make_tensorrt(source: Any, options: RunnerOptions) -> Runner:
     from .tensorrt import TensorRTRunner
 
-    return TensorRTRunner(source, options)
+    return TensorRTRunner.from_onnx(source, options)
 
 
 def _make_torch(cuda: bool) -> Callable[[Any, RunnerOptions], Runner]:

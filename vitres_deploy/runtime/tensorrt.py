@@ -1,10 +1,13 @@
-"""``tensorrt``: the native TensorRT Python API (10.x and 11.x).
+"""``tensorrt``: the native TensorRT Python API (10.x and 11.x), the one home of TensorRT engines.
 
-Build: ``OnnxParser`` into a network, a builder config with a workspace limit, one optimization
-profile fixed at the profiled shapes (min = opt = max, like ``trtexec --shapes``), and a timing cache
-kept on disk; the serialized plan is cached by the hash of everything it depends on, so
-:func:`build_engine` can run in worker processes ahead of timing. Run: ``execute_async_v3`` on a torch
-CUDA stream with device buffers bound once by ``set_tensor_address``, timed with CUDA events.
+Build (:func:`serialize_engine`): ``OnnxParser`` into a network, a builder config with a workspace limit,
+one optimization profile on the batch dimension (MIN, OPT, MAX), and a timing cache kept on disk. The
+latency-table backend fixes the profile at the profiled shapes (min = opt = max, like ``trtexec --shapes``)
+and :func:`build_engine` caches its plan by the hash of everything it depends on, so it can run in worker
+processes ahead of timing; the export builds a served engine over a batch range from the same function.
+Run (:class:`TensorRTRunner`, from a built plan file or through the cache from an ONNX file):
+``execute_async_v3`` on a torch CUDA stream with device buffers bound once by ``set_tensor_address``, timed
+with CUDA events.
 
 Precision: fp32 builds clear TF32. fp16 uses ``BuilderFlag.FP16`` on 10.x; 11.x removed weak typing
 (that flag included), so there the ONNX is converted to a strongly typed fp16 model with LayerNorm and
@@ -22,25 +25,31 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, ProfileError
+from ..files import atomic_write_bytes, sha256_file
 from .base import Runner, RunnerOptions, TensorSpec
-from .cache import atomic_write_bytes, cache_root, file_digest, fp16_onnx
+from .cache import cache_root, fp16_onnx
 from .ort import onnx_input_specs
 
 SUPPORTED_MAJORS = (10, 11)
 
 
-def _trt() -> Any:
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module; :class:`BackendUnavailable` when it is missing or not 10.x/11.x."""
     try:
         import tensorrt as trt
     except ImportError:
         raise BackendUnavailable("tensorrt: the tensorrt Python package is not installed") from None
-    major = int(trt.__version__.split(".")[0])
-    if major not in SUPPORTED_MAJORS:
+    if _major(trt) not in SUPPORTED_MAJORS:
         raise BackendUnavailable(f"tensorrt {trt.__version__}: only TensorRT 10.x and 11.x are supported")
     return trt
 
 
-def _device_name(device_id: int) -> str:
+def _major(trt: Any) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
+def cuda_device_name(device_id: int) -> str:
+    """Name of CUDA device ``device_id``; :class:`BackendUnavailable` when torch sees no GPU."""
     import torch
 
     if not torch.cuda.is_available():
@@ -48,32 +57,36 @@ def _device_name(device_id: int) -> str:
     return torch.cuda.get_device_name(device_id)
 
 
-def _strongly_typed_fp16(trt: Any, options: RunnerOptions) -> bool:
-    return options.precision == "fp16" and int(trt.__version__.split(".")[0]) >= 11
+def strongly_typed_fp16(trt: Any, precision: str) -> bool:
+    """Whether ``precision`` is built from a strongly typed fp16 ONNX (fp16 on TensorRT 11, which has no weak
+    typing) rather than from the fp32 ONNX."""
+    return precision == "fp16" and _major(trt) >= 11
 
 
-def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
-    """Build (or find in the cache) the serialized engine of ``onnx_path`` for ``options``; returns its path.
+def precision_record(trt: Any, precision: str) -> dict[str, Any]:
+    """How ``precision`` is obtained, for records: ``fp16_via`` (None for fp32) and ``tf32`` (False for fp32)."""
+    return {"fp16_via": None if precision == "fp32"
+            else "strongly typed fp16 ONNX" if strongly_typed_fp16(trt, precision) else "BuilderFlag.FP16",
+            "tf32": False if precision == "fp32" else None}
 
-    Safe to call from worker processes: the plan and the timing cache are written atomically.
+
+def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profile: tuple[int, int, int]) -> bytes:
+    """Build the engine of the ONNX file ``model_path`` for ``options``; returns the serialized plan.
+
+    The one optimization profile spans the batch dimension at ``batch_profile`` (min, opt, max; latency
+    tables fix it: min = opt = max = their batch); the other dimensions are the model's. ``model_path`` must
+    already be the strongly typed fp16 ONNX where :func:`strongly_typed_fp16` says so. The timing cache of
+    ``options.cache_dir`` is read and updated (atomically, so worker processes may build side by side);
+    ``options.batch`` is not used. A model that does not parse or build is a :class:`ProfileError`.
     """
-    trt = _trt()
-    device = _device_name(options.device_id)
-    major = int(trt.__version__.split(".")[0])
-    strongly_typed = _strongly_typed_fp16(trt, options)
-    model_path = fp16_onnx(onnx_path, options.cache_dir) if strongly_typed else Path(onnx_path)
-    specs = onnx_input_specs(model_path, options.batch)
-    root = cache_root(options.cache_dir) / "tensorrt"
-    key = hashlib.sha256(json.dumps({
-        "onnx": file_digest(model_path), "trt": trt.__version__, "device": device, "precision": options.precision,
-        "shapes": [[s.name, list(s.shape)] for s in specs], "workspace_mb": options.workspace_mb,
-    }, sort_keys=True).encode()).hexdigest()[:20]
-    plan_path = root / "engines" / f"{model_path.stem}-{key}.plan"
-    if plan_path.is_file():
-        return plan_path
-
+    trt = import_tensorrt()
+    device = cuda_device_name(options.device_id)
+    model_path = Path(model_path)
+    lo, opt, hi = batch_profile
+    specs = onnx_input_specs(model_path, opt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    strongly_typed = strongly_typed_fp16(trt, options.precision)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -82,22 +95,49 @@ def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
         raise ProfileError(f"tensorrt could not parse {model_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    if options.precision == "fp16" and major < 11:
+    if options.precision == "fp16" and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
     if options.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for s in specs:
-        profile.set_shape(s.name, s.shape, s.shape, s.shape)
+        sample = s.shape[1:]
+        profile.set_shape(s.name, (lo, *sample), (opt, *sample), (hi, *sample))
     config.add_optimization_profile(profile)
-    timing_path = root / f"timing-{trt.__version__}-{_slug(device)}.cache"
+    timing_path = cache_root(options.cache_dir) / "tensorrt" / f"timing-{trt.__version__}-{_slug(device)}.cache"
     cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ProfileError(f"tensorrt failed to build an engine for {model_path.name} (see the TensorRT log)")
     _save_timing_cache(config, timing_path)
-    return atomic_write_bytes(plan_path, bytes(memoryview(plan)))
+    return bytes(memoryview(plan))
+
+
+def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
+    """Build (or find in the cache) the engine of ``onnx_path`` fixed at batch ``options.batch``; returns its path.
+
+    Safe to call from worker processes: the plan and the timing cache are written atomically.
+    """
+    trt = import_tensorrt()
+    device = cuda_device_name(options.device_id)
+    model_path = _engine_onnx(trt, onnx_path, options)
+    specs = onnx_input_specs(model_path, options.batch)
+    key = hashlib.sha256(json.dumps({
+        "onnx": sha256_file(model_path)[:16], "trt": trt.__version__, "device": device,
+        "precision": options.precision, "shapes": [[s.name, list(s.shape)] for s in specs],
+        "workspace_mb": options.workspace_mb,
+    }, sort_keys=True).encode()).hexdigest()[:20]
+    plan_path = cache_root(options.cache_dir) / "tensorrt" / "engines" / f"{model_path.stem}-{key}.plan"
+    if plan_path.is_file():
+        return plan_path
+    return atomic_write_bytes(plan_path, serialize_engine(model_path, options, (options.batch,) * 3))
+
+
+def _engine_onnx(trt: Any, onnx_path: str | Path, options: RunnerOptions) -> Path:
+    """The ONNX file an engine of ``onnx_path`` is parsed from: the cached strongly typed fp16 one on 11.x."""
+    return fp16_onnx(onnx_path, options.cache_dir) if strongly_typed_fp16(trt, options.precision) \
+        else Path(onnx_path)
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:
@@ -126,33 +166,40 @@ def _torch_dtype(trt: Any, dt: Any) -> Any:
 
 
 class TensorRTRunner(Runner):
-    """A TensorRT engine from an ONNX file, run with ``execute_async_v3`` on device-resident buffers."""
+    """A built TensorRT engine (plan file) run with ``execute_async_v3`` on device-resident buffers.
+
+    ``TensorRTRunner(plan_path, options)`` runs a plan at batch ``options.batch``, which must lie inside its
+    optimization profile (e.g. a bundle's ``model.plan``); :meth:`from_onnx` builds (or finds in the cache)
+    the engine of an ONNX file first, as the ``tensorrt`` backend does.
+    """
 
     backend = "tensorrt"
     device = "cuda"
 
-    def __init__(self, onnx_path: str | Path, options: RunnerOptions | None = None) -> None:
+    def __init__(self, plan_path: str | Path, options: RunnerOptions | None = None,
+                 input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+        """Load ``plan_path``; inputs take ``input_shapes`` (by name), by default batch ``options.batch``."""
         import torch
 
         self.options = options or RunnerOptions()
-        trt = _trt()
-        _device_name(self.options.device_id)
+        trt = import_tensorrt()
+        cuda_device_name(self.options.device_id)
         torch.cuda.set_device(self.options.device_id)
         super().__init__(torch.cuda.Stream(device=self.options.device_id))
         self._trt = trt
-        self.plan_path = build_engine(onnx_path, self.options)
+        self.plan_path = Path(plan_path)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
-            raise ProfileError(f"tensorrt could not deserialize {self.plan_path} (built by another TensorRT?)")
+            raise BackendUnavailable(f"tensorrt {trt.__version__} could not deserialize {self.plan_path.name}: "
+                                     "engines only load with the TensorRT version and GPU they were built with")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        model_path = fp16_onnx(onnx_path, self.options.cache_dir) if _strongly_typed_fp16(trt, self.options) \
-            else Path(onnx_path)
-        for spec in onnx_input_specs(model_path, self.options.batch):
-            self.context.set_input_shape(spec.name, spec.shape)
+        for n in names:
+            if is_input[n]:
+                self.context.set_input_shape(n, input_shapes[n] if input_shapes is not None else self._batch_shape(n))
         self._buffers: dict[str, Any] = {}
         for n in names:
             shape = tuple(self.context.get_tensor_shape(n))
@@ -162,6 +209,23 @@ class TensorRTRunner(Runner):
         self.input_specs = [TensorSpec(n, tuple(self._buffers[n].shape), str(self._buffers[n].dtype).split(".")[-1])
                             for n in names if is_input[n]]
         self._outputs = [n for n in names if not is_input[n]]
+
+    @classmethod
+    def from_onnx(cls, onnx_path: str | Path, options: RunnerOptions | None = None) -> TensorRTRunner:
+        """The runner of the engine of ``onnx_path`` fixed at batch ``options.batch`` (built or found in the cache)."""
+        options = options or RunnerOptions()
+        plan_path = build_engine(onnx_path, options)
+        specs = onnx_input_specs(_engine_onnx(import_tensorrt(), onnx_path, options), options.batch)
+        return cls(plan_path, options, {s.name: s.shape for s in specs})
+
+    def _batch_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of input ``name`` at batch ``options.batch``, checked against the engine's profile."""
+        lo, _, hi = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+        if not lo[0] <= self.options.batch <= hi[0]:
+            raise BackendUnavailable(f"{self.plan_path.name}: batch {self.options.batch} is outside the "
+                                     f"engine's profile {lo[0]}..{hi[0]}")
+        sample = tuple(int(d) for d in self.engine.get_tensor_shape(name))[1:]
+        return (self.options.batch, *sample)
 
     def bind(self, inputs: Mapping[str, np.ndarray]) -> None:
         import torch
@@ -188,13 +252,10 @@ class TensorRTRunner(Runner):
         return out
 
     def info(self) -> dict[str, Any]:
-        major = int(self._trt.__version__.split(".")[0])
         return {
             "tensorrt": self._trt.__version__,
             "plan": self.plan_path.name,
-            "fp16_via": None if self.options.precision == "fp32"
-            else "strongly typed fp16 ONNX" if major >= 11 else "BuilderFlag.FP16",
-            "tf32": False if self.options.precision == "fp32" else None,
+            **precision_record(self._trt, self.options.precision),
             "optimization_profile": {s.name: list(s.shape) for s in self.input_specs},
         }
 

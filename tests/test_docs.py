@@ -1,0 +1,77 @@
+"""The docs cannot rot: the CLI reference matches the commands' help, and the README's commands run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _block(heading: str) -> list[str]:
+    """Command lines of the first fenced block under a README heading (comments and prompts stripped)."""
+    section = README.split(f"\n## {heading}\n", 1)[1]
+    body = re.search(r"```(?:sh|console|bash)\n(.*?)```", section, re.S).group(1)
+    lines, current = [], ""
+    for raw in body.splitlines():
+        line = raw.split("  #", 1)[0].rstrip()
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        if current.strip():
+            lines.append(current.strip())
+        current = ""
+    return lines
+
+
+def test_cli_reference_is_generated_from_the_current_help():
+    proc = subprocess.run([sys.executable, "docs/make_cli_reference.py", "--check"], cwd=ROOT)
+    assert proc.returncode == 0, "docs/cli.md is out of date: run `python docs/make_cli_reference.py`"
+
+
+def test_every_command_is_in_the_cli_reference():
+    from vitres_deploy.cli import main
+
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    for name in main.commands:
+        assert f"## `{name}`" in reference
+
+
+def test_quick_start_is_the_two_commands():
+    assert _block("Quick start")[:2] == ["make demo", "make test"]
+
+
+@pytest.mark.slow
+def test_readme_step_by_step_commands_run_as_written(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    commands = _block("Step by step")
+    assert len(commands) >= 5
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "vitres-deploy", command
+        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
+    assert (tmp_path / "runs" / "bundle" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_quick_demo_from_the_readme_runs_as_written(tmp_path):
+    lines = (x.strip().strip("`") for x in README.splitlines())
+    argv = shlex.split(next(x for x in lines if x.startswith("make demo DEMO_ARGS=")))
+    argv = [a + f" --out {tmp_path / 'demo'}" if a.startswith("DEMO_ARGS=") else a for a in argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test top-1" in proc.stdout
+    for name in ("summary.json", "search/best.json", "search/search.png", "bundle/manifest.json",
+                 "profile/latency.png"):
+        assert (tmp_path / "demo" / name).is_file(), name

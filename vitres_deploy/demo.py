@@ -1,0 +1,168 @@
+"""The main job, end to end on the embedded default: CPU, ONNX Runtime, ``fmnist-demo``, Fashion-MNIST.
+
+profile the ``fmnist`` space with ``ort-cpu`` (or reuse the shipped table) -> validate the table ->
+search under a budget taken from the table's range -> export ONNX with every check -> one summary.
+Everything is written under one output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .arch import Arch
+from .checkpoint import Checkpoint, load_checkpoint
+from .data import ImageData
+from .errors import ProfileError
+from .latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space, validate_table
+from .latency.table import shipped_profiles
+from .macs import arch_cost
+from .session import open_checkpoint_data
+from .space import PRESETS
+
+SPACE, BACKEND, SUPERNET = "fmnist", "ort-cpu", "fmnist-demo"
+TABLE_NAME = f"{SPACE}-{BACKEND}-fp32-b1.json"
+
+
+@dataclass
+class DemoOptions:
+    """Settings of the demo run."""
+
+    out: Path
+    reuse_profile: bool = False
+    budget_ms: float | None = None
+    budget_fraction: float = 0.35
+    validate_samples: int = 20
+    search_preset: str = "demo"
+    supernet: str = SUPERNET
+    eval_limit: int | None = None
+    data_dir: str | None = None
+    threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced: the figures of the summary and the paths of every output."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (also written as ``summary.json``)."""
+        return {"summary": self.summary, "paths": self.paths, "seconds": self.seconds}
+
+
+def shipped_table() -> Path:
+    """The shipped ``fmnist`` ``ort-cpu`` table (measured on the machine named by its folder)."""
+    found = sorted(shipped_profiles().glob(f"*/{TABLE_NAME}"))
+    if not found:
+        raise ProfileError(f"no shipped {TABLE_NAME} in the package: run the demo without --reuse-profile")
+    return found[0]
+
+
+def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
+    """Run every step of the demo into ``opts.out``; each step's own checks raise on failure."""
+    from .export.pipeline import ExportOptions, export_bundle
+    from .search.evolution import PRESETS as SEARCH_PRESETS
+    from .search.evolution import run_search
+
+    out, result = opts.out, DemoResult()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(opts.threads)  # small CPU kernels: one thread is faster and steadier on a shared machine
+    table_path = out / "profile" / TABLE_NAME
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        say(f"[{len(result.seconds) + 1}/5] {name}")
+        t0 = time.perf_counter()
+        value = fn()
+        result.seconds[name] = round(time.perf_counter() - t0, 1)
+        return value
+
+    if opts.reuse_profile:
+        source = shipped_table()
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, table_path)
+        table = step("profile (reusing the shipped table)", lambda: LatencyTable.load(table_path))
+        result.paths["shipped_table"] = str(source)
+    else:
+        settings = ProfileSettings(backend=BACKEND, threads=opts.threads)
+        table = step("profile fmnist with ort-cpu", lambda: profile_space(PRESETS[SPACE], settings, table_path))
+    validation = step("validate the table", lambda: validate_table(table_path, samples=opts.validate_samples,
+                                                                     seed=opts.seed))
+    table = LatencyTable.load(table_path)  # reload: validation stored the fitted correction in it
+
+    checkpoint = load_checkpoint(opts.supernet, expect_space=PRESETS[SPACE])
+    data = open_checkpoint_data(checkpoint, opts.data_dir)
+    span = latency_range(table)
+    budget = opts.budget_ms or round(span.fastest_ms + opts.budget_fraction * (span.slowest_ms - span.fastest_ms), 4)
+    search = step(f"search under {budget:.4f} ms", lambda: run_search(
+        checkpoint, data, table, [budget], out / "search", config=SEARCH_PRESETS[opts.search_preset],
+        eval_limit=opts.eval_limit))
+    best_doc = search.documents[0]
+    arch = Arch.from_dict(best_doc).validate(checkpoint.space)
+    export = step("export ONNX with every check", lambda: export_bundle(
+        checkpoint, arch, data, out / "bundle",
+        ExportOptions(profile=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit),
+        arch_file=best_doc))
+    export.raise_for_failures()
+    test = step("test-split accuracy of PyTorch and ONNX Runtime",
+                lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
+                                         opts.eval_limit))
+
+    latency = export.manifest.get("latency") or {}
+    holdout = next(c.values for c in export.checks if c.check == "accuracy" and c.artifact == "onnx")
+    cost = arch_cost(arch, checkpoint.space)
+    result.summary = {
+        "budget_ms": budget, "achievable_ms": [span.fastest_ms, span.slowest_ms],
+        "predicted_ms": predict(table, arch).latency_ms, "measured_ms": latency.get("measured_ms"),
+        "macs": cost.macs, "params": cost.params, "arch": arch.short(), "arch_hash": arch.hash,
+        "holdout_top1_pytorch": holdout["reference_top1"], "holdout_top1_onnxruntime": holdout["top1"],
+        "test_top1_pytorch": test["pytorch"], "test_top1_onnxruntime": test["onnxruntime"],
+        "validation": {k: validation.get(k) for k in ("samples", "mape", "max_error_pct", "within_5pct",
+                                                       "within_10pct", "kendall_tau", "spearman")},
+        "search_evaluations": len(search.records), "eval_limit": opts.eval_limit,
+    }
+    result.paths.update({
+        "out": str(out), "table": str(table_path), "table_plot": str(out / "profile" / "latency.png"),
+        "search": str(out / "search"), "best": str(out / "search" / "best.json"),
+        "search_plot": str(out / "search" / "search.png"), "bundle": str(export.bundle),
+    })
+    _plot_table(table, out / "profile" / "latency.png")
+    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+def _plot_table(table: LatencyTable, path: Path) -> None:
+    from .latency.plot import plot_table
+
+    plot_table(table, path)
+
+
+@torch.inference_mode()
+def _test_accuracy(checkpoint: Checkpoint, arch: Arch, data: ImageData, onnx_path: Path, threads: int,
+                   limit: int | None) -> dict[str, float]:
+    """Top-1 on the t10k test split of the static PyTorch network and of the exported ONNX model."""
+    from .export.artifacts import onnx_artifact, predictor
+
+    model = checkpoint.supernet.extract(arch).eval()
+    runner = onnx_artifact(onnx_path, BACKEND, threads).make_runner(500)
+    run_onnx = predictor(runner, 500)
+    correct = {"pytorch": 0, "onnxruntime": 0}
+    n = 0
+    for x, y in data.eval_batches("test", 500, limit):
+        labels = y.numpy()
+        correct["pytorch"] += int((model(x).argmax(1).numpy() == labels).sum())
+        correct["onnxruntime"] += int((run_onnx(np.ascontiguousarray(x.numpy())).argmax(1) == labels).sum())
+        n += len(labels)
+    runner.close()
+    return {k: v / n for k, v in correct.items()}

@@ -1,0 +1,74 @@
+"""Atomic file writes and file hashing, in one place.
+
+Every file vitres-deploy keeps (checkpoints, latency tables, search results, cached ONNX files and
+engines, plots) is written through :func:`atomic_write`: to a temporary file in the target's directory
+(same file system, so the rename is atomic), given the permissions of a normally created file, then
+renamed over the target with ``os.replace``. Readers see the old file or the new one, never a partial
+one, and a failed write leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: str = ".tmp",
+                 fsync: bool = False) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``; returns ``path``.
+
+    ``suffix`` ends the temporary file's name (for writers that pick the format from the extension, e.g.
+    ``".tmp.png"``); with ``fsync`` the data is flushed to disk before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make shipped files private
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text), fsync=fsync)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: str | Path, data: Any, *, indent: int = 2, fsync: bool = False) -> Path:
+    """Write ``data`` as indented JSON with a final newline to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=indent) + "\n", fsync=fsync)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
