@@ -73,6 +73,7 @@ def shipped_table() -> Path:
 def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
     """Run every step of the demo into ``opts.out``; each step's own checks raise on failure."""
     from .export.pipeline import ExportOptions, export_bundle
+    from .latency.plot import plot_table
     from .search.evolution import PRESETS as SEARCH_PRESETS
     from .search.evolution import run_search
 
@@ -137,15 +138,9 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         "search": str(out / "search"), "best": str(out / "search" / "best.json"),
         "search_plot": str(out / "search" / "search.png"), "bundle": str(export.bundle),
     })
-    _plot_table(table, out / "profile" / "latency.png")
+    plot_table(table, out / "profile" / "latency.png")
     (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result
-
-
-def _plot_table(table: LatencyTable, path: Path) -> None:
-    from .latency.plot import plot_table
-
-    plot_table(table, path)
 
 
 @torch.inference_mode()
