@@ -99,8 +99,10 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
     from ..latency.profiler import progress_bar
 
     batch = max_batch
-    runners = {a.name: a.make_runner(batch) for a in artifacts}
+    runners: dict[str, Runner] = {}
     try:
+        for a in artifacts:
+            runners[a.name] = a.make_runner(batch)
         predictors = {a.name: predictor(runners[a.name], batch) for a in artifacts}
         if reference is not None:
             predictors = {"pytorch": reference, **predictors}

@@ -177,8 +177,3 @@ def evaluate_split(predictors: Mapping[str, Predict], batches: Iterable[tuple[An
     inputs = np.stack([r[1] for r in reservoir]) if reservoir else np.zeros((0,), np.float32)
     labels = np.asarray([r[2] for r in reservoir], dtype=np.int64)
     return SplitEvaluation(seen, correct, agree, inputs, labels)
-
-
-def batched(predict: Predict, x: np.ndarray, batch: int) -> np.ndarray:
-    """Outputs of ``predict`` on ``x`` fed in chunks of at most ``batch`` images."""
-    return np.concatenate([predict(x[i: i + batch]) for i in range(0, len(x), batch)])

@@ -37,6 +37,7 @@ from ..checkpoint import Checkpoint, package_versions
 from ..data import SPLITS, ImageData
 from ..errors import BackendUnavailable, DataError, VitresError
 from ..files import atomic_write_json, sha256_file
+from ..latency.entries import network_sample_shape
 from ..macs import arch_cost
 from ..runtime.base import RunnerOptions
 from ..runtime.registry import get_backend
@@ -296,7 +297,7 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
         from .latency_gate import plan_latency_gate
 
         gate = plan_latency_gate(opts.profile, arch, space, opts.precision, opts.batch_range.as_tuple(), formats)
-    sample_shape = (space.in_chans, space.image_size, space.image_size)
+    sample_shape = network_sample_shape(space)
     batch = opts.batch_range.max
     timings: dict[str, float] = {}
     notes: list[str] = []

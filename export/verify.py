@@ -137,6 +137,10 @@ def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, thr
         tolerances = Tolerances(**manifest["tolerances"])
         batch_range = BatchRange(**manifest["batch_range"])
         max_drop = float(manifest["max_accuracy_drop_points"])
+        holdout = HoldoutSpec.from_dict(data_spec["holdout"])
+        data_kind, holdout_digest, image_size = data_spec["kind"], data_spec["holdout_sha256"], space["image_size"]
+        check = {k: evaluation[k] for k in ("reference_runtime", "split", "limit", "seed", "reference_top1")}
+        artifacts, skipped = _artifacts_here(root, manifest, threads)
     except (KeyError, TypeError, ValueError) as e:
         raise BundleCorrupt(f"{root / 'manifest.json'} lacks or garbles {e}: the manifest is corrupt; "
                             "re-export the bundle") from None
@@ -145,16 +149,16 @@ def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, thr
             raise
         raise BundleCorrupt(f"{root}: {e}") from None
     report = VerifyReport(root, manifest, len(files))
-    artifacts, report.skipped = _artifacts_here(root, manifest, threads)
+    report.skipped = skipped
     if not artifacts:
         return report
-    data = open_data(data_spec["kind"], data_dir, space["image_size"], HoldoutSpec.from_dict(data_spec["holdout"]))
-    if data.holdout_digest != data_spec["holdout_sha256"]:
+    data = open_data(data_kind, data_dir, image_size, holdout)
+    if data.holdout_digest != holdout_digest:
         raise DataError(f"the data in {data_dir or 'the default directory'} gives another hold-out split than the "
                         "bundle was checked on: pass the same --data as at export")
     sample = read_reference(root / REFERENCE)
     report.checks, _ = check_artifacts(
-        artifacts, None, evaluation["reference_runtime"], data, split=evaluation["split"], limit=evaluation["limit"],
+        artifacts, None, check["reference_runtime"], data, split=check["split"], limit=check["limit"],
         min_batch=batch_range.min, max_batch=batch_range.max, tolerances=tolerances, max_drop=max_drop,
-        seed=evaluation["seed"], sample=sample, reference_top1=evaluation["reference_top1"], progress=progress)
+        seed=check["seed"], sample=sample, reference_top1=check["reference_top1"], progress=progress)
     return report

@@ -199,6 +199,19 @@ def test_verify_fails_after_corrupting_one_byte(exported, tmp_path, victim):
     assert f"error: {rel}: sha256" in _error_line(result) and "re-export" in _error_line(result)
 
 
+@pytest.mark.parametrize("key", ["evaluation", "data", "precision"])
+def test_verify_names_a_damaged_manifest_in_one_line(exported, tmp_path, key):
+    out, _ = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    manifest = read_manifest(copy)
+    del manifest[key]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = _invoke("verify", copy)
+    assert result.exit_code == 1
+    assert "manifest is corrupt" in _error_line(result) and "Traceback" not in result.output
+
+
 def test_verify_rejects_a_directory_without_manifest(tmp_path):
     result = _invoke("verify", tmp_path)
     assert result.exit_code == 1 and "no manifest.json" in _error_line(result)

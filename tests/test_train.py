@@ -38,6 +38,8 @@ def test_resume_continues_bit_for_bit(tmp_path):
     straight = train(cfg, tmp_path / "a", progress=False)
     with pytest.raises(_Stop):  # an interruption right after epoch 1's checkpoint
         train(cfg, tmp_path / "b", progress=False, on_epoch=lambda r: _stop_after(r, 1))
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lo')  # a log line torn by the interruption
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
     a, b = load_checkpoint(straight), load_checkpoint(resumed)
     assert weight_digest(a.supernet) == weight_digest(b.supernet)

@@ -7,7 +7,6 @@ Everything is written under one output folder.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from .arch import Arch
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import ImageData
 from .errors import ProfileError
+from .files import atomic_write_json
 from .latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space, validate_table
 from .latency.table import shipped_profiles
 from .macs import arch_cost
@@ -139,7 +139,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         "search_plot": str(out / "search" / "search.png"), "bundle": str(export.bundle),
     })
     plot_table(table, out / "profile" / "latency.png")
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2))
+    atomic_write_json(out / "summary.json", result.to_dict())
     return result
 
 
@@ -150,14 +150,13 @@ def _test_accuracy(checkpoint: Checkpoint, arch: Arch, data: ImageData, onnx_pat
     from .export.artifacts import onnx_artifact, predictor
 
     model = checkpoint.supernet.extract(arch).eval()
-    runner = onnx_artifact(onnx_path, BACKEND, threads).make_runner(500)
-    run_onnx = predictor(runner, 500)
     correct = {"pytorch": 0, "onnxruntime": 0}
     n = 0
-    for x, y in data.eval_batches("test", 500, limit):
-        labels = y.numpy()
-        correct["pytorch"] += int((model(x).argmax(1).numpy() == labels).sum())
-        correct["onnxruntime"] += int((run_onnx(np.ascontiguousarray(x.numpy())).argmax(1) == labels).sum())
-        n += len(labels)
-    runner.close()
+    with onnx_artifact(onnx_path, BACKEND, threads).make_runner(500) as runner:
+        run_onnx = predictor(runner, 500)
+        for x, y in data.eval_batches("test", 500, limit):
+            labels = y.numpy()
+            correct["pytorch"] += int((model(x).argmax(1).numpy() == labels).sum())
+            correct["onnxruntime"] += int((run_onnx(np.ascontiguousarray(x.numpy())).argmax(1) == labels).sum())
+            n += len(labels)
     return {k: v / n for k, v in correct.items()}

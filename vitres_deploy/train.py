@@ -187,6 +187,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
                             _optimizer_tensors(opt))
             with open(out / LOG, "a") as f:
                 f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             if on_epoch:
                 on_epoch(record)
         if env.world > 1:
@@ -281,5 +283,11 @@ def _trim_log(path: Path, epochs_kept: int) -> None:
     """Drop log lines of epochs that will be trained again (after an interrupted run)."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_kept]
-    atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+    kept = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln)["epoch"] <= epochs_kept:
+                kept.append(ln)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by the interruption: that epoch is trained again
+    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
