@@ -19,6 +19,11 @@ Run (the lead's numbers in docs/ come from the shipped supernet and table)::
     .venv/bin/python benchmarks/search_vs_baselines.py --supernet fmnist-demo \\
         --profile profiles/<device>/fmnist-ort-cpu-fp32-b1.json --preset demo --out runs/search-vs-baselines
 
+On several cores run it under ``torchrun`` (one torch thread per process; every evaluation of the search
+and of the baselines is dealt out to the ranks, the results are the same as one process's)::
+
+    OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc_per_node 2 benchmarks/search_vs_baselines.py ...
+
 It writes ``OUT/report.json`` and ``OUT/report.md`` and keeps the search in ``OUT/search`` (``--resume``
 continues an interrupted run).
 """
@@ -48,6 +53,7 @@ from vitres_deploy.files import atomic_write_json
 from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
 from vitres_deploy.macs import block_macs, reduction_macs
 from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
+from vitres_deploy.search.distributed import Ranks, join_ranks
 from vitres_deploy.session import open_checkpoint_data
 from vitres_deploy.space import SearchSpace
 
@@ -117,20 +123,24 @@ def random_under(space: SearchSpace, cost: CostModel, budget_ms: float, n: int, 
 
 
 class TestAccuracy:
-    """Test-split top-1 of archs, cached by hash (reported only, never used to choose)."""
+    """Test-split top-1 of archs, cached by hash, sharded like :class:`Fitness` (reported only, never to choose)."""
 
     def __init__(self, fitness: Fitness, data: ImageData, limit: int | None) -> None:
         self.fitness, self.data, self.limit, self.cache = fitness, data, limit, {}
 
-    def __call__(self, arch: Arch) -> float:
-        if arch.hash not in self.cache:
-            acc = evaluate_arch(self.fitness.supernet, arch, self.data, "test", self.fitness.batch_size, self.limit)
-            self.cache[arch.hash] = acc.top1
-        return self.cache[arch.hash]
+    def evaluate(self, archs: list[Arch]) -> list[float]:
+        """Test top-1 of each arch (in order); uncached archs are dealt out to the ranks."""
+        ranks, by_hash = self.fitness.ranks, {a.hash: a for a in archs}
+        todo = [h for h in by_hash if h not in self.cache]
+        mine = {h: evaluate_arch(self.fitness.supernet, by_hash[h], self.data, "test", self.fitness.batch_size,
+                                 self.limit).top1 for h in todo[ranks.rank::ranks.world]}
+        for part in ranks.all_gather(mine):
+            self.cache.update(part)
+        return [self.cache[a.hash] for a in archs]
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the search and both baselines; return the report."""
+def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
+    """Run the search and both baselines (evaluations dealt out to ``ranks``); return the report."""
     t0 = time.perf_counter()
     checkpoint = load_checkpoint(args.supernet)
     data = open_checkpoint_data(checkpoint, args.data)
@@ -147,31 +157,37 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                  if getattr(args, k) is not None}
     config = dataclasses.replace(PRESETS[args.preset], seed=args.seed, **overrides)
     result = run_search(checkpoint, data, table, budgets, args.out / "search", config=config, alpha=args.alpha,
-                        resume=args.resume, eval_limit=args.eval_limit, progress=True)
-    fitness = Fitness(checkpoint.supernet, data, limit=args.eval_limit)
+                        resume=args.resume, eval_limit=args.eval_limit, ranks=ranks, progress=ranks.main)
+    fitness = Fitness(checkpoint.supernet, data, ranks=ranks, limit=args.eval_limit)
     test = TestAccuracy(fitness, data, args.eval_limit)
 
-    def holdout(arch: Arch) -> float:
-        return fitness.evaluate([arch])[0].top1
-
     uniform = uniform_archs(space)
-    rows = []
-    for c, best in zip(result.constraints, result.bests):
+    candidates = []
+    for c in result.constraints:
         under = {a.hash: a for a in uniform if cost(a).latency_ms <= c.budget_ms}
         under.update((a.hash, a) for a in stage_uniform_under(table, c.budget_ms, args.uniform_candidates))
         under = [a for a in under.values() if cost(a).latency_ms <= c.budget_ms]
         if not under:
             raise VitresError(f"no uniform arch is under {c.budget_ms:g} ms: choose a higher budget")
-        best_uniform = max(under, key=lambda a: (holdout(a), -cost(a).latency_ms))
-        randoms = random_under(space, cost, c.budget_ms, args.random_archs, args.seed)
+        candidates.append((under, random_under(space, cost, c.budget_ms, args.random_archs, args.seed)))
+    # one sharded pass over every baseline arch of every budget, then the test split of what is reported
+    fitness.evaluate([a for under, randoms in candidates for a in under + randoms])
+
+    def holdout(arch: Arch) -> float:
+        return fitness.evaluate([arch])[0].top1
+
+    chosen = [max(under, key=lambda a: (holdout(a), -cost(a).latency_ms)) for under, _ in candidates]
+    test.evaluate([b.arch for b in result.bests] + chosen + [a for _, randoms in candidates for a in randoms])
+    rows = []
+    for c, best, best_uniform, (under, randoms) in zip(result.constraints, result.bests, chosen, candidates):
         random_holdout = [holdout(a) for a in randoms]
-        random_test = [test(a) for a in randoms]
+        random_test = test.evaluate(randoms)
         row = {
             "budget_ms": c.budget_ms,
             "search": {"hash": best.hash, "latency_ms": best.latency_ms, "holdout_top1": best.holdout_top1,
-                       "test_top1": test(best.arch), "arch": best.arch.to_dict()},
+                       "test_top1": test.evaluate([best.arch])[0], "arch": best.arch.to_dict()},
             "uniform": {"hash": best_uniform.hash, "latency_ms": cost(best_uniform).latency_ms,
-                        "holdout_top1": holdout(best_uniform), "test_top1": test(best_uniform),
+                        "holdout_top1": holdout(best_uniform), "test_top1": test.evaluate([best_uniform])[0],
                         "candidates_under_budget": len(under), "arch": best_uniform.to_dict()},
             "random": {"archs": len(randoms), "median_holdout_top1": statistics.median(random_holdout),
                        "median_test_top1": statistics.median(random_test),
@@ -193,7 +209,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         "achievable_ms": [achievable.fastest_ms, achievable.slowest_ms],
         "preset": args.preset, "evolution": dataclasses.asdict(config), "alpha": args.alpha,
         "search_evaluations": len(result.records), "eval_limit": args.eval_limit,
-        "holdout_images": result.records[0].images, "torch_threads": torch.get_num_threads(),
+        "holdout_images": result.records[0].images, "torch_threads": torch.get_num_threads(), "ranks": ranks.world,
         "seconds": time.perf_counter() - t0, "budgets": rows,
         "search_beats_both_everywhere": all(r["search_beats_both"] for r in rows),
     }
@@ -246,10 +262,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        report = compare(args)
+        with join_ranks("cpu") as ranks:
+            report = compare(args, ranks)
     except VitresError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    if not ranks.main:
+        return 0
     atomic_write_json(args.out / "report.json", report)
     (args.out / "report.md").write_text(markdown(report))
     print_table("search vs baselines (top-1 %)", ["budget ms", "search ho/test", "uniform ho/test",

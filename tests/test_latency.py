@@ -11,6 +11,7 @@ import json
 import math
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -76,7 +77,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def quick(cache: Path, **kwargs: object) -> ProfileSettings:
-    return ProfileSettings(protocol=QUICK, workers=1, cache_dir=cache, **kwargs)
+    return ProfileSettings(**{"protocol": QUICK, "workers": 1, "cache_dir": cache, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_interrupted_profile_resumes_where_it_stopped(mini: SearchSpace, cache: 
         profile_space(mini, quick(cache), out, progress=False, on_entry=interrupt_after_three)
     partial = LatencyTable.load(out)
     assert sorted(partial.entries) == sorted(done) and not partial.complete
-    with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries\\)"):
+    with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries finished\\)"):
         latency_range(partial)
     with pytest.raises(ProfileError, match="exists: pass --resume"):
         profile_space(mini, quick(cache), out, progress=False)
@@ -185,6 +186,45 @@ def test_interrupted_profile_resumes_where_it_stopped(mini: SearchSpace, cache: 
     finished = profile_space(mini, quick(cache), out, resume=True, progress=False)
     assert finished.complete
     assert all(finished.entries[k] == partial.entries[k] for k in done)
+
+
+def test_passes_combine_to_the_median_of_their_medians() -> None:
+    passes = [TimingStats.from_samples(samples, 1.0) for samples in ([1.0, 1.1, 1.2], [2.0, 2.2, 2.4], [1.4, 1.5])]
+    combined = TimingStats.combine(passes)
+    assert combined.median_ms == pytest.approx(1.45)  # medians 1.1, 2.2, 1.45: one slow pass does not move it
+    assert combined.iterations == 8 and combined.seconds == 3.0 and combined.min_ms == 1.0
+    assert combined.mean_ms == pytest.approx((3.3 + 6.6 + 2.9) / 8)
+    every = TimingStats.from_samples([1.0, 1.1, 1.2, 2.0, 2.2, 2.4, 1.4, 1.5], 3.0)
+    assert combined.std_ms == pytest.approx(every.std_ms) and combined.cv == pytest.approx(every.cv)
+    assert TimingStats.combine(passes[:1]) == passes[0]
+
+
+def test_rounds_interleave_passes_and_resume_mid_pass(mini: SearchSpace, cache: Path, tmp_path: Path) -> None:
+    settings, out, done = quick(cache, protocol=replace(QUICK, rounds=2)), tmp_path / "rounds.json", []
+    keys = [s.key for s in enumerate_entries(mini)]
+
+    def interrupt_after_three(entry: Entry) -> None:
+        done.append(entry.key)
+        if len(done) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_space(mini, settings, out, progress=False, on_entry=interrupt_after_three)
+    assert done == keys[::-1][:3]  # the second pass runs in reverse order
+    partial = LatencyTable.load(out)  # saved on the way out of the interrupt
+    assert sorted(partial.missing()) == sorted(keys[:-3]) and all(k in partial.entries for k in keys)
+    with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries finished\\)"):
+        partial.require_complete()
+    table = profile_space(mini, settings, out, resume=True, progress=False)
+    assert table.complete and table.meta.protocol.rounds == 2
+    for key, entry in table.entries.items():
+        assert len(entry.passes) == 2 and entry.passes[0] == partial.entries[key].pass_stats()[0]
+        assert entry.latency_ms == pytest.approx(sum(p.median_ms for p in entry.passes) / 2)
+    assert LatencyTable.load(out).entries == table.entries
+    report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False, save=False)
+    for row in report["rows"]:
+        assert len(row["pass_medians_ms"]) == 2
+        assert row["measured_ms"] == pytest.approx(sum(row["pass_medians_ms"]) / 2)
 
 
 def test_torch_cpu_tables_time_the_static_modules(mini: SearchSpace, tmp_path: Path) -> None:
@@ -339,7 +379,8 @@ def test_rank_and_error_statistics() -> None:
 def test_cli_profile_show_predict(mini_file: Path, cache: Path, tmp_path: Path, fmnist: SearchSpace) -> None:
     runner = CliRunner(env={"VITRES_DEPLOY_CACHE": str(cache)})
     out = tmp_path / "cli.json"
-    args = ["profile", "--space", str(mini_file), "--backend", "ort-cpu", *QUICK_FLAGS, "--out", str(out)]
+    args = ["profile", "--space", str(mini_file), "--backend", "ort-cpu", *QUICK_FLAGS, "--rounds", "2",
+            "--out", str(out)]
     r = runner.invoke(main, args)
     assert r.exit_code == 0, r.output
     assert LatencyTable.load(out).complete
@@ -353,6 +394,9 @@ def test_cli_profile_show_predict(mini_file: Path, cache: Path, tmp_path: Path, 
     shown = json.loads(r.stdout)
     assert shown["complete"] and shown["entries"] == 9 and shown["range"]["fastest_ms"] <= shown["range"]["slowest_ms"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown["meta"]["protocol"]["rounds"] == 2
+    r = runner.invoke(main, ["profile", "show", str(out)])
+    assert r.exit_code == 0 and "in each of 2 interleaved passes" in r.output
 
     r = runner.invoke(main, ["predict", "--profile", str(out), "--arch", "max", "--json"])
     assert r.exit_code == 0, r.output

@@ -27,13 +27,13 @@ def backends(as_json: bool) -> None:
     ])
 
 
-def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: int | None) -> Any:
+def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: int | None, rounds: int) -> Any:
     from dataclasses import replace
 
     from ..latency import TABLE_PROTOCOL
 
     changes = {k: v for k, v in (("warmup_s", warmup), ("min_seconds", min_seconds),
-                                  ("min_iterations", min_iterations)) if v is not None}
+                                  ("min_iterations", min_iterations), ("rounds", rounds)) if v is not None}
     return replace(TABLE_PROTOCOL, **changes)
 
 
@@ -55,6 +55,9 @@ def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: i
 @click.option("--min-seconds", type=click.FloatRange(min=0), help="Timed seconds per entry, at least (default 0.2).")
 @click.option("--min-iterations", type=click.IntRange(min=1),
               help="Timed iterations per entry, at least (default 100).")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Interleaved timing passes over all entries (a fresh runner each; the median of the pass "
+                   "medians is kept): more rounds average out a shared machine's drift. Validation uses the same.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Table file [default: profiles/<device>/<space>-<backend>-<precision>-b<batch>.json].")
 @click.option("--resume", is_flag=True,
@@ -64,7 +67,7 @@ def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: i
 def profile(ctx: click.Context, space_name: str | None, backend: str | None, batch: int, precision: str,
             resolution: int | None, threads: int, workers: int, cuda_graphs: bool, cache_state: str,
             warmup: float | None,
-            min_seconds: float | None, min_iterations: int | None, out: Path | None, resume: bool,
+            min_seconds: float | None, min_iterations: int | None, rounds: int, out: Path | None, resume: bool,
             as_json: bool) -> None:
     """Measure every block choice of a space into a latency table (subcommands: show, validate)."""
     if ctx.invoked_subcommand is not None:
@@ -78,7 +81,7 @@ def profile(ctx: click.Context, space_name: str | None, backend: str | None, bat
     if resolution is not None:
         space = space.at_resolution(resolution)
     settings = ProfileSettings(backend=backend, precision=precision, batch=batch, threads=threads,
-                               protocol=_protocol(warmup, min_seconds, min_iterations), cuda_graphs=cuda_graphs,
+                               protocol=_protocol(warmup, min_seconds, min_iterations, rounds), cuda_graphs=cuda_graphs,
                                workers=workers, cache=cache_state)
     table = profile_space(space, settings, out, resume=resume, progress=True)
     noisy = noisy_entries(table)
@@ -122,7 +125,9 @@ def _show(table: Any, as_json: bool) -> None:
                f"{m['backend_version']}, {m['precision']}, batch {m['batch']}, {m['threads']} thread(s), {m['date']}")
     flush = m["protocol"].get("flush_cache_mb", 0)
     click.echo(f"  protocol: warm-up {m['protocol']['warmup_s']} s, >= {m['protocol']['min_iterations']} runs and >= "
-               f"{m['protocol']['min_seconds']} s per entry, "
+               f"{m['protocol']['min_seconds']} s per entry"
+               + (f" in each of {m['protocol']['rounds']} interleaved passes" if m["protocol"].get("rounds", 1) > 1
+                  else "") + ", "
                + (f"caches flushed before each run ({flush} MB): cold" if flush else "warm caches"))
     click.echo(f"  {s['entries']}/{s['expected_entries']} entries" + ("" if s["complete"] else " (incomplete)")
                + (f", per-call overhead {s['overhead_ms'] * 1e3:.1f} µs" if s["overhead_ms"] is not None else "")

@@ -5,8 +5,10 @@ Two phases, so that timing never shares the CPU with building:
 1. *build*: every entry still missing is exported to ONNX with the shared export primitive (the same
    one that ships networks), in ``workers`` processes, into a cache keyed by what the file depends on;
    backends with an engine build step (TensorRT) build their engines in the same workers;
-2. *time*: entries are timed one after the other with the backend's runner and the protocol, and the
-   table is rewritten atomically after each, so an interrupt loses one entry at most.
+2. *time*: entries are timed one after the other with the backend's runner and the protocol, in
+   ``protocol.rounds`` interleaved passes (:func:`time_in_passes`), and the table is rewritten atomically
+   as it fills (after each entry with one round, every few seconds with several, and on an interrupt),
+   so an interrupt loses one entry, or a few seconds of passes, at most.
 
 Besides the entries, the backend's per-call overhead is measured once on an empty model (one
 Identity node, or ``nn.Identity`` for torch backends): prediction takes it out of every entry and
@@ -21,8 +23,9 @@ import functools
 import hashlib
 import json
 import random
+import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -50,6 +53,10 @@ from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, 
 #: Protocol for table entries and validation networks: short, because a table has hundreds of entries
 #: of tens of microseconds to milliseconds each (still thousands of iterations for small entries).
 TABLE_PROTOCOL = Protocol(warmup_s=0.05, min_iterations=100, min_seconds=0.2)
+
+#: With several rounds, a table is rewritten at most this often while timing (and always at the end, or
+#: when interrupted): an interrupt that kills the process loses at most this much timing.
+SAVE_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -283,15 +290,37 @@ def measure_source(source: Any, settings: ProfileSettings) -> tuple[TimingStats,
         return stats, runner.info()
 
 
+def time_in_passes(sources: Mapping[str, Any], settings: ProfileSettings,
+                   done: Mapping[str, Sequence[TimingStats]] | None = None,
+                   on_pass: Callable[[str, list[TimingStats]], None] | None = None) -> dict[str, list[TimingStats]]:
+    """Time every source ``settings.protocol.rounds`` times, in interleaved passes, a fresh runner each time.
+
+    Pass ``r`` times, one after the other, every item that has at most ``r`` passes (``done`` holds passes
+    measured before, e.g. by an interrupted profile); odd passes go in reverse order, so an item's position
+    in a pass does not line up with slow drift of the machine. ``on_pass(name, passes)`` is called after each
+    timing. Returns every item's passes, in order (combine them with :meth:`TimingStats.combine`).
+    """
+    passes = {name: list((done or {}).get(name, ())) for name in sources}
+    for r in range(settings.protocol.rounds):
+        order = [name for name in sources if len(passes[name]) <= r]
+        for name in reversed(order) if r % 2 else order:
+            stats, _ = measure_source(sources[name], settings)
+            passes[name].append(stats)
+            if on_pass is not None:
+                on_pass(name, passes[name])
+    return passes
+
+
 def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> TimingStats:
-    """Time the ONNX file ``path`` exactly as ``table`` was measured (backend, precision, batch, threads, protocol).
+    """Time the ONNX file ``path`` exactly as ``table`` was measured (backend, precision, batch, threads, protocol
+    and its rounds).
 
     This is how to compare a shipped network with its prediction: ``predict(table, arch).latency_ms``.
     """
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "onnx":
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files: use measure_module")
-    return measure_source(Path(path), settings)[0]
+    return TimingStats.combine(time_in_passes({"model": Path(path)}, settings)["model"])
 
 
 def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
@@ -300,7 +329,7 @@ def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequenc
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "module":
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
-    return measure_source((module, tuple(sample_shape)), settings)[0]
+    return TimingStats.combine(time_in_passes({"model": (module, tuple(sample_shape))}, settings)["model"])
 
 
 @contextlib.contextmanager
@@ -352,13 +381,18 @@ def profile_space(
         table = LatencyTable(space, meta)
         table.save(path)
 
-    todo = [s for s in enumerate_entries(space) if s.key not in table.entries]
+    missing = set(table.missing())
+    todo = [s for s in enumerate_entries(space) if s.key in missing]
+    by_key = {s.key: s for s in todo}
+    done = {k: table.entries[k].pass_stats() for k in by_key if k in table.entries}
+    rounds = settings.protocol.rounds
     with progress_bar(progress) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)
         build = bar.add_task("build", total=len(todo))
         sources = prepare_sources(space, [entry_target(s) for s in todo], settings,
                                   lambda: bar.advance(build))
-        timing = bar.add_task("time", total=len(todo) + (table.overhead is None))
+        timings = rounds * len(todo) - sum(len(p) for p in done.values())
+        timing = bar.add_task("time", total=timings + (table.overhead is None))
         if table.overhead is None:
             stats, info = measure_source(null_source(space, settings), settings)
             table.overhead = stats
@@ -366,14 +400,24 @@ def profile_space(
             table.meta = replace(table.meta, runner=info)
             table.save()
             bar.advance(timing)
-        for spec in todo:
-            stats, _ = measure_source(sources[spec.key], settings)
-            entry = Entry.measured(spec, space, stats)
-            table.entries[spec.key] = entry
-            table.save()
+        saved_at = time.monotonic()
+
+        def record(key: str, passes: list[TimingStats]) -> None:
+            nonlocal saved_at
+            entry = Entry.measured(by_key[key], space, passes)
+            table.entries[key] = entry
+            # with one round every entry is saved at once; with several, at most every SAVE_EVERY_S
+            if rounds == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S:
+                table.save()
+                saved_at = time.monotonic()
             bar.advance(timing)
-            if on_entry is not None:
+            if on_entry is not None and len(passes) == rounds:
                 on_entry(entry)
+
+        try:
+            time_in_passes({s.key: sources[s.key] for s in todo}, settings, done, record)
+        finally:
+            table.save()
     return table
 
 

@@ -8,7 +8,8 @@ On disk it is one JSON file, rewritten atomically (temporary file in the same di
      "meta": {space, backend, backend_version, precision, batch, resolution, device, threads, protocol, ...},
      "space": {...the space's plain form...},
      "overhead": {...per-call overhead of the backend: timing of an empty model...},
-     "entries": {"block/1/64/4/192": {"kind", "stage", "dims", "sample_shape", "latency_ms", "stats"}, ...},
+     "entries": {"block/1/64/4/192": {"kind", "stage", "dims", "sample_shape", "latency_ms", "stats",
+                                      "passes" (with several rounds)}, ...},
      "correction": {"scale", "offset_ms", "per_call_ms", "model", ...},
      "validation": {...report of ``profile validate``, or null...}}
 """
@@ -16,6 +17,7 @@ On disk it is one JSON file, rewritten atomically (temporary file in the same di
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,12 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Entry:
-    """The measured latency of one choice (``stats.median_ms`` is the value used for prediction)."""
+    """The measured latency of one choice (``stats.median_ms`` is the value used for prediction).
+
+    With a protocol of several ``rounds``, ``passes`` holds each pass's statistics and ``stats`` their
+    combination (:meth:`TimingStats.combine`); an entry with fewer passes than the protocol's rounds is
+    unfinished (``profile --resume`` completes it). With one round ``passes`` is empty.
+    """
 
     key: str
     kind: str
@@ -40,27 +47,43 @@ class Entry:
     dims: tuple[int, ...]
     sample_shape: tuple[int, ...]
     stats: TimingStats
+    passes: tuple[TimingStats, ...] = ()
 
     @property
     def latency_ms(self) -> float:
         """Median latency of one call, in ms."""
         return self.stats.median_ms
 
+    @property
+    def passes_done(self) -> int:
+        """How many timing passes the entry holds."""
+        return len(self.passes) or 1
+
+    def pass_stats(self) -> list[TimingStats]:
+        """The statistics of each pass (the entry's own for a single pass)."""
+        return list(self.passes) or [self.stats]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
-        return {"kind": self.kind, "stage": self.stage, "dims": list(self.dims),
-                "sample_shape": list(self.sample_shape), "latency_ms": self.latency_ms, "stats": self.stats.to_dict()}
+        out = {"kind": self.kind, "stage": self.stage, "dims": list(self.dims),
+               "sample_shape": list(self.sample_shape), "latency_ms": self.latency_ms, "stats": self.stats.to_dict()}
+        if self.passes:
+            out["passes"] = [p.to_dict() for p in self.passes]
+        return out
 
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> Entry:
         """Inverse of :meth:`to_dict`."""
         return cls(key, data["kind"], int(data["stage"]), tuple(data["dims"]), tuple(data["sample_shape"]),
-                   TimingStats.from_dict(data["stats"]))
+                   TimingStats.from_dict(data["stats"]),
+                   tuple(TimingStats.from_dict(p) for p in data.get("passes", ())))
 
     @classmethod
-    def measured(cls, spec: EntrySpec, space: SearchSpace, stats: TimingStats) -> Entry:
-        """The entry of ``spec`` with its measurement."""
-        return cls(spec.key, spec.kind, spec.stage, spec.dims, spec.sample_shape(space), stats)
+    def measured(cls, spec: EntrySpec, space: SearchSpace, stats: TimingStats | Sequence[TimingStats]) -> Entry:
+        """The entry of ``spec`` with its measurement: one pass's statistics, or a list of passes."""
+        passes = [stats] if isinstance(stats, TimingStats) else list(stats)
+        return cls(spec.key, spec.kind, spec.stage, spec.dims, spec.sample_shape(space), TimingStats.combine(passes),
+                   tuple(passes) if len(passes) > 1 else ())
 
 
 @dataclass(frozen=True)
@@ -162,8 +185,9 @@ class LatencyTable:
         return [s.key for s in enumerate_entries(self.space)]
 
     def missing(self) -> list[str]:
-        """Keys not measured yet."""
-        return [k for k in self.expected_keys() if k not in self.entries]
+        """Keys not measured yet, or with fewer timing passes than the protocol's rounds."""
+        rounds = self.meta.protocol.rounds
+        return [k for k in self.expected_keys() if k not in self.entries or self.entries[k].passes_done < rounds]
 
     @property
     def complete(self) -> bool:
@@ -176,7 +200,8 @@ class LatencyTable:
         if missing or self.overhead is None:
             where = f" {self.path}" if self.path else ""
             raise ProfileError(
-                f"latency table{where} is incomplete ({len(self.entries)} of {len(self.expected_keys())} entries): "
+                f"latency table{where} is incomplete ({len(self.expected_keys()) - len(missing)} of "
+                f"{len(self.expected_keys())} entries finished): "
                 "finish it with `vitres-deploy profile ... --resume`"
             )
 

@@ -1,10 +1,11 @@
 """Validation of a latency table against whole measured sub-networks.
 
 ``N`` seeded random sub-networks are exported and measured end to end with the table's own backend,
-settings and protocol. The correction (:func:`~vitres_deploy.latency.predict.fit_correction`) is fitted
-on the even-numbered half and judged on the odd-numbered half: MAPE, largest error, share within ±5%
-and ±10%, Kendall's tau and Spearman's rho, with the measurement noise (coefficient of variation)
-beside them. The correction and the report are stored in the table.
+settings and protocol (in the protocol's interleaved rounds, like the entries). The correction
+(:func:`~vitres_deploy.latency.predict.fit_correction`) is fitted on the even-numbered half and judged on
+the odd-numbered half: MAPE, largest error, share within ±5% and ±10%, Kendall's tau and Spearman's rho,
+with the measurement noise (coefficient of variation) beside them. The correction and the report are
+stored in the table.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any
 
 from ..arch import Arch, sample_arch
 from ..errors import ProfileError
-from ..runtime.base import NoisyMeasurement
+from ..runtime.base import NoisyMeasurement, TimingStats
 from .metrics import kendall_tau, mape, max_abs_error_pct, median, spearman, within
 from .predict import fit_correction, predict
-from .profiler import ProfileSettings, measure_source, network_target, prepare_sources, progress_bar
+from .profiler import ProfileSettings, network_target, prepare_sources, progress_bar, time_in_passes
 from .table import Correction, LatencyTable
 
 DEFAULT_SAMPLES = 40
@@ -79,16 +80,19 @@ def validate_table(
     targets = [network_target(a) for a in archs]
     measured: list[float] = []
     cvs: list[float] = []
+    pass_medians: list[list[float]] = []
     with progress_bar(progress) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)
         build = bar.add_task("build", total=len(targets))
         sources = prepare_sources(table.space, targets, settings, lambda: bar.advance(build))
-        timing = bar.add_task("time", total=len(targets))
+        timing = bar.add_task("time", total=len(targets) * settings.protocol.rounds)
+        passes = time_in_passes({t.name: sources[t.name] for t in targets}, settings,
+                                on_pass=lambda *_: bar.advance(timing))
         for t in targets:
-            stats, _ = measure_source(sources[t.name], settings)
+            stats = TimingStats.combine(passes[t.name])
             measured.append(stats.median_ms)
             cvs.append(stats.cv)
-            bar.advance(timing)
+            pass_medians.append([p.median_ms for p in passes[t.name]])
 
     preds = [predict(table, a) for a in archs]
     adjusted = [p.adjusted_sum_ms for p in preds]
@@ -103,7 +107,8 @@ def validate_table(
     rows = [{
         "index": i, "split": "fit" if i % 2 == 0 else "test", "hash": a.hash, "arch": a.short(),
         "entries": p.entries, "sum_ms": p.sum_ms, "predicted_ms": predicted[i], "measured_ms": measured[i],
-        "error_pct": 100 * (predicted[i] - measured[i]) / measured[i], "cv": cvs[i], "parts_ms": p.parts_ms,
+        "error_pct": 100 * (predicted[i] - measured[i]) / measured[i], "cv": cvs[i], "pass_medians_ms": pass_medians[i],
+        "parts_ms": p.parts_ms,
     } for i, (a, p) in enumerate(zip(archs, preds))]
     report: dict[str, Any] = {
         **accuracy([predicted[i] for i in test_idx], test_measured),

@@ -38,19 +38,26 @@ class NoisyMeasurement(UserWarning):
 
 @dataclass(frozen=True)
 class Protocol:
-    """How long to warm up and to time. Defaults follow ``trtexec`` (200 ms warm-up, 10 iterations, 3 s)."""
+    """How long to warm up and to time. Defaults follow ``trtexec`` (200 ms warm-up, 10 iterations, 3 s).
+
+    :func:`measure` times one *pass*. ``rounds`` is for the profiler: it times every entry of a table (or
+    every network of a validation) in that many interleaved passes, each with a fresh runner, and keeps the
+    median of the per-pass medians (:meth:`TimingStats.combine`), so slow drift of a shared machine hits
+    every item alike instead of whichever items it happened to be timing.
+    """
 
     warmup_s: float = 0.2
     min_iterations: int = 10
     min_seconds: float = 3.0
     max_cv: float = 0.05
     flush_cache_mb: int = 0
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         if (self.warmup_s < 0 or self.min_seconds < 0 or self.min_iterations < 1 or self.max_cv <= 0
-                or self.flush_cache_mb < 0):
-            raise ProfileError("protocol: needs warmup_s >= 0, min_seconds >= 0, min_iterations >= 1, max_cv > 0 "
-                               "and flush_cache_mb >= 0")
+                or self.flush_cache_mb < 0 or self.rounds < 1):
+            raise ProfileError("protocol: needs warmup_s >= 0, min_seconds >= 0, min_iterations >= 1, max_cv > 0, "
+                               "flush_cache_mb >= 0 and rounds >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -94,6 +101,34 @@ class TimingStats:
             cv=std / mean if mean > 0 else math.inf,
             iterations=int(a.size),
             seconds=float(seconds),
+        )
+
+    @classmethod
+    def combine(cls, passes: Sequence[TimingStats]) -> TimingStats:
+        """Statistics of several passes over one item (see :attr:`Protocol.rounds`).
+
+        The median is the median of the per-pass medians, so one pass disturbed by the machine does not
+        move it; p90 and p99 are the medians of the passes' too. Mean, std and CV pool every iteration of
+        every pass (the spread between passes included); iterations and seconds add up.
+        """
+        if not passes:
+            raise ValueError("no timing passes")
+        if len(passes) == 1:
+            return passes[0]
+        n = sum(p.iterations for p in passes)
+        mean = sum(p.mean_ms * p.iterations for p in passes) / n
+        spread = sum((p.iterations - 1) * p.std_ms ** 2 + p.iterations * (p.mean_ms - mean) ** 2 for p in passes)
+        std = math.sqrt(spread / max(n - 1, 1))
+        return cls(
+            median_ms=float(np.median([p.median_ms for p in passes])),
+            mean_ms=mean,
+            min_ms=min(p.min_ms for p in passes),
+            p90_ms=float(np.median([p.p90_ms for p in passes])),
+            p99_ms=float(np.median([p.p99_ms for p in passes])),
+            std_ms=std,
+            cv=std / mean if mean > 0 else math.inf,
+            iterations=n,
+            seconds=sum(p.seconds for p in passes),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,7 +294,7 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
 
 
 def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) -> TimingStats:
-    """Time ``runner`` on random inputs with the trtexec-like ``protocol``; warn above its CV limit.
+    """Time ``runner`` on random inputs with the trtexec-like ``protocol`` (one pass); warn above its CV limit.
 
     Warm-up runs until ``warmup_s`` has passed (at least one run); then iterations are timed one by one,
     in chunks of about 50 ms, until both ``min_iterations`` and ``min_seconds`` are reached.
