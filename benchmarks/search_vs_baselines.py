@@ -12,7 +12,9 @@ For three budgets spread over the latency table's achievable range (by default a
 * **random**: the median of 50 archs sampled uniformly per choice (seeded) whose predicted latency is <= B.
 
 Selection uses the hold-out split only; the test split is evaluated for the chosen archs to report.
-The search must beat both baselines at every budget; the margins are reported.
+The search must beat both baselines at every budget; the margins are reported, and for search against the
+best uniform arch also the paired difference over the same images with its 95% interval (how far apart
+two sub-networks of one supernet really are; ``--paired-only`` recomputes it for a finished report).
 
 Run (the lead's numbers in docs/ come from the shipped supernet and table)::
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import random
 import statistics
 import sys
@@ -49,7 +52,7 @@ from vitres_deploy.cli.output import print_table
 from vitres_deploy.data import ImageData
 from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch
-from vitres_deploy.files import atomic_write_json
+from vitres_deploy.files import atomic_write_json, atomic_write_text
 from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
 from vitres_deploy.macs import block_macs, reduction_macs
 from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
@@ -139,6 +142,32 @@ class TestAccuracy:
         return [self.cache[a.hash] for a in archs]
 
 
+@torch.inference_mode()
+def correct_per_image(supernet: Any, arch: Arch, data: ImageData, split: str, limit: int | None) -> np.ndarray:
+    """1 where the extracted sub-network's top-1 is right, per image of ``split`` (in the split's order)."""
+    model = supernet.extract(arch).eval()
+    return np.concatenate([(model(x).argmax(1) == y).numpy() for x, y in data.eval_batches(split, 500, limit)])
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Top-1 of ``a`` minus ``b`` on the same images, with a 95% interval of the mean paired difference
+    (normal approximation) and how many images only one of the two gets right."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    mean, half = float(d.mean()), 1.96 * float(d.std(ddof=1)) / float(np.sqrt(d.size))
+    return {"diff": mean, "ci95": [mean - half, mean + half], "images": int(d.size),
+            "only_first_right": int((d > 0).sum()), "only_second_right": int((d < 0).sum())}
+
+
+def add_paired(report: dict[str, Any], supernet: Any, data: ImageData, limit: int | None) -> None:
+    """Add, per budget, the paired difference search - best uniform on hold-out and test (``paired_vs_uniform``)."""
+    for row in report["budgets"]:
+        searched, uniform = (Arch.from_dict(row[k]["arch"]) for k in ("search", "uniform"))
+        row["paired_vs_uniform"] = {
+            split: paired_difference(correct_per_image(supernet, searched, data, split, limit),
+                                     correct_per_image(supernet, uniform, data, split, limit))
+            for split in ("holdout", "test")}
+
+
 def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     """Run the search and both baselines (evaluations dealt out to ``ranks``); return the report."""
     t0 = time.perf_counter()
@@ -202,7 +231,7 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
         }
         row["search_beats_both"] = all(v > 0 for v in row["margins"].values())
         rows.append(row)
-    return {
+    report = {
         "command": " ".join(sys.argv),
         "supernet": str(checkpoint.path), "table": str(table.path), "space": space.name,
         "device": table.meta.device, "backend": table.meta.backend,
@@ -213,6 +242,9 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0, "budgets": rows,
         "search_beats_both_everywhere": all(r["search_beats_both"] for r in rows),
     }
+    if ranks.main:
+        add_paired(report, checkpoint.supernet, data, args.eval_limit)
+    return report
 
 
 def _pct(x: float) -> str:
@@ -236,6 +268,18 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {100 * m['vs_random_holdout']:+.2f} / {100 * m['vs_random_test']:+.2f} |")
     verdict = "beats" if report["search_beats_both_everywhere"] else "does NOT beat"
     lines += ["", f"The search {verdict} both baselines at every budget."]
+    if all("paired_vs_uniform" in r for r in report["budgets"]):
+        lines += ["", "Search minus best uniform, paired over the same images (points; 95% interval of the mean "
+                  "paired difference; images only the searched / only the uniform arch gets right):", "",
+                  "| budget (ms) | hold-out | test |", "|---|---|---|"]
+        for r in report["budgets"]:
+            cells = []
+            for split in ("holdout", "test"):
+                p = r["paired_vs_uniform"][split]
+                lo, hi = p["ci95"]
+                cells.append(f"{100 * p['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                             f"({p['only_first_right']} / {p['only_second_right']})")
+            lines.append(f"| {r['budget_ms']:.4g} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -259,8 +303,18 @@ def main() -> int:
     parser.add_argument("--eval-limit", type=int, default=None, help="First N images of each split (smoke runs).")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more can be slower when shared).")
     parser.add_argument("--resume", action="store_true", help="Continue the search in OUT/search.")
+    parser.add_argument("--paired-only", action="store_true",
+                        help="Only (re)compute the paired search - uniform differences of OUT/report.json.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.paired_only:
+        report = json.loads((args.out / "report.json").read_text())
+        checkpoint = load_checkpoint(args.supernet)
+        add_paired(report, checkpoint.supernet, open_checkpoint_data(checkpoint, args.data), report["eval_limit"])
+        atomic_write_json(args.out / "report.json", report)
+        atomic_write_text(args.out / "report.md", markdown(report))
+        print(markdown(report))
+        return 0 if report["search_beats_both_everywhere"] else 1
     try:
         with join_ranks("cpu") as ranks:
             report = compare(args, ranks)
@@ -270,7 +324,7 @@ def main() -> int:
     if not ranks.main:
         return 0
     atomic_write_json(args.out / "report.json", report)
-    (args.out / "report.md").write_text(markdown(report))
+    atomic_write_text(args.out / "report.md", markdown(report))
     print_table("search vs baselines (top-1 %)", ["budget ms", "search ho/test", "uniform ho/test",
                                                   "random median ho/test", "beats both"],
                 [(f"{r['budget_ms']:.4g}", f"{_pct(r['search']['holdout_top1'])}/{_pct(r['search']['test_top1'])}",
