@@ -136,7 +136,7 @@ def _show(table: Any, as_json: bool) -> None:
                 [(k, v["count"], v["min_ms"], v["max_ms"]) for k, v in s["kinds"].items()])
     c = s["correction"]
     click.echo(f"  correction ({c['model']}): predicted = {c['scale']:.4f} * sum(entry - {c['per_call_ms']:.4g} ms)"
-               f" + {c['offset_ms']:.4g} ms")
+               f" {'-' if c['offset_ms'] < 0 else '+'} {abs(c['offset_ms']):.4g} ms")
     if "range" in s:
         click.echo(f"  achievable range: {s['range']['fastest_ms']:.4g} ms .. {s['range']['slowest_ms']:.4g} ms")
     v = s["validation"]
