@@ -133,12 +133,10 @@ class TestAccuracy:
 
     def evaluate(self, archs: list[Arch]) -> list[float]:
         """Test top-1 of each arch (in order); uncached archs are dealt out to the ranks."""
-        ranks, by_hash = self.fitness.ranks, {a.hash: a for a in archs}
+        by_hash = {a.hash: a for a in archs}
         todo = [h for h in by_hash if h not in self.cache]
-        mine = {h: evaluate_arch(self.fitness.supernet, by_hash[h], self.data, "test", self.fitness.batch_size,
-                                 self.limit).top1 for h in todo[ranks.rank::ranks.world]}
-        for part in ranks.all_gather(mine):
-            self.cache.update(part)
+        self.cache.update(self.fitness.ranks.shard_map(todo, lambda h: evaluate_arch(
+            self.fitness.supernet, by_hash[h], self.data, "test", self.fitness.batch_size, self.limit).top1))
         return [self.cache[a.hash] for a in archs]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,13 @@ class Ranks:
             return [obj]
         out: list[Any] = [None] * self.world
         dist.all_gather_object(out, obj)
+        return out
+
+    def shard_map(self, keys: Sequence[Any], fn: Callable[[Any], Any]) -> dict[Any, Any]:
+        """``fn(key)`` for every key, the keys dealt out to the ranks round-robin; every rank gets every result."""
+        out: dict[Any, Any] = {}
+        for part in self.all_gather({k: fn(k) for k in keys[self.rank::self.world]}):
+            out.update(part)
         return out
 
     def broadcast(self, obj: Any) -> Any:

@@ -31,9 +31,7 @@ class Fitness:
         """Hold-out accuracy of each arch (in order); uncached archs are sharded across the ranks."""
         todo = list(dict.fromkeys(a.hash for a in archs if a.hash not in self.cache))
         by_hash = {a.hash: a for a in archs}
-        mine = {h: self._run(by_hash[h]) for h in todo[self.ranks.rank::self.ranks.world]}
-        for part in self.ranks.all_gather(mine):
-            self.cache.update(part)
+        self.cache.update(self.ranks.shard_map(todo, lambda h: self._run(by_hash[h])))
         return [self.cache[a.hash] for a in archs]
 
     def _run(self, arch: Arch) -> Accuracy:
