@@ -15,6 +15,8 @@ Selection uses the hold-out split only; the test split is evaluated for the chos
 The search must beat both baselines at every budget; the margins are reported, and for search against the
 best uniform arch also the paired difference over the same images with its 95% interval (how far apart
 two sub-networks of one supernet really are; ``--paired-only`` recomputes it for a finished report).
+It also reports how well the hold-out order of the random archs carries over to test (Kendall tau and
+Spearman between their hold-out and test top-1): the premise of any search on the hold-out split.
 
 Run (the lead's numbers in docs/ come from the shipped supernet and table)::
 
@@ -54,6 +56,7 @@ from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch
 from vitres_deploy.files import atomic_write_json, atomic_write_text
 from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
+from vitres_deploy.latency.metrics import kendall_tau, spearman
 from vitres_deploy.macs import block_macs, reduction_macs
 from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
 from vitres_deploy.search.distributed import Ranks, join_ranks
@@ -218,7 +221,12 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
                         "candidates_under_budget": len(under), "arch": best_uniform.to_dict()},
             "random": {"archs": len(randoms), "median_holdout_top1": statistics.median(random_holdout),
                        "median_test_top1": statistics.median(random_test),
-                       "holdout_top1_range": [min(random_holdout), max(random_holdout)]},
+                       "holdout_top1_range": [min(random_holdout), max(random_holdout)],
+                       "test_top1_range": [min(random_test), max(random_test)],
+                       # does the hold-out order of these archs carry over to test? (what a search relies on)
+                       "holdout_test_kendall_tau": kendall_tau(random_holdout, random_test),
+                       "holdout_test_spearman": spearman(random_holdout, random_test),
+                       "holdout_top1": random_holdout, "test_top1": random_test},
         }
         s, u, r = row["search"], row["uniform"], row["random"]
         row["margins"] = {
@@ -266,6 +274,15 @@ def markdown(report: dict[str, Any]) -> str:
                      f"| {100 * m['vs_random_holdout']:+.2f} / {100 * m['vs_random_test']:+.2f} |")
     verdict = "beats" if report["search_beats_both_everywhere"] else "does NOT beat"
     lines += ["", f"The search {verdict} both baselines at every budget."]
+    if all("holdout_test_kendall_tau" in r["random"] for r in report["budgets"]):
+        lines += ["", "Does the hold-out order carry over to test? The random archs of each budget, hold-out "
+                  "against test top-1:", "", "| budget (ms) | archs | hold-out range | test range | Kendall tau "
+                  "| Spearman |", "|---|---|---|---|---|---|"]
+        for r in report["budgets"]:
+            q = r["random"]
+            (hl, hh), (tl, th) = q["holdout_top1_range"], q["test_top1_range"]
+            lines.append(f"| {r['budget_ms']:.4g} | {q['archs']} | {_pct(hl)}–{_pct(hh)} | {_pct(tl)}–{_pct(th)} "
+                         f"| {q['holdout_test_kendall_tau']:+.2f} | {q['holdout_test_spearman']:+.2f} |")
     if all("paired_vs_uniform" in r for r in report["budgets"]):
         lines += ["", "Search minus best uniform, paired over the same images (points; 95% interval of the mean "
                   "paired difference; images only the searched / only the uniform arch gets right):", "",
