@@ -311,6 +311,11 @@ def time_in_passes(sources: Mapping[str, Any], settings: ProfileSettings,
     return passes
 
 
+def _measure_in_passes(source: Any, settings: ProfileSettings) -> TimingStats:
+    """One source timed in the protocol's rounds, the passes combined."""
+    return TimingStats.combine(time_in_passes({"model": source}, settings)["model"])
+
+
 def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> TimingStats:
     """Time the ONNX file ``path`` exactly as ``table`` was measured (backend, precision, batch, threads, protocol
     and its rounds).
@@ -320,7 +325,7 @@ def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> Tim
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "onnx":
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files: use measure_module")
-    return TimingStats.combine(time_in_passes({"model": Path(path)}, settings)["model"])
+    return _measure_in_passes(Path(path), settings)
 
 
 def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
@@ -329,7 +334,7 @@ def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequenc
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "module":
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
-    return TimingStats.combine(time_in_passes({"model": (module, tuple(sample_shape))}, settings)["model"])
+    return _measure_in_passes((module, tuple(sample_shape)), settings)
 
 
 @contextlib.contextmanager
