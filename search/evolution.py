@@ -255,7 +255,7 @@ def run_search(checkpoint: Checkpoint, data: ImageData, table: LatencyTable, bud
     bests = [b for b in evolution.bests if b is not None]
     if len(bests) != len(constraints):  # the initial population holds a feasible arch of every budget
         raise BudgetError("a budget ended the search without any evaluated architecture in its window")
-    docs = [best_document(b, c, table_id, supernet_id, len(evolution.records)) for c, b in zip(constraints, bests)]
+    docs = [best_document(b, c, evolution.records, table_id, supernet_id) for c, b in zip(constraints, bests)]
     if ranks.main:
         title = (f"{space.name}: {len(evolution.records)} archs evaluated, {table.meta.backend} "
                  f"{table.meta.precision} b{table.meta.batch} on {table.meta.device}")

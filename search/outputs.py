@@ -1,8 +1,9 @@
 """What a search leaves in its directory besides ``evaluated.jsonl``: best archs, the Pareto front, the plot.
 
 * ``best.json`` (one budget) or ``best-<budget>.json`` (several): the architecture-file form (so it is
-  accepted wherever an arch file is) plus predicted latency, MACs, params, hold-out top-1, the budget and
-  the latency table it was searched against (path and identity);
+  accepted wherever an arch file is) plus predicted latency, MACs, params, hold-out top-1 with its 95%
+  interval, how many other archs in the window score inside that interval, the budget and the latency
+  table it was searched against (path and identity);
 * ``pareto.json``: the accuracy-vs-latency frontier of everything evaluated;
 * ``search.png``: every evaluated arch, the frontier, the chosen ones and the budget lines.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,29 @@ def best_filename(budget_ms: float, several: bool) -> str:
     return f"best-{budget_ms:g}.json" if several else BEST
 
 
-def best_document(record: Record, constraint: Constraint, table: dict[str, Any], supernet: dict[str, Any],
-                  evaluated: int) -> dict[str, Any]:
-    """The content of a best file: the arch file plus its metrics, the budget and the table's identity."""
+def wilson_interval(fraction: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for ``z=1.96``) of an accuracy ``fraction`` measured on ``n`` images."""
+    denom = 1 + z * z / n
+    centre = (fraction + z * z / (2 * n)) / denom
+    half = z * math.sqrt(fraction * (1 - fraction) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def best_document(record: Record, constraint: Constraint, records: Sequence[Record], table: dict[str, Any],
+                  supernet: dict[str, Any]) -> dict[str, Any]:
+    """The content of a best file: the arch file plus its metrics, the budget and the table's identity.
+
+    ``holdout_top1_ci95`` is the best's 95% interval on the hold-out images and ``within_ci95`` counts
+    the other archs of ``records`` in the window whose hold-out top-1 reaches its lower end: their
+    distance to the best may be sampling noise of the hold-out split rather than a real difference.
+    """
+    low, high = wilson_interval(record.holdout_top1, record.images)
+    within = sum(1 for r in records if r.hash != record.hash and constraint.satisfied(r.metrics)
+                 and r.holdout_top1 >= low)
     return {**record.arch.to_dict(), "hash": record.hash, "latency_ms": record.latency_ms, "macs": record.macs,
             "params": record.params, "holdout_top1": record.holdout_top1, "holdout_top5": record.holdout_top5,
-            "holdout_images": record.images, **constraint.to_dict(), "evaluated": evaluated, "table": table,
-            "supernet": supernet}
+            "holdout_images": record.images, "holdout_top1_ci95": [low, high], "within_ci95": within,
+            **constraint.to_dict(), "evaluated": len(records), "table": table, "supernet": supernet}
 
 
 def pareto_front(records: Sequence[Record]) -> list[Record]:

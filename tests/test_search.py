@@ -31,7 +31,7 @@ from vitres_deploy.runtime import Protocol
 from vitres_deploy.search import Constraint, CostModel, EvolutionConfig, run_search
 from vitres_deploy.search.constraints import repair
 from vitres_deploy.search.genome import GeneLayout, crossover, mutate, perturb
-from vitres_deploy.search.outputs import pareto_front
+from vitres_deploy.search.outputs import pareto_front, wilson_interval
 from vitres_deploy.search.records import read_records
 from vitres_deploy.session import open_checkpoint_data
 from vitres_deploy.space import SearchSpace
@@ -240,6 +240,15 @@ def test_several_budgets_share_one_search(checkpoint: Checkpoint, data: Any, tab
         assert doc["budget_ms"] == b and doc["window_ms"] == [0.9 * b, b]
 
 
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(0.5, 100)  # textbook value: 0.4038 .. 0.5962
+    assert abs(low - 0.4038) < 1e-4 and abs(high - 0.5962) < 1e-4
+    low, high = wilson_interval(1.0, 50)  # never past 1, and not empty at the edge
+    assert high == 1.0 and 0.92 < low < 0.93
+    assert wilson_interval(0.92, 60_000)[1] - wilson_interval(0.92, 60_000)[0] < \
+        wilson_interval(0.92, 6_000)[1] - wilson_interval(0.92, 6_000)[0]
+
+
 def test_outputs_and_json(reference: Any, table: LatencyTable, checkpoint: Checkpoint) -> None:
     out = reference.out_dir
     best = json.loads((out / "best.json").read_text())
@@ -249,6 +258,10 @@ def test_outputs_and_json(reference: Any, table: LatencyTable, checkpoint: Check
     assert best["table"]["path"] == str(table.path) and best["table"]["backend"] == "torch-cpu"
     assert len(best["table"]["sha256"]) == 64 and best["supernet"]["path"] == str(checkpoint.path)
     assert best["latency_ms"] <= best["budget_ms"] and best["evaluated"] == len(reference.records)
+    low, high = best["holdout_top1_ci95"]
+    assert low < best["holdout_top1"] < high or best["holdout_top1"] in (0.0, 1.0)
+    window = [r for r in reference.records if best["window_ms"][0] <= r.latency_ms <= best["budget_ms"]]
+    assert best["within_ci95"] == sum(r.hash != best["hash"] and r.holdout_top1 >= low for r in window)
     pareto = json.loads((out / "pareto.json").read_text())
     front = pareto["front"]
     assert [p["hash"] for p in front] == [r.hash for r in pareto_front(reference.records)]
@@ -293,6 +306,9 @@ def test_cli_prints_a_summary_and_json(reference: Any, checkpoint: Checkpoint, t
     assert result.exit_code == 0, result.output
     assert reference.bests[0].hash in result.output and "hold-out top-1" in result.output
     assert f"{len(reference.records)} archs evaluated" in result.output
+    within = reference.documents[0]["within_ci95"]
+    assert f"{within} other archs of the window score inside it" in result.output
+    assert ("may be as good as it" in result.output) == (within > 0)
     result = CliRunner().invoke(main, [*args, "--resume", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)

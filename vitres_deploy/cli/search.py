@@ -120,8 +120,15 @@ def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, 
     print_table(f"search on {table.meta.device} ({table.meta.backend}, {table.meta.precision}, batch "
                 f"{table.meta.batch})", ["budget (ms)", "window (ms)", "arch", "latency (ms)", "hold-out top-1",
                                          "MACs", "params", "in window"], rows)
-    for best in result.bests:
-        click.echo(f"  {best.hash}: {best.arch.short()}")
+    for best, doc in zip(result.bests, result.documents):
+        low, high = doc["holdout_top1_ci95"]
+        click.echo(f"  {best.hash}: {best.arch.short()}\n    hold-out top-1 95% interval {100 * low:.2f}-"
+                   f"{100 * high:.2f}% on {best.images} images; {doc['within_ci95']} other archs of the window "
+                   "score inside it")
+    if any(doc["within_ci95"] for doc in result.documents):
+        click.echo("note: archs inside the best's interval may be as good as it, their distance sampling noise of "
+                   "the hold-out split; before deploying, compare a few (evaluated.jsonl) on more data of your own",
+                   err=True)
     click.echo(f"{len(result.records)} archs evaluated ({result.new_evaluations} new) in {result.seconds:.1f} s; "
                f"achievable {result.achievable.fastest_ms:.4g} .. {result.achievable.slowest_ms:.4g} ms; "
                f"results in {out_dir}")
