@@ -131,7 +131,8 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         "test_top1_pytorch": test["pytorch"], "test_top1_onnxruntime": test["onnxruntime"],
         "validation": {k: validation.get(k) for k in ("samples", "mape", "max_error_pct", "within_5pct",
                                                        "within_10pct", "kendall_tau", "spearman")},
-        "search_evaluations": len(search.records), "eval_limit": opts.eval_limit,
+        "search_evaluations": len(search.records), "holdout_top1_ci95": best_doc["holdout_top1_ci95"],
+        "within_ci95": best_doc["within_ci95"], "eval_limit": opts.eval_limit,
     }
     result.paths.update({
         "out": str(out), "table": str(table_path), "table_plot": str(out / "profile" / "latency.png"),

@@ -49,6 +49,8 @@ def demo(out_dir: str | None, reuse_profile: bool, budget_ms: float | None, budg
         ("table validation", f"MAPE {v['mape']:.2f}%, within ±10% {v['within_10pct']:.0%}, "
                              f"Kendall τ {v['kendall_tau']:.3f} ({v['samples']} sub-networks)"),
         ("search", f"{s['search_evaluations']} sub-networks evaluated"),
+        ("hold-out 95% interval of the best", f"{s['holdout_top1_ci95'][0]:.2%}-{s['holdout_top1_ci95'][1]:.2%}, "
+                                              f"{s['within_ci95']} other archs score inside it"),
     ])
     print_table("outputs", ["", "path"], sorted(result.paths.items()))
     click.echo("seconds per step: " + ", ".join(f"{k.split(' (')[0]}: {v}" for k, v in result.seconds.items()))
