@@ -39,88 +39,23 @@ def convert_to_fp16(
 ) -> onnx.ModelProto:
     """Return a strongly typed fp16 copy of ``model`` (see the module docstring); ``model`` is not changed."""
     keep = frozenset(keep_fp32)
-    if model.functions:
-        from onnx import inliner
-
-        model = inliner.inline_local_functions(model)
-    else:
-        model = onnx.ModelProto.FromString(model.SerializeToString())
+    model = _flat_copy(model)
     graph = model.graph
-    for node in graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise Fp16ConversionError(f"node {node.name or node.op_type} has a subgraph: not supported")
     float_names = _float_tensors(model)
-
-    init_by_name = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    # Current element type of every float tensor in the rewritten graph.
-    dtype: dict[str, int] = {}
+    rewrite = _Rewrite(float_names)
     for inp in graph.input:
         if inp.name in float_names:
-            dtype[inp.name] = TensorProto.FLOAT if keep_io_types else TensorProto.FLOAT16
+            rewrite.dtype[inp.name] = TensorProto.FLOAT if keep_io_types else TensorProto.FLOAT16
             if not keep_io_types:
                 inp.type.tensor_type.elem_type = TensorProto.FLOAT16
-    for name, tensor in init_by_name.items():
-        if tensor.data_type != TensorProto.FLOAT:
-            continue
-        users = consumers.get(name, [])
-        if users and all(_stays_fp32(n, name, keep) for n in users):
-            dtype[name] = TensorProto.FLOAT
-            continue
-        array = numpy_helper.to_array(tensor)
-        tensor.CopyFrom(numpy_helper.from_array(np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16), name))
-        dtype[name] = TensorProto.FLOAT16
-
-    casts: dict[tuple[str, int], str] = {}
-    new_nodes: list[onnx.NodeProto] = []
-
-    def cast(name: str, to: int) -> str:
-        if dtype.get(name) == to:
-            return name
-        key = (name, to)
-        if key not in casts:
-            out = f"{name}__to_{'fp32' if to == TensorProto.FLOAT else 'fp16'}"
-            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"{out}__cast"))
-            casts[key] = out
-            dtype[out] = to
-        return casts[key]
-
+    _convert_initializers(graph, keep, rewrite.dtype)
     for node in graph.node:
-        fp32_node = node.op_type in keep and node.domain in ("", "ai.onnx")
-        for i, name in enumerate(node.input):
-            if name and name in dtype:
-                keep_input = fp32_node or i in _FP32_INPUTS.get(node.op_type, ())
-                want = TensorProto.FLOAT if keep_input else TensorProto.FLOAT16
-                node.input[i] = cast(name, want)
-        if not fp32_node:
-            _retype_attributes(node)
-        for name in node.output:
-            if name in float_names:
-                dtype[name] = TensorProto.FLOAT if fp32_node else TensorProto.FLOAT16
-        new_nodes.append(node)
-
+        rewrite.add_node(node, keep)
     for out in graph.output:
-        if out.name not in float_names:
-            continue
-        if keep_io_types:
-            if dtype[out.name] != TensorProto.FLOAT:
-                _rename_output(new_nodes, out.name, f"{out.name}__fp16")
-                dtype[f"{out.name}__fp16"] = dtype[out.name]
-                new_nodes.append(helper.make_node("Cast", [f"{out.name}__fp16"], [out.name], to=TensorProto.FLOAT,
-                                                  name=f"{out.name}__cast_out"))
-        else:
-            out.type.tensor_type.elem_type = TensorProto.FLOAT16
-            if dtype[out.name] != TensorProto.FLOAT16:
-                _rename_output(new_nodes, out.name, f"{out.name}__fp32")
-                new_nodes.append(helper.make_node("Cast", [f"{out.name}__fp32"], [out.name], to=TensorProto.FLOAT16,
-                                                  name=f"{out.name}__cast_out"))
-
+        if out.name in float_names:
+            rewrite.fix_output(out, keep_io_types)
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(rewrite.nodes)
     del graph.value_info[:]
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model)
@@ -148,6 +83,89 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def _flat_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with its local functions inlined; refused when a node holds a subgraph."""
+    if model.functions:
+        from onnx import inliner
+
+        model = inliner.inline_local_functions(model)
+    else:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node in model.graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise Fp16ConversionError(f"node {node.name or node.op_type} has a subgraph: not supported")
+    return model
+
+
+def _convert_initializers(graph: onnx.GraphProto, keep: frozenset[str], dtype: dict[str, int]) -> None:
+    """Store float initializers as fp16, except those read only where fp32 stays; record their types."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT:
+            continue
+        users = consumers.get(tensor.name, [])
+        if users and all(_stays_fp32(n, tensor.name, keep) for n in users):
+            dtype[tensor.name] = TensorProto.FLOAT
+            continue
+        tensor.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(tensor)), tensor.name))
+        dtype[tensor.name] = TensorProto.FLOAT16
+
+
+class _Rewrite:
+    """The rewritten node list, the current element type of every float tensor, and the casts made so far."""
+
+    def __init__(self, float_names: set[str]) -> None:
+        self.float_names = float_names
+        self.dtype: dict[str, int] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self._casts: dict[tuple[str, int], str] = {}
+
+    def cast(self, name: str, to: int) -> str:
+        """``name`` as element type ``to``: itself, or the output of a Cast (made once per tensor and type)."""
+        if self.dtype.get(name) == to:
+            return name
+        key = (name, to)
+        if key not in self._casts:
+            out = f"{name}__to_{'fp32' if to == TensorProto.FLOAT else 'fp16'}"
+            self.nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"{out}__cast"))
+            self._casts[key] = out
+            self.dtype[out] = to
+        return self._casts[key]
+
+    def add_node(self, node: onnx.NodeProto, keep: frozenset[str]) -> None:
+        """Append ``node`` computing in fp16 (or fp32 for ops in ``keep``), its float inputs cast to match."""
+        fp32_node = node.op_type in keep and node.domain in ("", "ai.onnx")
+        for i, name in enumerate(node.input):
+            if name and name in self.dtype:
+                keep_input = fp32_node or i in _FP32_INPUTS.get(node.op_type, ())
+                node.input[i] = self.cast(name, TensorProto.FLOAT if keep_input else TensorProto.FLOAT16)
+        if not fp32_node:
+            _retype_attributes(node)
+        for name in node.output:
+            if name in self.float_names:
+                self.dtype[name] = TensorProto.FLOAT if fp32_node else TensorProto.FLOAT16
+        self.nodes.append(node)
+
+    def fix_output(self, out: onnx.ValueInfoProto, keep_io_types: bool) -> None:
+        """Give the graph output ``out`` its declared type (fp32 with ``keep_io_types``, else fp16) by a last Cast."""
+        want = TensorProto.FLOAT if keep_io_types else TensorProto.FLOAT16
+        out.type.tensor_type.elem_type = want
+        if self.dtype[out.name] == want:
+            return
+        inner = f"{out.name}__{'fp16' if keep_io_types else 'fp32'}"
+        _rename_output(self.nodes, out.name, inner)
+        self.dtype[inner] = self.dtype[out.name]
+        self.nodes.append(helper.make_node("Cast", [inner], [out.name], to=want, name=f"{out.name}__cast_out"))
+
+
+def _to_fp16(array: np.ndarray) -> np.ndarray:
+    """``array`` as fp16, values beyond fp16's range clipped to its largest finite value."""
+    return np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16)
+
+
 def _stays_fp32(node: onnx.NodeProto, name: str, keep: frozenset[str]) -> bool:
     if node.op_type in keep:
         return True
@@ -162,9 +180,7 @@ def _retype_attributes(node: onnx.NodeProto) -> None:
         elif attr.name == "dtype" and attr.type == onnx.AttributeProto.INT and attr.i == TensorProto.FLOAT:
             attr.i = TensorProto.FLOAT16
         elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
-            array = numpy_helper.to_array(attr.t)
-            attr.t.CopyFrom(numpy_helper.from_array(np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16),
-                                                    attr.t.name))
+            attr.t.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(attr.t)), attr.t.name))
     if node.op_type == "Constant":
         for i, attr in enumerate(node.attribute):
             if attr.name in ("value_float", "value_floats"):

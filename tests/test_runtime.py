@@ -163,6 +163,17 @@ def test_fp16_onnx_keeps_layernorm_and_softmax_in_fp32(block: Block, block_onnx:
     np.testing.assert_allclose(out, _reference(block, x["input"]), atol=2e-2, rtol=2e-2)
 
 
+def test_fp16_onnx_with_fp16_inputs_and_outputs(block: Block, block_onnx: Path, tmp_path: Path) -> None:
+    fp16 = convert_file(block_onnx, tmp_path / "block.io16.onnx", keep_io_types=False)
+    graph = onnx.load(str(fp16)).graph
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [onnx.TensorProto.FLOAT16] * 2
+    x = random_inputs(onnx_input_specs(block_onnx, 1), seed=4)
+    with get_backend("ort-cpu").runner(fp16, RunnerOptions()) as runner:
+        out = runner.infer({"input": x["input"].astype(np.float16)})["output"]
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out.astype(np.float32), _reference(block, x["input"]), atol=3e-2, rtol=3e-2)
+
+
 def test_fp16_conversion_inlines_local_functions(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
