@@ -8,14 +8,13 @@ setting that decides the result, and ``--resume`` refuses a directory searched w
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
 from ..errors import ArchError, VitresError
-from ..files import atomic_write_json, atomic_write_text
+from ..files import append_json_line, atomic_write_json, atomic_write_text
 from .constraints import Metrics
 
 EVALUATED, SETTINGS = "evaluated.jsonl", "search.json"
@@ -69,10 +68,7 @@ class Record:
 
 def append_record(path: Path, record: Record) -> None:
     """Append ``record`` as one line and flush it to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_json_line(path, record.to_dict())
 
 
 def read_records(path: Path) -> list[Record]:

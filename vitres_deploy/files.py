@@ -1,4 +1,4 @@
-"""Atomic file writes and file hashing, in one place.
+"""Atomic file writes, durable log appends and file hashing, in one place.
 
 Every file vitres-deploy keeps (checkpoints, latency tables, search results, cached ONNX files and
 engines, plots) is written through :func:`atomic_write`: to a temporary file in the target's directory
@@ -63,6 +63,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_json(path: str | Path, data: Any, *, indent: int = 2, fsync: bool = False) -> Path:
     """Write ``data`` as indented JSON with a final newline to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(data, indent=indent) + "\n", fsync=fsync)
+
+
+def append_json_line(path: str | Path, data: Any) -> None:
+    """Append ``data`` as one compact JSON line to ``path`` and flush it to disk (logs that jobs resume from).
+
+    An interruption can tear at most the line being written; readers drop a torn last line.
+    """
+    with open(path, "a") as f:
+        f.write(json.dumps(data, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def sha256_file(path: str | Path) -> str:

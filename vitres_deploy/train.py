@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import max_arch, min_arch, sample_arch
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .errors import CheckpointError, VitresError
 from .evaluate import evaluate_arch
-from .files import atomic_write_text
+from .files import append_json_line, atomic_write_text
 from .space import load_space
 from .supernet import ViTResNASSupernet
 
@@ -144,16 +144,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
     """Train a supernet as ``cfg`` says into ``out_dir``; return the final checkpoint's path."""
     out = Path(out_dir)
     env = _init_distributed()
-    start_epoch, resumed = 0, None
-    if resume:
-        if not (out / LAST).is_file():
-            raise CheckpointError(f"nothing to resume in {out}: {LAST} not found (start without --resume)")
-        resumed = load_checkpoint(out / LAST, map_location=env.device)
-        stored = TrainConfig(**resumed.meta["train_config"])
-        cfg = dataclasses.replace(stored, epochs=cfg.epochs)
+    resumed = _resume_from(out, resume, env)
+    start_epoch = 0
+    if resumed is not None:
+        cfg = dataclasses.replace(TrainConfig(**resumed.meta["train_config"]), epochs=cfg.epochs)
         start_epoch = int(resumed.meta["epoch"])
-    elif (out / LAST).is_file():
-        raise VitresError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
 
     space = load_space(cfg.space)
     data = open_data(cfg.data, data_dir, space.image_size, cfg.holdout())
@@ -185,14 +180,28 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
             record.update(_holdout_metrics(supernet, data, cfg.eval_limit))
             save_checkpoint(out / LAST, supernet, {**meta_base, "epoch": epoch + 1, "metrics": record},
                             _optimizer_tensors(opt))
-            with open(out / LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_json_line(out / LOG, record)
             if on_epoch:
                 on_epoch(record)
         if env.world > 1:
             dist.barrier()
+    return _write_final(out, supernet, env)
+
+
+def _resume_from(out: Path, resume: bool, env: _Dist) -> Checkpoint | None:
+    """The last checkpoint of ``out`` to continue from (``resume``), or None for a new run in an unused ``out``."""
+    if not resume:
+        if (out / LAST).is_file():
+            raise VitresError(f"{out} already holds a training run: pass --resume to continue it or choose another "
+                              "--out")
+        return None
+    if not (out / LAST).is_file():
+        raise CheckpointError(f"nothing to resume in {out}: {LAST} not found (start without --resume)")
+    return load_checkpoint(out / LAST, map_location=env.device)
+
+
+def _write_final(out: Path, supernet: ViTResNASSupernet, env: _Dist) -> Path:
+    """Write ``supernet.safetensors`` from the last checkpoint, with every rank's weight digest (checked equal)."""
     digests = _rank_digests(supernet, env)
     final = out / FINAL
     if env.main:
