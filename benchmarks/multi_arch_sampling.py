@@ -20,8 +20,8 @@ from pathlib import Path
 
 from vitres_deploy.arch import max_arch, min_arch, random_arch
 from vitres_deploy.checkpoint import load_checkpoint
+from vitres_deploy.data import open_checkpoint_data
 from vitres_deploy.evaluate import evaluate_arch
-from vitres_deploy.session import open_checkpoint_data
 from vitres_deploy.train import TrainConfig, train
 
 

@@ -51,7 +51,8 @@ import torch
 from vitres_deploy.arch import Arch, BlockArch, StageArch, sample_arch
 from vitres_deploy.checkpoint import load_checkpoint
 from vitres_deploy.cli.output import print_table
-from vitres_deploy.data import ImageData
+from vitres_deploy.data import ImageData, open_checkpoint_data
+from vitres_deploy.distributed import Ranks, join_ranks
 from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch
 from vitres_deploy.files import atomic_write_json, atomic_write_text
@@ -59,8 +60,6 @@ from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
 from vitres_deploy.latency.metrics import kendall_tau, spearman
 from vitres_deploy.macs import block_macs, reduction_macs
 from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
-from vitres_deploy.search.distributed import Ranks, join_ranks
-from vitres_deploy.session import open_checkpoint_data
 from vitres_deploy.space import SearchSpace
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data import ImageData
 from ..errors import BackendUnavailable
+from ..progress import progress_bar
 from ..runtime.base import Runner, RunnerOptions
 from ..runtime.registry import get_backend
 from .checks import CheckResult, Predict, accuracy_check, evaluate_split, numerics_check
@@ -96,7 +97,6 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
     the split becomes the numerics batch; without it (``verify``), ``sample`` (inputs, labels, reference
     logits) and ``reference_top1`` come from the bundle. Returns the checks and the evaluation record.
     """
-    from ..latency.profiler import progress_bar
 
     batch = max_batch
     runners: dict[str, Runner] = {}

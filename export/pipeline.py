@@ -34,6 +34,7 @@ import torch
 from .. import __version__
 from ..arch import Arch
 from ..checkpoint import Checkpoint, package_versions
+from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
 from ..data import SPLITS, ImageData
 from ..errors import BackendUnavailable, DataError, VitresError
 from ..files import atomic_write_json, sha256_file
@@ -58,7 +59,6 @@ from .checks import (
     raise_for_failures,
 )
 from .compare import DEFAULT_TOLERANCES, Tolerances
-from .onnx import DEFAULT_OPSET, export_onnx
 from .triton import TensorConfig, model_config
 
 FORMATS = ("onnx", "tensorrt")
@@ -335,7 +335,7 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
             lap("simplify")
         onnx_path = root / "model.onnx"
         if opts.precision == "fp16":
-            from .fp16 import convert_file
+            from ..convert.fp16 import convert_file
 
             convert_file(fp32_path, onnx_path)
             checks.append(checker_check(onnx_path, opts.opset))

@@ -34,10 +34,11 @@ from .. import __version__
 from ..arch import Arch, sample_arch
 from ..checkpoint import Checkpoint
 from ..data import ImageData
+from ..distributed import Ranks
 from ..errors import BudgetError, VitresError
 from ..latency import LatencyRange, LatencyTable
+from ..progress import progress_bar
 from .constraints import Constraint, CostModel, Metrics, check_budgets, repair
-from .distributed import Ranks
 from .fitness import Fitness
 from .genome import GeneLayout, crossover, mutate
 from .outputs import best_document, supernet_identity, table_identity, write_outputs
@@ -197,7 +198,7 @@ def run_search(checkpoint: Checkpoint, data: ImageData, table: LatencyTable, bud
                progress: bool = False, on_record: Callable[[Record], None] | None = None) -> SearchResult:
     """Search the most accurate sub-network of ``checkpoint`` under each budget; write the outputs to ``out_dir``.
 
-    ``data`` must be the checkpoint's data (:func:`vitres_deploy.session.open_checkpoint_data`);
+    ``data`` must be the checkpoint's data (:func:`vitres_deploy.data.open_checkpoint_data`);
     ``eval_limit`` evaluates on the first N hold-out images only (quick runs). ``on_record`` is called
     after each new evaluation is saved. Bad budgets or caps raise :class:`BudgetError` before anything
     is evaluated.
@@ -290,13 +291,8 @@ class _Bar:
     """The progress bar on stderr: evaluations done of those planned, the iteration, each budget's best so far."""
 
     def __init__(self, enabled: bool, per_iteration: int, iterations: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.per_iteration, self.iterations = per_iteration, iterations
-        self.bar = Progress(TextColumn("search {task.fields[stage]:<10}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("best {task.fields[best]}"),
-                            console=Console(stderr=True), disable=not enabled)
+        self.bar = progress_bar(enabled, "search {task.fields[stage]:<10}", after="best {task.fields[best]}")
         self.task = self.bar.add_task("search", total=None, stage="init", best="-")
 
     def plan(self, iteration: int, batch: int) -> None:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from ..arch import Arch
 from ..data import ImageData
+from ..distributed import Ranks
 from ..evaluate import Accuracy, evaluate_arch
 from ..supernet import ViTResNASSupernet
-from .distributed import Ranks
 
 
 class Fitness:

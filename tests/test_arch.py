@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vitres_deploy.arch import Arch, BlockArch, StageArch, max_arch, min_arch, random_arch, resolve_arch, sample_arch
+from vitres_deploy.arch import Arch, BlockArch, StageArch, max_arch, min_arch, random_arch, sample_arch
+from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.errors import ArchError
 from vitres_deploy.space import PRESETS, SearchSpace, load_space
 

@@ -57,7 +57,7 @@ def latency_table(tmp_path_factory, fmnist) -> Path:
 @pytest.fixture(scope="module")
 def best_json(tmp_path_factory, fmnist) -> Path:
     """A search result file: the arch plus a latency budget far below anything measurable."""
-    from vitres_deploy.arch import resolve_arch
+    from vitres_deploy.archfile import resolve_arch
 
     path = tmp_path_factory.mktemp("search") / "best.json"
     path.write_text(json.dumps({**resolve_arch(ARCH, fmnist).to_dict(), "budget_ms": 1e-4, "top1": 0.5}))
@@ -113,7 +113,7 @@ def test_manifest_records_versions_io_normalisation_and_checks(exported, small_s
     acc = checks[("onnx", "accuracy", None)]
     assert acc["values"]["images"] == 320 and acc["values"]["split"] == "holdout"
     assert abs(acc["values"]["drop_points"]) <= 0.1 and acc["limits"]["max_drop_points"] == 0.1
-    from vitres_deploy.arch import resolve_arch
+    from vitres_deploy.archfile import resolve_arch
 
     arch = resolve_arch(ARCH, load_checkpoint(small_supernet).space)
     assert json.loads((out / "arch.json").read_text()) == arch.to_dict()

@@ -7,7 +7,8 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from vitres_deploy.arch import random_arch, resolve_arch
+from vitres_deploy.arch import random_arch
+from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.macs import arch_cost, block_macs, block_params, count_params, fvcore_macs
 from vitres_deploy.space import PRESETS
 from vitres_deploy.vit_resnas import Block, vit_resnas

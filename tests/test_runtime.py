@@ -14,9 +14,9 @@ import onnx
 import pytest
 import torch
 
+from vitres_deploy.convert.fp16 import KEEP_FP32_OPS, convert_file
+from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.errors import BackendUnavailable, ProfileError
-from vitres_deploy.export.fp16 import KEEP_FP32_OPS, convert_file
-from vitres_deploy.export.onnx import export_onnx
 from vitres_deploy.runtime import (
     BACKENDS,
     NoisyMeasurement,

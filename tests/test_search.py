@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from vitres_deploy.arch import Arch, resolve_arch, sample_arch
+from vitres_deploy.arch import Arch, sample_arch
+from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.checkpoint import Checkpoint, load_checkpoint
 from vitres_deploy.cli import main
+from vitres_deploy.data import open_checkpoint_data
 from vitres_deploy.errors import BudgetError, VitresError
 from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, profile_space
 from vitres_deploy.macs import arch_cost
@@ -33,7 +35,6 @@ from vitres_deploy.search.constraints import repair
 from vitres_deploy.search.genome import GeneLayout, crossover, mutate, perturb
 from vitres_deploy.search.outputs import pareto_front, wilson_interval
 from vitres_deploy.search.records import read_records
-from vitres_deploy.session import open_checkpoint_data
 from vitres_deploy.space import SearchSpace
 
 pytestmark = [pytest.mark.usefixtures("fmnist_dir", "torch_one_thread"),

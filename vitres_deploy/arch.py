@@ -16,7 +16,6 @@ import json
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import ArchError
@@ -160,26 +159,3 @@ def sample_arch(space: SearchSpace, rng: random.Random, fraction: float = 1.0) -
 def random_arch(space: SearchSpace, seed: int) -> Arch:
     """The sub-network named ``random:SEED``: the same seed always gives the same arch."""
     return sample_arch(space, random.Random(seed))
-
-
-def resolve_arch(spec: str | Path, space: SearchSpace) -> Arch:
-    """Turn ``max``, ``min``, ``random:SEED`` or a path to an architecture file into a validated arch."""
-    text = str(spec)
-    if text == "max":
-        return max_arch(space)
-    if text == "min":
-        return min_arch(space)
-    if text.startswith("random:"):
-        try:
-            seed = int(text.split(":", 1)[1])
-        except ValueError:
-            raise ArchError(f"{text!r}: the seed of random:SEED must be an integer") from None
-        return random_arch(space, seed)
-    path = Path(text)
-    if not path.is_file():
-        raise ArchError(f"arch {text!r} is neither max, min, random:SEED nor an existing file")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArchError(f"arch file {text} is not valid JSON: {e}") from None
-    return Arch.from_dict(data).validate(space)

@@ -37,6 +37,7 @@ from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .errors import CheckpointError, VitresError
 from .evaluate import evaluate_arch
 from .files import append_json_line, atomic_write_text
+from .progress import progress_bar
 from .space import load_space
 from .supernet import ViTResNASSupernet
 
@@ -247,15 +248,12 @@ def _with_drop_path(supernet: ViTResNASSupernet, rate: float) -> ViTResNASSupern
 
 def _train_epoch(cfg: TrainConfig, model: nn.Module, supernet: ViTResNASSupernet, opt: torch.optim.Optimizer,
                  data: ImageData, epoch: int, steps: int, env: _Dist, progress: bool) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + env.rank)  # drop-path stream
     model.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
-    bar = Progress(TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
-                   disable=not (progress and env.main), transient=True)
+    bar = progress_bar(progress and env.main, f"epoch {epoch + 1}/{cfg.epochs}", after="loss {task.fields[loss]:.3f}",
+                       transient=True)
     with bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))
         batches = data.train_batches(cfg.batch_size, epoch, cfg.seed, env.rank, env.world)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from .boundary import Command
 from .output import print_json, print_table
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--out", "out_dir", default=None, help="Output folder (default: runs/demo-<timestamp>).")
 @click.option("--reuse-profile", is_flag=True, help="Take the shipped fmnist ort-cpu table instead of measuring one.")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: from the table's range).")
@@ -27,7 +28,7 @@ def demo(out_dir: str | None, reuse_profile: bool, budget_ms: float | None, budg
          validate_samples: int, supernet: str, data_dir: str | None, eval_limit: int | None,
          as_json: bool) -> None:
     """Profile -> validate -> search -> export -> one summary, all under one output folder."""
-    from ..demo import DemoOptions, run_demo
+    from ..app.demo import DemoOptions, run_demo
 
     out = Path(out_dir or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}")
     opts = DemoOptions(out=out, reuse_profile=reuse_profile, budget_ms=budget_ms, budget_fraction=budget_fraction,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from .boundary import Command
 from .output import print_json, print_table
 
 
@@ -43,7 +44,7 @@ def _arch_file(spec: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
 @click.option("--arch", "arch_spec", required=True,
               help="Architecture file (a search's best.json gives the latency budget too), max, min or random:SEED.")
@@ -85,12 +86,12 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
     """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
     import dataclasses
 
-    from ..arch import resolve_arch
+    from ..archfile import resolve_arch
     from ..checkpoint import load_checkpoint
+    from ..data import open_checkpoint_data
     from ..export.bundle import check_target
     from ..export.compare import DEFAULT_TOLERANCES
     from ..export.pipeline import BatchRange, ExportOptions, check_backends, export_bundle
-    from ..session import open_checkpoint_data
 
     start = time.perf_counter()
     given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine,
@@ -129,7 +130,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
     report.raise_for_failures()
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("bundle")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")

@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from ..space import load_space
+from .boundary import Command, Group
 from .output import print_json, print_table
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def backends(as_json: bool) -> None:
     """List the runtime backends, whether each is usable here, and why not."""
@@ -37,7 +38,7 @@ def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: i
     return replace(TABLE_PROTOCOL, **changes)
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=Group, invoke_without_command=True)
 @click.option("--space", "space_name", help="Preset (NAME or NAME@RES for a reduced resolution) or a space file.")
 @click.option("--backend", help="Runtime backend (see `vitres-deploy backends`).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size.")
@@ -190,7 +191,7 @@ def validate(table_path: Path, samples: int, seed: int, workers: int, as_json: b
     _show(table, False)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Latency table of the arch's space.")
 @click.option("--arch", "arch_spec", required=True, help="Architecture file, max, min or random:SEED.")
@@ -199,7 +200,8 @@ def predict(table_path: Path, arch_spec: str, as_json: bool) -> None:
     """Predicted end-to-end latency of an architecture from a latency table."""
     import json
 
-    from ..arch import Arch, resolve_arch
+    from ..arch import Arch
+    from ..archfile import resolve_arch
     from ..errors import ArchError
     from ..latency import LatencyTable
     from ..latency import predict as predict_latency

@@ -8,6 +8,7 @@ import click
 
 from ..errors import BudgetError
 from ..search.evolution import PRESETS, EvolutionConfig
+from .boundary import Command
 from .output import human, print_json, print_table
 
 _SCALES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
@@ -45,7 +46,7 @@ def _preset_help() -> str:
             f"{demo.iterations} x ({demo.mutations}+{demo.crossovers}), sized for a CPU). Flags below override it.")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
 @click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Latency table of the target device (`vitres-deploy profile`).")
@@ -84,11 +85,11 @@ def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, 
     import torch
 
     from ..checkpoint import load_checkpoint
+    from ..data import open_checkpoint_data
+    from ..distributed import join_ranks
     from ..latency import LatencyTable
     from ..search.constraints import Constraint, CostModel, check_budgets
-    from ..search.distributed import join_ranks
     from ..search.evolution import run_search
-    from ..session import open_checkpoint_data
 
     budgets = parse_budgets(budget_text)
     caps = parse_count(max_macs, "--max-macs"), parse_count(max_params, "--max-params")

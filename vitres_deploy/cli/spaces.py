@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..arch import max_arch, min_arch, resolve_arch
+from ..arch import max_arch, min_arch
+from ..archfile import resolve_arch
 from ..macs import arch_cost
 from ..space import PRESETS, load_space
+from .boundary import Command
 from .output import human, print_json, print_table
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def spaces(as_json: bool) -> None:
     """List the preset search spaces with their size and MAC range."""
@@ -32,7 +34,7 @@ def spaces(as_json: bool) -> None:
     ])
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--space", "space_name", required=True, help="Preset name or a space .json/.yaml file.")
 @click.option("--arch", "arch_spec", required=True, help="Architecture file, max, min or random:SEED.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

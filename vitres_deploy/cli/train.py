@@ -8,12 +8,13 @@ import os
 import click
 
 from ..train import TrainConfig
+from .boundary import Command
 from .output import print_json, print_table
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--space", default=_DEFAULTS["space"], show_default=True, help="Preset or space file.")
 @click.option("--data-kind", "data_kind", type=click.Choice(["fmnist", "folder"]), default="fmnist",
               show_default=True, help="Fashion-MNIST IDX files or ImageNet-style train/ val/ folders.")
@@ -51,7 +52,7 @@ def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, **op
         click.echo(f"supernet written to {final}")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True, help="Checkpoint file or fmnist-demo.")
 @click.option("--arch", "arch_spec", required=True, help="Architecture file, max, min or random:SEED.")
 @click.option("--split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True)
@@ -60,11 +61,11 @@ def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, **op
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(ckpt: str, arch_spec: str, split: str, data_dir: str | None, batch_size: int, as_json: bool) -> None:
     """Top-1 and top-5 of one sub-network with the supernet's weights."""
-    from ..arch import resolve_arch
+    from ..archfile import resolve_arch
     from ..checkpoint import load_checkpoint
+    from ..data import open_checkpoint_data
     from ..evaluate import evaluate_arch
     from ..macs import arch_cost
-    from ..session import open_checkpoint_data
 
     checkpoint = load_checkpoint(ckpt)
     arch = resolve_arch(arch_spec, checkpoint.space)

@@ -9,11 +9,7 @@ import shutil
 import subprocess
 from typing import Any
 
-
-def slugify(text: str) -> str:
-    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"`` (lowercase letters, digits and dashes)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug or "unknown-device"
+from ..text import slug
 
 
 def cpu_model() -> str:
@@ -83,5 +79,5 @@ def device_info(device: str, device_id: int = 0) -> dict[str, Any]:
         info["cuda"] = torch.version.cuda
     else:
         info["device"] = info["cpu_model"]
-    info["device_slug"] = slugify(info["device"])
+    info["device_slug"] = slug(info["device"], "unknown-device")
     return info

@@ -17,7 +17,6 @@ adds it back once per network.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -25,7 +24,7 @@ import json
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
@@ -37,10 +36,11 @@ from torch import nn
 
 from .. import __version__
 from ..arch import Arch, sample_arch
+from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
 from ..errors import ProfileError
-from ..export.onnx import DEFAULT_OPSET, export_onnx
 from ..files import atomic_write
 from ..macs import arch_cost
+from ..progress import progress_bar
 from ..runtime.base import NoisyMeasurement, Protocol, RunnerOptions, TimingStats, measure
 from ..runtime.cache import cache_root
 from ..runtime.registry import Backend, get_backend
@@ -335,24 +335,6 @@ def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequenc
     if get_backend(settings.backend).source != "module":
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
     return _measure_in_passes((module, tuple(sample_shape)), settings)
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool) -> Iterator[Any]:
-    """A rich progress display on stderr (a disabled one when ``enabled`` is false)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled) as bar:
-        yield bar
 
 
 def profile_space(

@@ -18,10 +18,11 @@ from typing import Any
 
 from ..arch import Arch, sample_arch
 from ..errors import ProfileError
+from ..progress import progress_bar
 from ..runtime.base import NoisyMeasurement, TimingStats
 from .metrics import kendall_tau, mape, max_abs_error_pct, median, spearman, within
 from .predict import fit_correction, predict
-from .profiler import ProfileSettings, network_target, prepare_sources, progress_bar, time_in_passes
+from .profiler import ProfileSettings, network_target, prepare_sources, time_in_passes
 from .table import Correction, LatencyTable
 
 DEFAULT_SAMPLES = 40

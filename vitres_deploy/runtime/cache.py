@@ -25,7 +25,7 @@ def cache_root(override: str | Path | None = None) -> Path:
 
 def fp16_onnx(path: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The strongly typed fp16 version of the ONNX file ``path`` (LayerNorm/softmax in fp32), cached by content."""
-    from ..export.fp16 import convert_file
+    from ..convert.fp16 import convert_file
 
     dst = cache_root(cache_dir) / "fp16" / f"{Path(path).stem}-{sha256_file(path)[:16]}.fp16.onnx"
     if not dst.is_file():

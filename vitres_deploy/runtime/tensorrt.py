@@ -11,7 +11,7 @@ with CUDA events.
 
 Precision: fp32 builds clear TF32. fp16 uses ``BuilderFlag.FP16`` on 10.x; 11.x removed weak typing
 (that flag included), so there the ONNX is converted to a strongly typed fp16 model with LayerNorm and
-softmax kept in fp32 (:mod:`vitres_deploy.export.fp16`) and parsed into a strongly typed network.
+softmax kept in fp32 (:mod:`vitres_deploy.convert.fp16`) and parsed into a strongly typed network.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, ProfileError
 from ..files import atomic_write_bytes, sha256_file
+from ..text import slug
 from .base import Runner, RunnerOptions, TensorSpec
 from .cache import cache_root, fp16_onnx
 from .ort import onnx_input_specs
@@ -104,7 +105,7 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
         sample = s.shape[1:]
         profile.set_shape(s.name, (lo, *sample), (opt, *sample), (hi, *sample))
     config.add_optimization_profile(profile)
-    timing_path = cache_root(options.cache_dir) / "tensorrt" / f"timing-{trt.__version__}-{_slug(device)}.cache"
+    timing_path = cache_root(options.cache_dir) / "tensorrt" / f"timing-{trt.__version__}-{slug(device)}.cache"
     cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
@@ -148,10 +149,6 @@ def _save_timing_cache(config: Any, path: Path) -> None:
         merged.combine(ours, True)
         ours = merged
     atomic_write_bytes(path, bytes(memoryview(ours.serialize())))
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def _torch_dtype(trt: Any, dt: Any) -> Any:

@@ -17,16 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from .arch import Arch
-from .checkpoint import Checkpoint, load_checkpoint
-from .data import ImageData
-from .errors import ProfileError
-from .files import atomic_write_json
-from .latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space, validate_table
-from .latency.table import shipped_profiles
-from .macs import arch_cost
-from .session import open_checkpoint_data
-from .space import PRESETS
+from ..arch import Arch
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data import ImageData, open_checkpoint_data
+from ..errors import ProfileError
+from ..export.artifacts import onnx_artifact, predictor
+from ..export.pipeline import ExportOptions, export_bundle
+from ..files import atomic_write_json
+from ..latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space, validate_table
+from ..latency.plot import plot_table
+from ..latency.table import shipped_profiles
+from ..macs import arch_cost
+from ..search.evolution import PRESETS as SEARCH_PRESETS
+from ..search.evolution import run_search
+from ..space import PRESETS
 
 SPACE, BACKEND, SUPERNET = "fmnist", "ort-cpu", "fmnist-demo"
 TABLE_NAME = f"{SPACE}-{BACKEND}-fp32-b1.json"
@@ -72,11 +76,6 @@ def shipped_table() -> Path:
 
 def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
     """Run every step of the demo into ``opts.out``; each step's own checks raise on failure."""
-    from .export.pipeline import ExportOptions, export_bundle
-    from .latency.plot import plot_table
-    from .search.evolution import PRESETS as SEARCH_PRESETS
-    from .search.evolution import run_search
-
     out, result = opts.out, DemoResult()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(opts.threads)  # small CPU kernels: one thread is faster and steadier on a shared machine
@@ -148,8 +147,6 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
 def _test_accuracy(checkpoint: Checkpoint, arch: Arch, data: ImageData, onnx_path: Path, threads: int,
                    limit: int | None) -> dict[str, float]:
     """Top-1 on the t10k test split of the static PyTorch network and of the exported ONNX model."""
-    from .export.artifacts import onnx_artifact, predictor
-
     model = checkpoint.supernet.extract(arch).eval()
     correct = {"pytorch": 0, "onnxruntime": 0}
     n = 0

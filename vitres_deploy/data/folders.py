@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import SPLITS, Batch, HoldoutSpec, indices_digest
-from .errors import DataError
+from ..errors import DataError
+from .types import SPLITS, Batch, HoldoutSpec, indices_digest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

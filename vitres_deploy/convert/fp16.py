@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import Fp16ConversionError
 from ..files import atomic_write
 
 KEEP_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
@@ -25,10 +26,6 @@ KEEP_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
 # Inputs that the ONNX spec types as float32 whatever the data type (op -> input indices).
 _FP32_INPUTS = {"Resize": {2}, "Upsample": {1}}
 _FP16_MAX = float(np.finfo(np.float16).max)
-
-
-class Fp16ConversionError(ValueError):
-    """The model has a construct this converter does not handle (named in the message)."""
 
 
 def convert_to_fp16(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import Checkpoint
-from .data import HoldoutSpec, ImageData, open_data
-from .errors import DataError
+from ..checkpoint import Checkpoint
+from ..errors import DataError
+from .open import open_data
+from .types import HoldoutSpec, ImageData
 
 
 def open_checkpoint_data(checkpoint: Checkpoint, data_dir: str | Path | None = None) -> ImageData:

@@ -1,106 +1,23 @@
-"""Data: Fashion-MNIST from its IDX files, ImageNet-style folders, and the seeded hold-out split.
-
-Both sources expose the same small interface (:class:`ImageData`): seeded, shardable training batches
-with augmentation, and evaluation batches of the ``holdout`` split (carved out of the training set,
-never trained on, used by search) or the ``test`` split (final reporting only).
-"""
+"""Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist``), held in memory."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from ..errors import DataError
+from .types import SPLITS, Batch, HoldoutSpec, indices_digest
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot")
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-SPLITS = ("holdout", "test")
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class HoldoutSpec:
-    """A seeded, class-stratified hold-out split of the training set.
-
-    Exactly one of ``per_class`` (images per class) or ``fraction`` (of each class) is set.
-    """
-
-    seed: int = 0
-    fraction: float | None = None
-    per_class: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.per_class is None):
-            raise DataError("a hold-out split needs exactly one of fraction or per_class")
-        if self.fraction is not None and not 0.0 < self.fraction < 1.0:
-            raise DataError(f"hold-out fraction {self.fraction} must be in (0, 1)")
-
-    def indices(self, labels: np.ndarray) -> np.ndarray:
-        """Sorted training-set indices of the hold-out images (the same for the same labels and spec)."""
-        rng = np.random.default_rng(self.seed)
-        picked = []
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
-            k = self.per_class if self.per_class is not None else round(self.fraction * len(idx))
-            if k >= len(idx):
-                raise DataError(f"class {c} has {len(idx)} images, too few for a hold-out of {k}")
-            picked.append(rng.permutation(idx)[:k])
-        return np.sort(np.concatenate(picked))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (recorded in checkpoints)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HoldoutSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(seed=int(d.get("seed", 0)), fraction=d.get("fraction"), per_class=d.get("per_class"))
-
-
-def indices_digest(indices: np.ndarray) -> str:
-    """sha256 of a split's indices: recorded with the spec so that a changed split is detected."""
-    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
-
-
-class ImageData(Protocol):
-    """What training, evaluation, search and export need from a data set."""
-
-    kind: str
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    holdout: HoldoutSpec
-    holdout_digest: str
-
-    def num_train(self) -> int: ...
-
-    def train_batches(self, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
-        """Augmented, normalised training batches (hold-out excluded), shuffled by (seed, epoch), sharded by rank."""
-        ...
-
-    def eval_batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
-        """Normalised ``holdout`` or ``test`` batches in a fixed order (the first ``limit`` images if given)."""
-        ...
-
-
-def data_spec(data: ImageData) -> dict[str, Any]:
-    """What a checkpoint records about its data: kind, normalisation, classes, and the hold-out split."""
-    return {"kind": data.kind, "mean": list(data.mean), "std": list(data.std), "class_names": list(data.class_names),
-            "holdout": data.holdout.to_dict(), "holdout_sha256": data.holdout_digest}
-
-
-# ------------------------------------------------------------------------------ Fashion-MNIST
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -205,17 +122,3 @@ def _augment(x: torch.Tensor, g: torch.Generator, pad: int = 2) -> torch.Tensor:
     crops = crops.permute(0, 3, 1, 2)
     flip = torch.rand(b, generator=g) < 0.5
     return torch.where(flip[:, None, None, None], crops.flip(-1), crops).contiguous()
-
-
-def open_data(kind: str, root: str | Path | None, image_size: int, holdout: HoldoutSpec | None = None,
-              workers: int = 4) -> ImageData:
-    """Open a data set by kind: ``fmnist`` (IDX files) or ``folder`` (ImageNet-style train/ and val/)."""
-    if kind == "fmnist":
-        return FashionMNIST(root, holdout)
-    if kind == "folder":
-        from .imagefolder import ImageFolderData
-
-        if root is None:
-            raise DataError("--data DIR is required for ImageNet-style folders (DIR/train/<class>/..., DIR/val/...)")
-        return ImageFolderData(root, image_size, holdout or HoldoutSpec(seed=0, per_class=25), workers)
-    raise DataError(f"unknown data kind {kind!r}: use fmnist or folder")

@@ -1,7 +1,7 @@
-"""Ranks of a search launched by ``torchrun``: joining the process group, gathering and broadcasting objects.
+"""Ranks of a job launched by ``torchrun`` (training, search): joining the process group, gathering, broadcasting.
 
 One process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) is the world of one rank, and every helper is then
-a no-op, so the search code is the same either way. On CPU the group uses gloo, on CUDA nccl.
+a no-op, so the calling code is the same either way. On CPU the group uses gloo, on CUDA nccl.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import BackendUnavailable
+from .errors import BackendUnavailable
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,137 @@
+"""Architecture files (``arch.json``, ``best.json``) and architecture specs (``max``, ``min``, ``random:SEED``, a file).
+
+One typed document, :class:`ArchFile`, is written by ``search`` and ``export`` and read by ``export``,
+``demo`` and every command that takes ``--arch FILE``; :func:`read_arch_file` is the one reader. The file
+form is the architecture's own form (``space``, ``stages``) with the search's fields beside it at the top
+level, so a ``best.json`` is accepted wherever an architecture file is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .arch import Arch, max_arch, min_arch, random_arch
+from .errors import ArchError
+from .space import SearchSpace
+
+
+@dataclass(frozen=True)
+class SearchedRecord:
+    """What a search recorded about the architecture it picked under a budget (``best.json``'s other fields).
+
+    ``holdout_top1_ci95`` is the Wilson 95% interval of ``holdout_top1`` on ``holdout_images`` images;
+    ``within_ci95`` counts the other archs of the budget's window that score inside it. ``table`` and
+    ``supernet`` identify the latency table and the supernet (path, sha256, what they hold).
+    """
+
+    hash: str
+    latency_ms: float
+    macs: int
+    params: int
+    holdout_top1: float
+    holdout_top5: float
+    holdout_images: int
+    holdout_top1_ci95: tuple[float, float]
+    within_ci95: int
+    alpha: float
+    window_ms: tuple[float, float]
+    max_macs: int | None
+    max_params: int | None
+    evaluated: int
+    table: dict[str, Any]
+    supernet: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (the fields beside ``space`` and ``stages`` in ``best.json``)."""
+        data = asdict(self)
+        data["holdout_top1_ci95"] = list(self.holdout_top1_ci95)
+        data["window_ms"] = list(self.window_ms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchedRecord:
+        """Inverse of :meth:`to_dict`; a missing or mistyped field is an :class:`ArchError`."""
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise ArchError(f"a search's architecture file needs {', '.join(missing)}")
+        values = {f.name: data[f.name] for f in fields(cls)}
+        try:
+            values["holdout_top1_ci95"] = tuple(float(v) for v in values["holdout_top1_ci95"])
+            values["window_ms"] = tuple(float(v) for v in values["window_ms"])
+            for name in ("latency_ms", "holdout_top1", "holdout_top5", "alpha"):
+                values[name] = float(values[name])
+        except (TypeError, ValueError):
+            raise ArchError("a search's architecture file has a non-numeric latency, accuracy or window") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ArchFile:
+    """An architecture, the latency budget it is meant for (if the file names one), and a search's record of it.
+
+    ``budget_ms`` is read from any architecture file that has it (a user may write it by hand); ``searched``
+    only from a search's ``best.json`` (recognised by its ``evaluated`` field). Other keys are ignored.
+    """
+
+    arch: Arch
+    budget_ms: float | None = None
+    searched: SearchedRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file form: the architecture's keys, then the search's fields with the budget among them."""
+        out = self.arch.to_dict()
+        extra = self.searched.to_dict() if self.searched else {}
+        for key, value in extra.items():
+            if key == "alpha" and self.budget_ms is not None:
+                out["budget_ms"] = self.budget_ms
+            out[key] = value
+        if self.budget_ms is not None:
+            out.setdefault("budget_ms", self.budget_ms)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ArchFile:
+        """Parse the file form (see the class docstring)."""
+        arch = Arch.from_dict(data)
+        budget = data.get("budget_ms")
+        if budget is not None:
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (
+                    math.isfinite(budget) and budget > 0):
+                raise ArchError(f"the arch file's budget_ms {budget!r} is not a positive number")
+            budget = float(budget)
+        return cls(arch, budget, SearchedRecord.from_dict(data) if "evaluated" in data else None)
+
+
+def read_arch_file(path: str | Path) -> ArchFile:
+    """Read an architecture file (``arch.json`` or ``best.json``); bad JSON is an :class:`ArchError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArchError(f"cannot read arch file {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ArchError(f"arch file {path} is not valid JSON: {e}") from None
+    return ArchFile.from_dict(data)
+
+
+def resolve_arch(spec: str | Path, space: SearchSpace) -> Arch:
+    """Turn ``max``, ``min``, ``random:SEED`` or a path to an architecture file into a validated arch."""
+    text = str(spec)
+    if text == "max":
+        return max_arch(space)
+    if text == "min":
+        return min_arch(space)
+    if text.startswith("random:"):
+        try:
+            seed = int(text.split(":", 1)[1])
+        except ValueError:
+            raise ArchError(f"{text!r}: the seed of random:SEED must be an integer") from None
+        return random_arch(space, seed)
+    if not Path(text).is_file():
+        raise ArchError(f"arch {text!r} is neither max, min, random:SEED nor an existing file")
+    return read_arch_file(text).arch.validate(space)
