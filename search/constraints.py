@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..arch import Arch, min_arch
-from ..checkpoint import space_difference
 from ..errors import BudgetError, ProfileError
 from ..latency import LatencyRange, LatencyTable, latency_range, predict
 from ..macs import arch_cost
-from ..space import SearchSpace
+from ..space import SearchSpace, space_difference
 from .genome import GeneLayout, perturb
 
 
@@ -35,9 +34,9 @@ class CostModel:
     """Predicted latency (from a latency table) and closed-form MACs/parameters of archs, memoised."""
 
     def __init__(self, table: LatencyTable, space: SearchSpace) -> None:
-        if table.space != space:
+        diff = space_difference(table.space, space)
+        if diff:
             where = f" {table.path}" if table.path else ""
-            diff = space_difference(table.space, space) or f"{table.space.name} vs {space.name}"
             raise ProfileError(f"latency table{where} was profiled for another space than the supernet's ({diff}): "
                                f"profile the supernet's space with `vitres-deploy profile --space ...`")
         table.require_complete()

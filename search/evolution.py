@@ -38,6 +38,7 @@ from ..distributed import Ranks
 from ..errors import BudgetError, VitresError
 from ..latency import LatencyRange, LatencyTable
 from ..progress import progress_bar
+from ..seeding import stream_rng
 from .constraints import Constraint, CostModel, Metrics, check_budgets, repair
 from .fitness import Fitness
 from .genome import GeneLayout, crossover, mutate
@@ -135,7 +136,7 @@ class _Evolution:
         taken = {r.hash for r in self.records}
         batch: list[Candidate] = []
         for i, c in enumerate(self.constraints):
-            rng = random.Random(f"{self.config.seed}/{iteration}/{i}")
+            rng = stream_rng(self.config.seed, iteration, i)
             if iteration == 0:
                 new = self._initial(c, rng, taken)
                 if not new and not any(c.satisfied(x.metrics) for x in [*self.records, *batch]):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ..arch import Arch
 from ..data import ImageData
 from ..distributed import Ranks
-from ..evaluate import Accuracy, evaluate_arch
+from ..evaluate import TopKAccuracy, evaluate_arch
 from ..supernet import ViTResNASSupernet
 
 
@@ -25,14 +25,14 @@ class Fitness:
         self.ranks = ranks or Ranks()
         self.supernet = supernet.to(self.ranks.device).eval()
         self.data, self.batch_size, self.limit = data, batch_size, limit
-        self.cache: dict[str, Accuracy] = {}
+        self.cache: dict[str, TopKAccuracy] = {}
 
-    def evaluate(self, archs: Sequence[Arch]) -> list[Accuracy]:
+    def evaluate(self, archs: Sequence[Arch]) -> list[TopKAccuracy]:
         """Hold-out accuracy of each arch (in order); uncached archs are sharded across the ranks."""
         todo = list(dict.fromkeys(a.hash for a in archs if a.hash not in self.cache))
         by_hash = {a.hash: a for a in archs}
         self.cache.update(self.ranks.shard_map(todo, lambda h: self._run(by_hash[h])))
         return [self.cache[a.hash] for a in archs]
 
-    def _run(self, arch: Arch) -> Accuracy:
+    def _run(self, arch: Arch) -> TopKAccuracy:
         return evaluate_arch(self.supernet, arch, self.data, "holdout", self.batch_size, self.limit)

@@ -38,6 +38,11 @@ def test_space_mismatch_says_what_differs(tmp_path):
     other = SearchSpace.from_dict({**PRESETS["fmnist"].to_dict(), "num_classes": 5})
     with pytest.raises(CheckpointError, match="num_classes: 10 vs 5"):
         load_checkpoint(path, expect_space=other)
+    renamed = SearchSpace.from_dict({**PRESETS["fmnist"].to_dict(), "name": "my-fmnist"})
+    with pytest.raises(CheckpointError, match=r"not 'my-fmnist' \(name: fmnist vs my-fmnist\)"):
+        load_checkpoint(path, expect_space=renamed)
+    described = SearchSpace.from_dict({**PRESETS["fmnist"].to_dict(), "description": "another text"})
+    assert load_checkpoint(path, expect_space=described).space == PRESETS["fmnist"]
 
 
 def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):

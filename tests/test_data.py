@@ -71,19 +71,32 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         open_data("cifar", None, 28)
 
 
-def test_image_folder_pipeline(tmp_path):
+def _image_folders(root):
+    """Two classes of random 40x52 RGB images: 6 per class in train/, 2 in val/."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 6), ("val", 2)):
         for c in ("cat", "dog"):
-            (tmp_path / split / c).mkdir(parents=True)
+            (root / split / c).mkdir(parents=True)
             for i in range(per_class):
                 pixels = rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / c / f"{i}.png")
-    data = open_data("folder", tmp_path, 32, HoldoutSpec(seed=0, per_class=2), workers=0)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+    return open_data("folder", root, 32, HoldoutSpec(seed=0, per_class=2), workers=0)
+
+
+def test_image_folder_pipeline(tmp_path):
+    data = _image_folders(tmp_path)
     assert data.class_names == ("cat", "dog") and data.num_train() == 8
     x, _ = next(data.train_batches(4, epoch=0, seed=0))
     assert x.shape == (4, 3, 32, 32)
     assert sum(len(y) for _, y in data.eval_batches("holdout", 3)) == 4
     assert sum(len(y) for _, y in data.eval_batches("test", 3)) == 4
+
+
+def test_image_folder_batches_repeat_for_a_seed_and_epoch_and_change_with_them(tmp_path):
+    data = _image_folders(tmp_path)
+    first = next(data.train_batches(4, epoch=0, seed=0, rank=0, world=1))
+    assert all(torch.equal(a, b) for a, b in zip(first, next(data.train_batches(4, epoch=0, seed=0))))
+    assert not torch.equal(first[0], next(data.train_batches(4, epoch=1, seed=0))[0])
+    assert not torch.equal(first[0], next(data.train_batches(4, epoch=0, seed=1))[0])

@@ -10,7 +10,7 @@ import yaml
 from vitres_deploy.arch import max_arch, min_arch
 from vitres_deploy.errors import SpaceError
 from vitres_deploy.macs import arch_cost
-from vitres_deploy.space import PRESETS, SearchSpace, load_space
+from vitres_deploy.space import PRESETS, SearchSpace, load_space, space_difference
 
 # The paper spaces, transcribed from the Foundation issue: (embed dims, heads, head dim, MLP hidden, depths).
 PAPER_TABLES = {
@@ -73,6 +73,24 @@ def test_preset_names_and_reduced_resolution() -> None:
     assert tiny56.image_size == 56 and tiny56.tokens == (17, 5, 2)
     assert tiny56.stages == PRESETS["vit-resnas-tiny"].stages
     assert PRESETS["fmnist"].at_resolution(28) is PRESETS["fmnist"]
+
+
+def test_the_same_space_is_the_same_name_geometry_and_choices(fmnist: SearchSpace) -> None:
+    described = SearchSpace.from_dict({**fmnist.to_dict(), "description": "another text"})
+    assert space_difference(fmnist, described) == "" and described == fmnist
+    renamed = SearchSpace.from_dict({**fmnist.to_dict(), "name": "my-fmnist"})
+    assert space_difference(fmnist, renamed) == "name: fmnist vs my-fmnist" and renamed != fmnist
+    assert space_difference(fmnist, fmnist.at_resolution(56)) == "name: fmnist vs fmnist@56; image_size: 28 vs 56"
+    stages = fmnist.to_dict()["stages"]
+    narrower = SearchSpace.from_dict({**fmnist.to_dict(), "stages": [{**stages[0], "depths": [1, 2]}, *stages[1:]]})
+    assert space_difference(fmnist, narrower) == "stage 1 depths: [3, 2, 1] vs [2, 1]"
+
+
+def test_an_arch_belongs_to_its_family_at_every_resolution() -> None:
+    tiny, tiny56 = PRESETS["vit-resnas-tiny"], load_space("vit-resnas-tiny@56")
+    assert tiny56.holds_family("vit-resnas-tiny") and not tiny56.holds_family("vit-resnas-tiny@56")
+    assert not tiny56.holds_family("fmnist")
+    assert max_arch(tiny).validate(tiny56) == max_arch(tiny56)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])

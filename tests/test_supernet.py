@@ -148,6 +148,16 @@ def test_drop_path_is_active_only_in_training(fmnist: SearchSpace) -> None:
         assert torch.equal(plain(x), first), "without drop-path, training mode is deterministic"
 
 
+def test_drop_path_rises_linearly_over_the_blocks_of_all_stages(fmnist: SearchSpace) -> None:
+    def rates(net: ViTResNASSupernet) -> list[float]:
+        return [block.drop_path for stage in net.stages for block in stage]
+
+    net = build_supernet(fmnist, drop_path_rate=0.4)
+    assert rates(net) == pytest.approx([0.4 * i / 8 for i in range(9)]) and rates(net)[0] == 0.0
+    net.set_drop_path(0.2)
+    assert rates(net) == pytest.approx([0.2 * i / 8 for i in range(9)])
+
+
 def test_extraction_keeps_the_training_mode(fmnist: SearchSpace) -> None:
     net = build_supernet(fmnist)
     assert net.train().extract(min_arch(fmnist)).training

@@ -10,9 +10,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
 
 from vitres_deploy.checkpoint import load_checkpoint
 from vitres_deploy.cli import main
+from vitres_deploy.errors import RunDirError, SettingsError
+from vitres_deploy.evaluate import topk_accuracy
 from vitres_deploy.train import TrainConfig, lr_at, opened_fraction, train, weight_digest
 
 QUICK = {"steps_per_epoch": 3, "batch_size": 32, "eval_limit": 100}
@@ -61,15 +66,49 @@ def _stop_after(record, epoch):
 def test_a_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
     cfg = TrainConfig(epochs=1, **QUICK)
     train(cfg, tmp_path, progress=False)
-    with pytest.raises(Exception, match="already holds a training run"):
+    with pytest.raises(RunDirError, match="already holds a training run: pass resume to continue it") as error:
         train(cfg, tmp_path, progress=False)
-    with pytest.raises(Exception, match="nothing to resume"):
+    assert error.value.field == "resume"
+    with pytest.raises(RunDirError, match="nothing to resume"):
         train(cfg, tmp_path / "empty", resume=True, progress=False)
 
 
-def test_cli_train_then_evaluate_json(tmp_path):
-    from click.testing import CliRunner
+def test_a_batch_larger_than_the_data_names_the_setting(tmp_path):
+    with pytest.raises(SettingsError, match=r"batch_size 60000 x 1 ranks exceeds the 54000 training images") as error:
+        train(TrainConfig(epochs=1, batch_size=60_000), tmp_path, progress=False)
+    assert error.value.field == "batch_size"
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--batch-size", "60000"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: --batch-size 60000 x 1 ranks exceeds the 54000 training images"]
 
+
+def test_cli_errors_about_the_data_name_the_data_flag(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", "--supernet", "fmnist-demo", "--arch", "min",
+                                       "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: Fashion-MNIST directory {tmp_path / 'nowhere'} not found: install "
+                                          "Debian's package dataset-fashion-mnist (apt-get install "
+                                          "dataset-fashion-mnist) or set --data to a directory with its four IDX "
+                                          "files"]
+
+
+class _FixedLogits(nn.Module):
+    """A classifier whose logits are the batch itself."""
+
+    def forward(self, x):
+        return x
+
+
+def test_topk_accuracy_counts_top1_and_top5_hits():
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+    labels = torch.tensor([0, 0, 5])  # a top-1 hit, a miss, a hit only beyond the top 5
+    acc = topk_accuracy(_FixedLogits(), [(logits[:2], labels[:2]), (logits[2:], labels[2:])])
+    assert (acc.top1, acc.top5, acc.images) == (pytest.approx(1 / 3), pytest.approx(1 / 3), 3)
+    acc = topk_accuracy(_FixedLogits(), [(logits, torch.tensor([4, 1, 0]))])  # hits at ranks 5, 5 and 1
+    assert (acc.top1, acc.top5) == (pytest.approx(1 / 3), pytest.approx(1.0))
+
+
+def test_cli_train_then_evaluate_json(tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["train", "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
                                   "--batch-size", "32", "--archs-per-batch", "1", "--eval-limit", "100"])

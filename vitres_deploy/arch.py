@@ -99,8 +99,11 @@ class Arch:
         return cls(space=str(data["space"]), stages=tuple(stages))
 
     def validate(self, space: SearchSpace) -> Arch:
-        """Check that the arch belongs to ``space``; errors name the place and the allowed values."""
-        if self.space != space.family:
+        """Check that the arch belongs to ``space``; errors name the place and the allowed values.
+
+        The rule of :mod:`vitres_deploy.space`: the arch names the space's family and takes only its choices.
+        """
+        if not space.holds_family(self.space):
             raise ArchError(f"arch is of space {self.space!r}, expected {space.family!r}")
         if len(self.stages) != len(space.stages):
             raise ArchError(f"arch has {len(self.stages)} stages, space {space.name!r} has {len(space.stages)}")

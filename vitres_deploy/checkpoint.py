@@ -20,7 +20,7 @@ import torch
 
 from .errors import CheckpointError
 from .files import atomic_write
-from .space import PRESETS, SearchSpace
+from .space import PRESETS, SearchSpace, space_difference
 from .supernet import ViTResNASSupernet
 
 FORMAT = "vitres-deploy/supernet-v1"
@@ -108,26 +108,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def space_difference(a: SearchSpace, b: SearchSpace) -> str:
-    """A short description of the fields in which two spaces differ ('' if they are equal)."""
-    da, db = a.to_dict(), b.to_dict()
-    diffs = []
-    for key in da:
-        if key == "description":
-            continue
-        if key == "stages":
-            for i, (sa, sb) in enumerate(zip(da["stages"], db["stages"]), 1):
-                diffs += [f"stage {i} {k}: {sa[k]} vs {sb[k]}" for k in sa if sa[k] != sb[k]]
-            if len(da["stages"]) != len(db["stages"]):
-                diffs.append(f"stages: {len(da['stages'])} vs {len(db['stages'])}")
-        elif da[key] != db[key]:
-            diffs.append(f"{key}: {da[key]} vs {db[key]}")
-    return "; ".join(diffs)
-
-
 def load_checkpoint(name_or_path: str | Path, expect_space: SearchSpace | None = None,
                     map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint (weights only, never pickle), checking its space against ``expect_space``."""
+    """Load a checkpoint (weights only, never pickle); its space must be ``expect_space`` (the same space, if given)."""
     from safetensors.torch import load_file
 
     path = resolve_checkpoint(name_or_path)
@@ -136,13 +119,13 @@ def load_checkpoint(name_or_path: str | Path, expect_space: SearchSpace | None =
         space = SearchSpace.from_dict(meta["space"])
     except KeyError:
         raise CheckpointError(f"{path} metadata has no search space") from None
-    if expect_space is not None and space != expect_space:
-        what = space_difference(space, expect_space) or f"{space.name} vs {expect_space.name}"
-        raise CheckpointError(f"checkpoint {path.name} is of space {space.name!r}, not {expect_space.name!r} ({what})")
+    if expect_space is not None and (differs := space_difference(space, expect_space)):
+        raise CheckpointError(f"checkpoint {path.name} is of space {space.name!r}, not {expect_space.name!r} "
+                              f"({differs})")
     preset = PRESETS.get(space.name)
-    if preset is not None and preset != space:
+    if preset is not None and (differs := space_difference(space, preset)):
         raise CheckpointError(f"checkpoint {path.name} has a space named {space.name!r} that differs from the "
-                              f"preset ({space_difference(space, preset)}); rename it or use its space file")
+                              f"preset ({differs}); rename it or use its space file")
     tensors = load_file(str(path), device=str(map_location))
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}

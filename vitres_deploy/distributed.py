@@ -1,4 +1,4 @@
-"""Ranks of a job launched by ``torchrun`` (training, search): joining the process group, gathering, broadcasting.
+"""Ranks of a ``torchrun`` job (training, search): joining the process group, gathering, broadcasting, waiting.
 
 One process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) is the world of one rank, and every helper is then
 a no-op, so the calling code is the same either way. On CPU the group uses gloo, on CUDA nccl.
@@ -46,6 +46,11 @@ class Ranks:
             out.update(part)
         return out
 
+    def barrier(self) -> None:
+        """Wait until every rank has come here (nothing to wait for in one process)."""
+        if self.world > 1:
+            dist.barrier()
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if self.world == 1:
@@ -66,8 +71,8 @@ def join_ranks(device: str | None = None) -> Iterator[Ranks]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise BackendUnavailable("--device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
-                                 "use --device cpu")
+        raise BackendUnavailable("device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                                 "use cpu", field="device")
     dev = torch.device(f"cuda:{local}") if kind == "cuda" else torch.device(kind)
     created = False
     if world > 1 and not dist.is_initialized():

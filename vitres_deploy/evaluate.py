@@ -14,8 +14,8 @@ from .supernet import ViTResNASSupernet
 
 
 @dataclass(frozen=True)
-class Accuracy:
-    """Accuracies in [0, 1] over ``images`` images."""
+class TopKAccuracy:
+    """Top-1 and top-5 accuracy of a classifier, in [0, 1], over ``images`` images."""
 
     top1: float
     top5: float
@@ -27,8 +27,8 @@ class Accuracy:
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> Accuracy:
-    """Accuracy of ``model`` (put in eval mode) over ``batches``."""
+def topk_accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> TopKAccuracy:
+    """Top-1 and top-5 accuracy of ``model`` (put in eval mode) over ``batches``."""
     model.eval()
     correct1 = correct5 = n = 0
     for x, y in batches:
@@ -38,12 +38,12 @@ def accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | 
         correct1 += int((top[:, 0] == y).sum())
         correct5 += int((top == y[:, None]).any(dim=1).sum())
         n += len(y)
-    return Accuracy(correct1 / max(n, 1), correct5 / max(n, 1), n)
+    return TopKAccuracy(correct1 / max(n, 1), correct5 / max(n, 1), n)
 
 
 def evaluate_arch(supernet: ViTResNASSupernet, arch: Arch, data: ImageData, split: str = "holdout",
-                  batch_size: int = 500, limit: int | None = None) -> Accuracy:
-    """Accuracy of ``arch`` through its extracted static sub-network, in inference mode."""
+                  batch_size: int = 500, limit: int | None = None) -> TopKAccuracy:
+    """Top-1/top-5 accuracy of ``arch`` through its extracted static sub-network, in inference mode."""
     device = supernet.cls_token.device
     model = supernet.extract(arch).eval()
-    return accuracy(model, data.eval_batches(split, batch_size, limit), device)
+    return topk_accuracy(model, data.eval_batches(split, batch_size, limit), device)

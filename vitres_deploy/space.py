@@ -3,6 +3,16 @@
 A space fixes the geometry (image size, patch size, stem width, token grids) and, per stage, the
 choices of embedding width, number of heads (with a fixed, decoupled head dimension), MLP hidden
 width and depth. Choices are kept largest first, which is the order progressive warm-up opens them.
+
+Compatibility, the one rule (:func:`space_difference`, :meth:`SearchSpace.holds_family`):
+
+* Anything made for a space (a checkpoint's weights, a latency table's timings) serves another space
+  only when they are *the same space*: the same name (so the same family and resolution) and the same
+  geometry and choices. The description does not count. Weights have the shapes of the geometry and
+  choices, timings depend on the resolution too, and archs name their space.
+* An architecture belongs to a space when it names the space's *family* (the name without ``@RES``: an
+  arch is the same network at every resolution) and each of its choices is one of the space's
+  (:meth:`vitres_deploy.arch.Arch.validate`).
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import SpaceError
+from .errors import SpaceError, first_line
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,10 @@ class SearchSpace:
         """The name archs carry: the preset's name without a ``@RES`` resolution suffix."""
         return self.name.partition("@")[0]
 
+    def holds_family(self, family: str) -> bool:
+        """True when an arch naming ``family`` is of this space's family (its choices are checked apart)."""
+        return family == self.family
+
     @property
     def grids(self) -> tuple[int, ...]:
         """Side of the patch-token grid of each stage (a 3x3 stride-2 conv halves it, rounding up)."""
@@ -151,6 +165,26 @@ class SearchSpace:
             stages=tuple(stages),
             description=str(data.get("description", "")),
         )
+
+
+def space_difference(a: SearchSpace, b: SearchSpace) -> str:
+    """The fields in which ``a`` and ``b`` differ, '' when they are the same space (the module's rule).
+
+    Name, geometry and stage choices count; the description does not: '' exactly when ``a == b``.
+    """
+    da, db = a.to_dict(), b.to_dict()
+    diffs = []
+    for key in da:
+        if key == "description":
+            continue
+        if key == "stages":
+            for i, (sa, sb) in enumerate(zip(da["stages"], db["stages"]), 1):
+                diffs += [f"stage {i} {k}: {sa[k]} vs {sb[k]}" for k in sa if sa[k] != sb[k]]
+            if len(da["stages"]) != len(db["stages"]):
+                diffs.append(f"stages: {len(da['stages'])} vs {len(db['stages'])}")
+        elif da[key] != db[key]:
+            diffs.append(f"{key}: {da[key]} vs {db[key]}")
+    return "; ".join(diffs)
 
 
 _SPACE_FIELDS = ("name", "image_size", "in_chans", "num_classes", "patch_size", "stem_channels", "stages")
@@ -252,8 +286,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         else:
             data = json.loads(text)
     except Exception as e:
-        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {first_line}") from None
+        raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {first_line(e)}") from None
     try:
         return SearchSpace.from_dict(data)
     except SpaceError as e:

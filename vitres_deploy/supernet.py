@@ -267,15 +267,12 @@ class ViTResNASSupernet(nn.Module):
         super().__init__()
         self.space = space
         dims = [s.embed_dims[0] for s in space.stages]
-        total = sum(s.max_depth for s in space.stages)
-        rates = iter([drop_path_rate * i / max(total - 1, 1) for i in range(total)])
         self.stem = DynamicConvStem(space.in_chans, space.stem_channels, dims[0], space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[0]))
         self.pos_embed = nn.Parameter(torch.zeros(1, space.tokens[0], dims[0]))
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                DynamicBlock(dims[i], s.heads[0], s.head_dim, s.mlp_hidden[0], next(rates))
-                for _ in range(s.max_depth)
+                DynamicBlock(dims[i], s.heads[0], s.head_dim, s.mlp_hidden[0]) for _ in range(s.max_depth)
             )
             for i, s in enumerate(space.stages)
         )
@@ -285,8 +282,15 @@ class ViTResNASSupernet(nn.Module):
         self.norm = DynamicLayerNorm(dims[-1])
         self.head = DynamicLinear(dims[-1], space.num_classes)
         init_weights(self)
+        self.set_drop_path(drop_path_rate)
         self.active = max_arch(space)
         self.set_active(self.active)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Drop-path schedule: ``rate * i / (n - 1)`` for the i-th of the n blocks, counted across the stages."""
+        blocks = [block for stage in self.stages for block in stage]
+        for i, block in enumerate(blocks):
+            block.drop_path = rate * i / max(len(blocks) - 1, 1)
 
     def set_active(self, arch: Arch) -> None:
         """Select the sub-network that a plain ``forward`` runs (validated against the space)."""

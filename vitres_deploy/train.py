@@ -8,7 +8,7 @@ DistributedDataParallel and every rank samples its own sub-networks.
 
 Every epoch writes ``last.safetensors`` atomically (weights, optimizer state, config, metrics) and
 appends a line to ``log.jsonl``; ``resume`` continues bit-for-bit from the last finished epoch
-because every random stream is derived from (seed, epoch, step, rank).
+because every random stream is derived from (seed, epoch, step, rank) by :mod:`vitres_deploy.seeding`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import random
 import time
 import warnings
 from collections.abc import Callable
@@ -27,17 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .arch import max_arch, min_arch, sample_arch
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import HoldoutSpec, ImageData, data_spec, open_data
-from .errors import CheckpointError, VitresError
+from .distributed import Ranks, join_ranks
+from .errors import DataError, RunDirError, RuntimeFailure, SettingsError
 from .evaluate import evaluate_arch
 from .files import append_json_line, atomic_write_text
 from .progress import progress_bar
+from .seeding import drop_path_seed, stream_rng
 from .space import load_space
 from .supernet import ViTResNASSupernet
 
@@ -117,100 +116,99 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 @dataclass
-class _Dist:
-    rank: int
-    world: int
-    device: torch.device
+class _Run:
+    """What the epochs of a run share."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed() -> _Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return _Dist(rank, world, device)
+    cfg: TrainConfig  # a resumed run's own settings, with the epochs asked for now
+    data: ImageData
+    supernet: ViTResNASSupernet
+    model: nn.Module  # the supernet, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    steps: int  # per epoch
+    start_epoch: int
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_dir: str | Path | None = None,
           progress: bool = True, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """Train a supernet as ``cfg`` says into ``out_dir``; return the final checkpoint's path."""
+    """Train a supernet as ``cfg`` says into ``out_dir``; return the final checkpoint's path.
+
+    Set up (or resume) the run, train its epochs (each ends with a checkpoint and a log line, then
+    ``on_epoch(record)`` on rank 0), and write the final checkpoint.
+    """
     out = Path(out_dir)
-    env = _init_distributed()
-    resumed = _resume_from(out, resume, env)
+    with join_ranks() as ranks:
+        resumed = _resume_from(out, resume, ranks)
+        run = _set_up(cfg, resumed, data_dir, ranks)
+        if ranks.main:
+            out.mkdir(parents=True, exist_ok=True)
+            _trim_log(out / LOG, run.start_epoch)
+        for epoch in range(run.start_epoch, run.cfg.epochs):
+            record = _train_epoch(run, epoch, ranks, progress)
+            if ranks.main:
+                _record_epoch(out, run, epoch, record)
+                if on_epoch:
+                    on_epoch(record)
+            ranks.barrier()
+        return _write_final(out, run.supernet, ranks)
+
+
+def _set_up(cfg: TrainConfig, resumed: Checkpoint | None, data_dir: str | Path | None, ranks: Ranks) -> _Run:
+    """The run's settings, data, supernet (new, or the resumed weights) and optimizer, on this rank's device."""
     start_epoch = 0
     if resumed is not None:
         cfg = dataclasses.replace(TrainConfig(**resumed.meta["train_config"]), epochs=cfg.epochs)
         start_epoch = int(resumed.meta["epoch"])
-
     space = load_space(cfg.space)
     data = open_data(cfg.data, data_dir, space.image_size, cfg.holdout())
     if resumed is not None and resumed.data.get("holdout_sha256") != data.holdout_digest:
-        raise CheckpointError("the hold-out split of this data differs from the checkpoint's: same --data needed")
+        raise DataError("the hold-out split of this data differs from the checkpoint's: resume with the same "
+                        "data_dir", field="data_dir")
+    steps = _steps_per_epoch(cfg, data, ranks)
     torch.manual_seed(cfg.seed)
-    supernet = resumed.supernet if resumed else ViTResNASSupernet(space, cfg.drop_path)
-    supernet = _with_drop_path(supernet, cfg.drop_path).to(env.device)
+    supernet = resumed.supernet if resumed else ViTResNASSupernet(space)
+    supernet.set_drop_path(cfg.drop_path)
+    supernet.to(ranks.device)
     model: nn.Module = supernet
-    if env.world > 1:
+    if ranks.world > 1:
         # Sliced weights give gradients whose strides differ from DDP's buckets: slower, still exact.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    opt = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
     if resumed is not None:
-        _load_optimizer(opt, resumed.optimizer_tensors, env.device)
-
-    full_steps = data.num_train() // (cfg.batch_size * env.world)
-    steps = min(full_steps, cfg.steps_per_epoch or full_steps)
-    if steps < 1:
-        raise VitresError(f"batch size {cfg.batch_size} x {env.world} ranks exceeds the {data.num_train()} images")
-    if env.main:
-        out.mkdir(parents=True, exist_ok=True)
-        _trim_log(out / LOG, start_epoch)
-    meta_base = {"train_config": dataclasses.asdict(cfg), "data": data_spec(data)}
-    for epoch in range(start_epoch, cfg.epochs):
-        record = _train_epoch(cfg, model, supernet, opt, data, epoch, steps, env, progress)
-        if env.main:
-            record.update(_holdout_metrics(supernet, data, cfg.eval_limit))
-            save_checkpoint(out / LAST, supernet, {**meta_base, "epoch": epoch + 1, "metrics": record},
-                            _optimizer_tensors(opt))
-            append_json_line(out / LOG, record)
-            if on_epoch:
-                on_epoch(record)
-        if env.world > 1:
-            dist.barrier()
-    return _write_final(out, supernet, env)
+        _load_optimizer(optimizer, resumed.optimizer_tensors, ranks.device)
+    return _Run(cfg, data, supernet, model, optimizer, steps, start_epoch)
 
 
-def _resume_from(out: Path, resume: bool, env: _Dist) -> Checkpoint | None:
+def _steps_per_epoch(cfg: TrainConfig, data: ImageData, ranks: Ranks) -> int:
+    """Steps of one epoch: every rank takes a whole batch per step, at most ``steps_per_epoch``."""
+    full = data.num_train() // (cfg.batch_size * ranks.world)
+    if full < 1:
+        raise SettingsError(f"batch_size {cfg.batch_size} x {ranks.world} ranks exceeds the {data.num_train()} "
+                            "training images", field="batch_size")
+    return min(full, cfg.steps_per_epoch or full)
+
+
+def _resume_from(out: Path, resume: bool, ranks: Ranks) -> Checkpoint | None:
     """The last checkpoint of ``out`` to continue from (``resume``), or None for a new run in an unused ``out``."""
     if not resume:
         if (out / LAST).is_file():
-            raise VitresError(f"{out} already holds a training run: pass --resume to continue it or choose another "
-                              "--out")
+            raise RunDirError(f"{out} already holds a training run: pass resume to continue it, or choose another "
+                              "directory", field="resume")
         return None
     if not (out / LAST).is_file():
-        raise CheckpointError(f"nothing to resume in {out}: {LAST} not found (start without --resume)")
-    return load_checkpoint(out / LAST, map_location=env.device)
+        raise RunDirError(f"nothing to resume in {out}: {LAST} not found (start a new run instead)")
+    return load_checkpoint(out / LAST, map_location=ranks.device)
 
 
-def _write_final(out: Path, supernet: ViTResNASSupernet, env: _Dist) -> Path:
+def _write_final(out: Path, supernet: ViTResNASSupernet, ranks: Ranks) -> Path:
     """Write ``supernet.safetensors`` from the last checkpoint, with every rank's weight digest (checked equal)."""
-    digests = _rank_digests(supernet, env)
+    digests = _rank_digests(supernet, ranks)
     final = out / FINAL
-    if env.main:
+    if ranks.main:
         last = load_checkpoint(out / LAST)
         meta = {k: v for k, v in last.meta.items() if k not in ("format", "space", "packages")}
-        save_checkpoint(final, last.supernet, {**meta, "world_size": env.world, "rank_weight_digests": digests})
-    if env.world > 1:
-        dist.barrier()
+        save_checkpoint(final, last.supernet, {**meta, "world_size": ranks.world, "rank_weight_digests": digests})
+    ranks.barrier()
     return final
 
 
@@ -227,56 +225,59 @@ def weight_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _rank_digests(supernet: ViTResNASSupernet, env: _Dist) -> list[str]:
+def _rank_digests(supernet: ViTResNASSupernet, ranks: Ranks) -> list[str]:
     """Every rank's parameter digest; ranks that drifted apart are an error, not a silent average."""
-    mine = weight_digest(supernet)
-    if env.world == 1:
-        return [mine]
-    gathered: list[str | None] = [None] * env.world
-    dist.all_gather_object(gathered, mine)
-    if len(set(gathered)) != 1:
-        raise VitresError(f"distributed ranks ended with different weights ({len(set(gathered))} distinct digests)")
-    return [str(d) for d in gathered]
+    digests = [str(d) for d in ranks.all_gather(weight_digest(supernet))]
+    if len(set(digests)) != 1:
+        raise RuntimeFailure(f"distributed ranks ended with different weights ({len(set(digests))} distinct digests)")
+    return digests
 
 
-def _with_drop_path(supernet: ViTResNASSupernet, rate: float) -> ViTResNASSupernet:
-    total = sum(len(blocks) for blocks in supernet.stages)
-    for i, block in enumerate(b for blocks in supernet.stages for b in blocks):
-        block.drop_path = rate * i / max(total - 1, 1)
-    return supernet
-
-
-def _train_epoch(cfg: TrainConfig, model: nn.Module, supernet: ViTResNASSupernet, opt: torch.optim.Optimizer,
-                 data: ImageData, epoch: int, steps: int, env: _Dist, progress: bool) -> dict[str, Any]:
-    torch.manual_seed((cfg.seed * 1_000_003 + epoch) * 1_009 + env.rank)  # drop-path stream
-    model.train()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
+def _train_epoch(run: _Run, epoch: int, ranks: Ranks, progress: bool) -> dict[str, Any]:
+    """Train one epoch; its log record (loss, learning rate, speed, share of choices open)."""
+    cfg = run.cfg
+    torch.manual_seed(drop_path_seed(cfg.seed, epoch, ranks.rank))
+    run.model.train()
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
-    bar = progress_bar(progress and env.main, f"epoch {epoch + 1}/{cfg.epochs}", after="loss {task.fields[loss]:.3f}",
-                       transient=True)
+    bar = progress_bar(progress and ranks.main, f"epoch {epoch + 1}/{cfg.epochs}",
+                       after="loss {task.fields[loss]:.3f}", transient=True)
     with bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
-        batches = data.train_batches(cfg.batch_size, epoch, cfg.seed, env.rank, env.world)
-        for step, (x, y) in zip(range(steps), batches):
-            global_step = epoch * steps + step
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, global_step, steps)
-            rng = random.Random(f"{cfg.seed}/{epoch}/{step}/{env.rank}")
-            fraction = opened_fraction(cfg, epoch, step, steps)
-            archs = [sample_arch(supernet.space, rng, fraction) for _ in range(cfg.archs_per_batch)]
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            with autocast:
-                loss = F.cross_entropy(model(x, archs=archs).float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += float(loss.detach()) * len(y)
+        task = bar.add_task("train", total=run.steps, loss=float("nan"))
+        batches = run.data.train_batches(cfg.batch_size, epoch, cfg.seed, ranks.rank, ranks.world)
+        for step, (x, y) in zip(range(run.steps), batches):
+            total_loss += _train_step(run, epoch, step, x, y, ranks) * len(y)
             seen += len(y)
             bar.update(task, advance=1, loss=total_loss / seen)
     seconds = time.perf_counter() - t0
-    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": opt.param_groups[0]["lr"],
-            "images_per_s": seen * env.world / seconds, "seconds": seconds,
-            "opened_fraction": opened_fraction(cfg, epoch + 1, 0, steps)}
+    return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": run.optimizer.param_groups[0]["lr"],
+            "images_per_s": seen * ranks.world / seconds, "seconds": seconds,
+            "opened_fraction": opened_fraction(cfg, epoch + 1, 0, run.steps)}
+
+
+def _train_step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ranks: Ranks) -> float:
+    """One optimizer step, the batch split among ``archs_per_batch`` sampled sub-networks; the batch's loss."""
+    cfg = run.cfg
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, epoch * run.steps + step, run.steps)
+    rng = stream_rng(cfg.seed, epoch, step, ranks.rank)
+    fraction = opened_fraction(cfg, epoch, step, run.steps)
+    archs = [sample_arch(run.supernet.space, rng, fraction) for _ in range(cfg.archs_per_batch)]
+    x, y = x.to(ranks.device, non_blocking=True), y.to(ranks.device, non_blocking=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ranks.device.type == "cuda"):
+        loss = F.cross_entropy(run.model(x, archs=archs).float(), y, label_smoothing=cfg.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return float(loss.detach())
+
+
+def _record_epoch(out: Path, run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Add the hold-out accuracies to ``record``; write the epoch's checkpoint, then its log line."""
+    record.update(_holdout_metrics(run.supernet, run.data, run.cfg.eval_limit))
+    meta = {"train_config": dataclasses.asdict(run.cfg), "data": data_spec(run.data), "epoch": epoch + 1,
+            "metrics": record}
+    save_checkpoint(out / LAST, run.supernet, meta, _optimizer_tensors(run.optimizer))
+    append_json_line(out / LOG, record)
 
 
 def _holdout_metrics(supernet: ViTResNASSupernet, data: ImageData, limit: int | None) -> dict[str, float]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from ..seeding import augmentation_seed, shuffle_seed
 from .types import SPLITS, Batch, HoldoutSpec, indices_digest
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -44,7 +45,8 @@ def _find(root: Path, stem: str) -> Path:
             return root / name
     raise DataError(
         f"Fashion-MNIST file {stem}[.gz] not found in {root}: install Debian's package dataset-fashion-mnist "
-        "(apt-get install dataset-fashion-mnist) or pass --data DIR with the four IDX files"
+        "(apt-get install dataset-fashion-mnist) or set data_dir to a directory with the four IDX files",
+        field="data_dir",
     )
 
 
@@ -60,7 +62,8 @@ class FashionMNIST:
         if not root.is_dir():
             raise DataError(
                 f"Fashion-MNIST directory {root} not found: install Debian's package dataset-fashion-mnist "
-                "(apt-get install dataset-fashion-mnist) or pass --data DIR"
+                "(apt-get install dataset-fashion-mnist) or set data_dir to a directory with its four IDX files",
+                field="data_dir",
             )
         images = read_idx(_find(root, "train-images-idx3-ubyte"))
         labels = read_idx(_find(root, "train-labels-idx1-ubyte"))
@@ -84,10 +87,10 @@ class FashionMNIST:
 
     def train_batches(self, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Shuffled by (seed, epoch), the same on every rank; each rank takes every world-th batch."""
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(shuffle_seed(seed, epoch))
         images, labels = self._train
         order = torch.randperm(len(labels), generator=g)
-        g.manual_seed((seed * 100_003 + epoch) * 1_009 + rank + 1)  # augmentation differs per rank
+        g.manual_seed(augmentation_seed(seed, epoch, rank))
         steps = len(order) // (batch_size * world)  # drop the ragged tail so every rank takes the same steps
         for step in range(steps):
             idx = order[(step * world + rank) * batch_size: (step * world + rank + 1) * batch_size]

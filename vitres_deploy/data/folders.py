@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
+from ..seeding import shuffle_seed, stream_rng
 from .types import SPLITS, Batch, HoldoutSpec, indices_digest
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -73,8 +74,12 @@ def center_crop(img, size: int, crop_pct: float = 0.875):
 
 
 class _Images(Dataset):
-    def __init__(self, samples: list[tuple[Path, int]], size: int, train: bool, seed: int = 0) -> None:
-        self.samples, self.size, self.train, self.seed, self.epoch = samples, size, train, seed, 0
+    """Decoded, transformed images; a training set's augmentation of image i is the stream (seed, epoch, rank, i)."""
+
+    def __init__(self, samples: list[tuple[Path, int]], size: int, train: bool, seed: int = 0, epoch: int = 0,
+                 rank: int = 0) -> None:
+        self.samples, self.size, self.train = samples, size, train
+        self.seed, self.epoch, self.rank = seed, epoch, rank
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -86,7 +91,7 @@ class _Images(Dataset):
         with Image.open(path) as im:
             img = im.convert("RGB")
         if self.train:
-            rng = random.Random(hash((self.seed, self.epoch, i)))
+            rng = stream_rng(self.seed, self.epoch, self.rank, i)
             img = random_resized_crop(img, self.size, rng)
             if rng.random() < 0.5:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
@@ -120,12 +125,11 @@ class ImageFolderData:
 
     def train_batches(self, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Shuffled by (seed, epoch) with a per-rank shard, decoded in worker processes."""
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(shuffle_seed(seed, epoch))
         order = torch.randperm(len(self._train), generator=g)
         per_rank = len(order) // world
         shard = order[rank * per_rank:(rank + 1) * per_rank].tolist()
-        dataset = _Images([self._train[i] for i in shard], self._size, train=True, seed=seed * 1_009 + rank)
-        dataset.epoch = epoch
+        dataset = _Images([self._train[i] for i in shard], self._size, train=True, seed=seed, epoch=epoch, rank=rank)
         yield from DataLoader(dataset, batch_size, shuffle=False, drop_last=True, num_workers=self._workers,
                               persistent_workers=False, pin_memory=torch.cuda.is_available())
 

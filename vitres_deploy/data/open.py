@@ -17,6 +17,7 @@ def open_data(kind: str, root: str | Path | None, image_size: int, holdout: Hold
         return FashionMNIST(root, holdout)
     if kind == "folder":
         if root is None:
-            raise DataError("--data DIR is required for ImageNet-style folders (DIR/train/<class>/..., DIR/val/...)")
+            raise DataError("data_dir is required for ImageNet-style folders (DIR/train/<class>/..., DIR/val/...)",
+                            field="data_dir")
         return ImageFolderData(root, image_size, holdout or HoldoutSpec(seed=0, per_class=25), workers)
-    raise DataError(f"unknown data kind {kind!r}: use fmnist or folder")
+    raise DataError(f"unknown data kind {kind!r}: use fmnist or folder", field="data_kind")

@@ -18,5 +18,5 @@ def open_checkpoint_data(checkpoint: Checkpoint, data_dir: str | Path | None = N
     data = open_data(spec["kind"], data_dir, checkpoint.space.image_size, HoldoutSpec.from_dict(spec["holdout"]))
     if data.holdout_digest != spec.get("holdout_sha256"):
         raise DataError(f"the data in {data_dir or 'the default directory'} gives another hold-out split than the "
-                        f"one {checkpoint.path.name} was trained with: pass the same --data")
+                        f"one {checkpoint.path.name} was trained with: pass the same data_dir", field="data_dir")
     return data

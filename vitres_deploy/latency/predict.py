@@ -42,7 +42,7 @@ class Prediction:
 def check_arch(table: LatencyTable, arch: Arch) -> None:
     """Raise :class:`ProfileError` when ``arch`` belongs to another space or has a choice the table lacks."""
     name = f" {table.path}" if table.path else ""
-    if arch.space != table.space.family:
+    if not table.space.holds_family(arch.space):
         raise ProfileError(f"latency table{name} is for space {table.space.name!r}, the arch is of space "
                            f"{arch.space!r}: use a table profiled for {arch.space!r}")
     try:
