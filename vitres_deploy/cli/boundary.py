@@ -31,7 +31,8 @@ def cli_message(error: VitresError, command: click.Command | None) -> str:
     field = getattr(error, "field", None)
     flag = flag_for(command, field) if command is not None and field else None
     if flag is not None and field is not None:
-        pattern = rf"(?<![\w-]){re.escape(field)}(?![\w-])"
+        # the field as a word of its own: not part of a longer name, a path or a file name
+        pattern = rf"(?<![\w/.-]){re.escape(field)}(?![\w/-]|\.\w)"
         message = re.sub(pattern, flag, message, count=1) if re.search(pattern, message) else f"{flag}: {message}"
     return message
 
