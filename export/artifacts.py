@@ -7,6 +7,7 @@ reference when there is one, over the eval split in one pass, then compares them
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..data import ImageData
 from ..errors import BackendUnavailable
 from ..progress import progress_bar
 from ..runtime.base import Runner, RunnerOptions
+from ..runtime.loaders import OnnxFile
 from ..runtime.registry import get_backend
 from .checks import CheckResult, Predict, accuracy_check, evaluate_split, numerics_check
 from .compare import Tolerances
@@ -44,7 +46,7 @@ def reference_runtime() -> str:
 
 
 def predictor(runner: Runner, batch: int) -> Predict:
-    """``x -> logits`` through ``runner`` built for ``batch`` images: smaller batches are zero-padded."""
+    """``x -> logits`` through the active ``runner`` built for ``batch`` images: smaller batches are zero-padded."""
 
     def predict(x: np.ndarray) -> np.ndarray:
         n = len(x)
@@ -60,7 +62,7 @@ def predictor(runner: Runner, batch: int) -> Predict:
 
 @dataclass
 class Artifact:
-    """An exported file, the backend that checks it, and how to build a runner for a batch size."""
+    """An exported file, the backend that checks it, and how to build a runner (inactive) for a batch size."""
 
     name: str
     path: Path
@@ -72,17 +74,17 @@ def onnx_artifact(path: Path, runtime: str, threads: int) -> Artifact:
     """The ONNX artifact, run as it is: an fp16 file is already fp16, so the runner gets no precision to apply
     (``runtime`` must support the file's precision: see :func:`onnx_runtime_for`)."""
     def make(batch: int) -> Runner:
-        return get_backend(runtime).runner(path, RunnerOptions(batch=batch, threads=threads))
+        return get_backend(runtime).runner(OnnxFile(path), RunnerOptions(batch=batch, threads=threads))
 
     return Artifact("onnx", path, runtime, make)
 
 
 def plan_artifact(path: Path, precision: str) -> Artifact:
     """The TensorRT engine artifact."""
-    from ..runtime.tensorrt import TensorRTRunner
+    from ..runtime.tensorrt import EngineFile, TensorRTRunner
 
     return Artifact("tensorrt", path, "tensorrt",
-                    lambda batch: TensorRTRunner(path, RunnerOptions(batch=batch, precision=precision)))
+                    lambda batch: TensorRTRunner(EngineFile(path), RunnerOptions(batch=batch, precision=precision)))
 
 
 def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_runtime: str, data: ImageData, *,
@@ -99,10 +101,8 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
     """
 
     batch = max_batch
-    runners: dict[str, Runner] = {}
-    try:
-        for a in artifacts:
-            runners[a.name] = a.make_runner(batch)
+    with contextlib.ExitStack() as active:
+        runners = {a.name: active.enter_context(a.make_runner(batch)) for a in artifacts}
         predictors = {a.name: predictor(runners[a.name], batch) for a in artifacts}
         if reference is not None:
             predictors = {"pytorch": reference, **predictors}
@@ -130,9 +130,6 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
                 results.append(numerics_check(a.name, a.runtime, ref_logits[:min_batch], out, tolerances))
             results.append(accuracy_check(a.name, a.runtime, split, reference_top1, evaluation.top1(a.name),
                                           evaluation.images, evaluation.agreement(a.name), max_drop))
-    finally:
-        for r in runners.values():
-            r.close()
     record = {"split": split, "limit": limit, "images": evaluation.images, "seed": seed,
               "reference_runtime": ref_runtime, "reference_top1": reference_top1,
               "top1": {name: evaluation.top1(name) for name in predictors}}

@@ -25,65 +25,65 @@ from .checks import CheckResult
 
 
 @dataclass(frozen=True)
-class LatencyPlan:
+class LatencyGate:
     """A loaded table that fits the export (space, precision, batch range), ready to gate."""
 
     table: LatencyTable
     predicted_ms: float
 
 
-def plan_latency_gate(profile: str | Path, arch: Arch, space: SearchSpace, precision: str,
-                      batch_range: tuple[int, int, int], formats: tuple[str, ...]) -> LatencyPlan:
-    """Load ``profile`` and check, before anything is exported, that it can gate this export here."""
-    table = LatencyTable.load(profile)
+def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
+                      batch_range: tuple[int, int, int], formats: tuple[str, ...]) -> LatencyGate:
+    """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here."""
+    table = LatencyTable.load(table_path)
     meta = table.meta
     if meta.space != space.name:
-        raise ProfileError(f"latency table {profile} was profiled for space {meta.space!r}, the supernet is "
+        raise ProfileError(f"latency table {table_path} was profiled for space {meta.space!r}, the supernet is "
                            f"{space.name!r}: use a table of {space.name!r}")
     if meta.precision != precision:
-        raise ProfileError(f"latency table {profile} measures {meta.precision}, the export is {precision}: "
-                           f"pass --precision {meta.precision} or a {precision} table")
+        raise ProfileError(f"latency table {table_path} measures {meta.precision}, the export is {precision}: "
+                           f"pass precision {meta.precision} or a {precision} table", field="precision")
     backend = get_backend(meta.backend)
     backend.check(meta.precision)
     if meta.backend == "tensorrt" and "tensorrt" in formats and not batch_range[0] <= meta.batch <= batch_range[2]:
-        raise ProfileError(f"latency table {profile} is measured at batch {meta.batch}, outside --batch-range "
-                           f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine")
-    return LatencyPlan(table, predict(table, arch).latency_ms)
+        raise ProfileError(f"latency table {table_path} is measured at batch {meta.batch}, outside batch_range "
+                           f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine", field="batch_range")
+    return LatencyGate(table, predict(table, arch).latency_ms)
 
 
-def measure_export(plan: LatencyPlan, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
+def measure_export(gate: LatencyGate, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
                    sample_shape: tuple[int, ...]) -> tuple[str, TimingStats]:
     """Time the exported network with the table's backend and protocol; returns (artifact, statistics).
 
-    ``tensorrt`` tables time the bundle's engine itself at the table's batch; ONNX Runtime tables time
-    ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as when profiling); torch
-    tables time the static module.
+    ``tensorrt`` tables time the bundle's engine itself (the TensorRT plan file ``plan_path``) at the table's
+    batch; ONNX Runtime tables time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as
+    when profiling); torch tables time the static module.
     """
     from ..latency.profiler import measure_module, measure_onnx
 
-    meta = plan.table.meta
+    meta = gate.table.meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
         if meta.backend == "tensorrt" and plan_path is not None:
-            from ..runtime.tensorrt import TensorRTRunner
+            from ..runtime.tensorrt import EngineFile, TensorRTRunner
 
-            with TensorRTRunner(plan_path, RunnerOptions(batch=meta.batch, precision=meta.precision,
-                                                         threads=meta.threads)) as runner:
+            with TensorRTRunner(EngineFile(plan_path), RunnerOptions(batch=meta.batch, precision=meta.precision,
+                                                                     threads=meta.threads)) as runner:
                 return "tensorrt", measure(runner, meta.protocol)
         if get_backend(meta.backend).source == "onnx":
-            return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(plan.table, onnx_path)
-        return "pytorch", measure_module(plan.table, module, sample_shape)
+            return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(gate.table, onnx_path)
+        return "pytorch", measure_module(gate.table, module, sample_shape)
 
 
-def latency_check(plan: LatencyPlan, artifact: str, stats: TimingStats, budget_ms: float | None,
+def latency_check(gate: LatencyGate, artifact: str, stats: TimingStats, budget_ms: float | None,
                   tolerance: float, allow_over_budget: bool) -> tuple[CheckResult, dict[str, Any]]:
     """The gate's verdict and the manifest's ``latency`` record."""
-    meta = plan.table.meta
+    meta = gate.table.meta
     measured = stats.median_ms
-    error = (plan.predicted_ms - measured) / measured if measured > 0 else 0.0
+    error = (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
     noisy = f", CV {stats.cv:.1%}" + (" (noisy)" if stats.cv > meta.protocol.max_cv else "")
     summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms (median of "
-               f"{stats.iterations}{noisy}), predicted {plan.predicted_ms:.4g} ms ({error:+.1%})")
+               f"{stats.iterations}{noisy}), predicted {gate.predicted_ms:.4g} ms ({error:+.1%})")
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
     passed, failure = True, ""
     if budget_ms is None:
@@ -101,11 +101,11 @@ def latency_check(plan: LatencyPlan, artifact: str, stats: TimingStats, budget_m
                            f"(limit {limit:.4g} ms with {tolerance:.0%} tolerance); pass --allow-over-budget to "
                            "ship it anyway")
     record = {
-        "table": str(plan.table.path), "backend": meta.backend, "backend_version": meta.backend_version,
+        "table": str(gate.table.path), "backend": meta.backend, "backend_version": meta.backend_version,
         "precision": meta.precision, "batch": meta.batch, "threads": meta.threads, "device": meta.device,
-        "protocol": meta.protocol.to_dict(), "predicted_ms": plan.predicted_ms, "measured_ms": measured,
+        "protocol": meta.protocol.to_dict(), "predicted_ms": gate.predicted_ms, "measured_ms": measured,
         "prediction_error": error, "stats": stats.to_dict(), "budget_ms": budget_ms, "tolerance": tolerance,
         "allow_over_budget": allow_over_budget, "artifact": artifact,
     }
-    values = {"measured_ms": measured, "predicted_ms": plan.predicted_ms, "cv": stats.cv, "budget_ms": budget_ms}
+    values = {"measured_ms": measured, "predicted_ms": gate.predicted_ms, "cv": stats.cv, "budget_ms": budget_ms}
     return CheckResult(artifact, meta.backend, "latency", passed, summary, values, limits, failure), record

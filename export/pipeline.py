@@ -41,6 +41,7 @@ from ..files import atomic_write_json, sha256_file
 from ..latency.entries import network_sample_shape
 from ..macs import arch_cost
 from ..runtime.base import RunnerOptions
+from ..runtime.loaders import ModuleLoader, OnnxFile
 from ..runtime.registry import get_backend
 from .artifacts import check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact, predictor, reference_runtime
 from .bundle import (
@@ -255,7 +256,7 @@ def simplify(src: Path, dst: Path, x: np.ndarray) -> tuple[CheckResult | None, d
         onnx.checker.check_model(str(dst), full_check=True)
         outputs = []
         for path in (src, dst):
-            with get_backend("ort-cpu").runner(path, RunnerOptions(batch=len(x))) as runner:
+            with get_backend("ort-cpu").runner(OnnxFile(path), RunnerOptions(batch=len(x))) as runner:
                 outputs.append(predictor(runner, len(x))(x))
     except Exception as e:  # a graph onnxslim or ORT cannot handle is a reason not to simplify, not to fail
         return None, {**record, "reason": f"onnxslim failed: {type(e).__name__}: {e}".splitlines()[0]}
@@ -355,16 +356,12 @@ def export_bundle(checkpoint: Checkpoint, arch: Arch, data: ImageData, out: str 
             lap("tensorrt_build")
 
         ref_runtime = reference_runtime()
-        ref_runner = get_backend(ref_runtime).runner((model, sample_shape),
-                                                     RunnerOptions(batch=batch, threads=opts.threads))
-        reference = predictor(ref_runner, batch)
-        try:
+        with get_backend(ref_runtime).runner(ModuleLoader.of(model, sample_shape),
+                                             RunnerOptions(batch=batch, threads=opts.threads)) as ref_runner:
             results, evaluation = check_artifacts(
-                artifacts, reference, ref_runtime, data, split=opts.eval_split, limit=opts.eval_limit,
-                min_batch=opts.batch_range.min, max_batch=batch, tolerances=opts.numerics, max_drop=opts.max_drop,
-                seed=opts.seed, progress=progress)
-        finally:
-            ref_runner.close()
+                artifacts, predictor(ref_runner, batch), ref_runtime, data, split=opts.eval_split,
+                limit=opts.eval_limit, min_batch=opts.batch_range.min, max_batch=batch, tolerances=opts.numerics,
+                max_drop=opts.max_drop, seed=opts.seed, progress=progress)
         checks += results
         lap("checks")
 

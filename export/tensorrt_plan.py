@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendUnavailable, CheckFailed, ProfileError
+from ..errors import BackendUnavailable, CheckFailed, EngineBuildError
 from ..runtime.base import RunnerOptions
 from ..runtime.tensorrt import (
     cuda_device_name,
@@ -41,7 +41,7 @@ def build_plan(fp32_onnx: str | Path, fp16_onnx: str | Path | None, precision: s
                             workspace_mb=workspace_mb, cache_dir=Path(cache_dir) if cache_dir is not None else None)
     try:
         plan = serialize_engine(fp16_onnx if strongly_typed else fp32_onnx, options, batch_range)
-    except ProfileError as e:
+    except EngineBuildError as e:
         raise CheckFailed(str(e)) from None
     record = {"tensorrt": trt.__version__, "device": device, "profile": dict(zip(("min", "opt", "max"), batch_range)),
               **precision_record(trt, precision)}

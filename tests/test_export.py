@@ -131,12 +131,12 @@ def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_ta
     assert gate["status"] == "PASS" and "allowed by --allow-over-budget" in gate["summary"]  # ... but allowed
 
     # Without --allow-over-budget, the same measurement fails the gate, naming by how much.
-    from vitres_deploy.export.latency_gate import LatencyPlan, latency_check
+    from vitres_deploy.export.latency_gate import LatencyGate, latency_check
     from vitres_deploy.latency.table import LatencyTable
     from vitres_deploy.runtime import TimingStats
 
-    plan = LatencyPlan(LatencyTable.load(latency_table), latency["predicted_ms"])
-    result, _ = latency_check(plan, "onnx", TimingStats.from_dict(latency["stats"]), 1e-4, 0.1, False)
+    latency_gate = LatencyGate(LatencyTable.load(latency_table), latency["predicted_ms"])
+    result, _ = latency_check(latency_gate, "onnx", TimingStats.from_dict(latency["stats"]), 1e-4, 0.1, False)
     assert not result.passed
     with pytest.raises(LatencyCheckFailed, match=r"latency check of onnx on ort-cpu failed: measured .* over the"):
         raise_for_failures([CheckResult.from_dict(gate), result])

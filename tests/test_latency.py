@@ -39,8 +39,8 @@ from vitres_deploy.latency import (
 )
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
-from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache
-from vitres_deploy.runtime import Protocol, TimingStats, get_backend
+from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
+from vitres_deploy.runtime import OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
 from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
 
@@ -242,19 +242,19 @@ def test_exports_run_in_worker_processes(mini: SearchSpace, tmp_path: Path) -> N
     targets = [entry_target(s) for s in enumerate_entries(mini)[:2]]
     sources = prepare_sources(mini, targets, settings)
     for t in targets:
-        assert sources[t.name] == onnx_cache_path(mini, t, settings)
-        onnx.checker.check_model(str(sources[t.name]))
+        assert sources[t.name] == OnnxFile(onnx_cache_path(mini, t, settings))
+        onnx.checker.check_model(str(sources[t.name].path))
 
 
 def test_cache_state_follows_network_size(fmnist: SearchSpace) -> None:
     tiny = SearchSpace.from_dict({**fmnist.to_dict(), "name": "wide", "num_classes": 100_000})
-    warm, decision = resolve_cache(fmnist, ProfileSettings(), "cpu")
+    warm, decision = resolve_cache_state(fmnist, ProfileSettings(), "cpu")
     if decision["last_level_cache_bytes"] is None:
         pytest.skip("the last-level cache size of this CPU is unknown")
     assert decision["cache"] == "warm" and warm.protocol.flush_cache_mb == 0  # fmnist networks are a few MB
-    cold, decision = resolve_cache(tiny, ProfileSettings(), "cpu")  # a 25M-parameter classifier does not fit
+    cold, decision = resolve_cache_state(tiny, ProfileSettings(), "cpu")  # a 25M-parameter classifier does not fit
     assert decision["cache"] == "cold" and cold.protocol.flush_cache_mb >= 64
-    forced, decision = resolve_cache(fmnist, ProfileSettings(cache="cold"), "cpu")
+    forced, decision = resolve_cache_state(fmnist, ProfileSettings(cache_state="cold"), "cpu")
     assert decision["cache"] == "cold" and forced.protocol.flush_cache_mb > 0
 
 

@@ -6,6 +6,7 @@ marked and skip with a reason where the hardware or package is missing.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import torch
 
 from vitres_deploy.convert.fp16 import KEEP_FP32_OPS, convert_file
 from vitres_deploy.convert.to_onnx import export_onnx
-from vitres_deploy.errors import BackendUnavailable, ProfileError
+from vitres_deploy.errors import BackendUnavailable, ProfileError, RuntimeFailure
 from vitres_deploy.runtime import (
     BACKENDS,
+    ModuleLoader,
     NoisyMeasurement,
+    OnnxFile,
     Protocol,
     RunnerOptions,
     TimingStats,
@@ -28,7 +31,8 @@ from vitres_deploy.runtime import (
     measure,
     random_inputs,
 )
-from vitres_deploy.runtime.ort import onnx_input_specs
+from vitres_deploy.runtime.base import HostCacheFlush
+from vitres_deploy.runtime.ort import OrtCpuRunner, onnx_input_specs
 from vitres_deploy.vit_resnas import Block, init_weights
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
@@ -79,7 +83,7 @@ def test_unknown_backend_and_unusable_backend_are_clear_errors() -> None:
 
 
 def test_ort_cpu_runner_matches_torch_and_applies_the_batch(block: Block, block_onnx: Path) -> None:
-    runner = get_backend("ort-cpu").runner(block_onnx, RunnerOptions(batch=3, threads=1))
+    runner = get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(batch=3, threads=1))
     with runner:
         assert [(s.name, s.shape, s.dtype) for s in runner.input_specs] == [("input", (3, 50, 64), "float32")]
         x = random_inputs(runner.input_specs, seed=1)
@@ -90,7 +94,7 @@ def test_ort_cpu_runner_matches_torch_and_applies_the_batch(block: Block, block_
 
 
 def test_measure_follows_the_protocol(block_onnx: Path) -> None:
-    with get_backend("ort-cpu").runner(block_onnx, RunnerOptions()) as runner:
+    with get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions()) as runner:
         by_count = measure(runner, Protocol(warmup_s=0.0, min_iterations=300, min_seconds=0.0, max_cv=1e9))
         by_time = measure(runner, Protocol(warmup_s=0.01, min_iterations=1, min_seconds=0.1, max_cv=1e9))
     assert by_count.iterations >= 300
@@ -100,14 +104,54 @@ def test_measure_follows_the_protocol(block_onnx: Path) -> None:
         assert s.std_ms >= 0 and s.cv == pytest.approx(s.std_ms / s.mean_ms)
 
 
+class FlushRecorder(OrtCpuRunner):
+    """The real ``ort-cpu`` runner, recording in order its runs and the cache flushes before them.
+
+    Each flush also sleeps ``PAUSE_S`` after the real one, so that a flush inside the timed region would show
+    in every sample.
+    """
+
+    PAUSE_S = 0.02
+
+    def __init__(self, model: OnnxFile) -> None:
+        super().__init__(model, RunnerOptions())
+        self.events: list[str] = []
+        self.flushers: list[object] = []
+
+    def run(self) -> None:
+        self.events.append("run")
+        super().run()
+
+    def cache_flusher(self, nbytes: int):
+        flush = super().cache_flusher(nbytes)
+        self.flushers.append(flush)
+
+        def recorded() -> None:
+            self.events.append("flush")
+            flush()
+            time.sleep(self.PAUSE_S)
+
+        return recorded
+
+
 def test_measure_warns_above_the_cv_limit_and_can_flush_caches(block_onnx: Path) -> None:
-    with get_backend("ort-cpu").runner(block_onnx, RunnerOptions()) as runner:
+    with FlushRecorder(OnnxFile(block_onnx)) as runner:
         with pytest.warns(NoisyMeasurement, match="coefficient of variation"):
             measure(runner, Protocol(warmup_s=0.0, min_iterations=50, min_seconds=0.0, max_cv=1e-12))
+        assert runner.flushers == [] and "flush" not in runner.events  # warm: nothing flushed
+        runner.events.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoisyMeasurement)
             cold = measure(runner, Protocol(warmup_s=0.0, min_iterations=20, min_seconds=0.0, flush_cache_mb=4))
     assert cold.iterations >= 20 and cold.median_ms > 0
+    # One flusher for the pass: the host one, reading a 4 MiB buffer ...
+    [flusher] = runner.flushers
+    assert isinstance(flusher, HostCacheFlush) and flusher.buffer.nbytes == 4 << 20
+    # ... called before every timed run and never during the warm-up ...
+    first = runner.events.index("flush")
+    assert "flush" not in runner.events[:first] and runner.events[first:] == ["flush", "run"] * cold.iterations
+    # ... and outside the timed region: every flush sleeps PAUSE_S, no sample does.
+    assert cold.median_ms < FlushRecorder.PAUSE_S * 1e3
 
 
 def test_timing_stats_summary() -> None:
@@ -120,7 +164,7 @@ def test_timing_stats_summary() -> None:
 
 
 def test_torch_cpu_runner_matches_the_module(block: Block) -> None:
-    with get_backend("torch-cpu").runner((block, (50, 64)), RunnerOptions(batch=2)) as runner:
+    with get_backend("torch-cpu").runner(ModuleLoader.of(block, (50, 64)), RunnerOptions(batch=2)) as runner:
         x = random_inputs(runner.input_specs, seed=2)
         out = runner.infer(x)["output"]
         assert measure(runner, QUICK).median_ms > 0
@@ -129,9 +173,9 @@ def test_torch_cpu_runner_matches_the_module(block: Block) -> None:
 
 def test_cpu_backends_refuse_fp16(block: Block, block_onnx: Path) -> None:
     with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
-        get_backend("ort-cpu").runner(block_onnx, RunnerOptions(precision="fp16"))
+        get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(precision="fp16"))
     with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
-        get_backend("torch-cpu").runner((block, (50, 64)), RunnerOptions(precision="fp16"))
+        get_backend("torch-cpu").runner(ModuleLoader.of(block, (50, 64)), RunnerOptions(precision="fp16"))
     with pytest.raises(BackendUnavailable, match="precision 'int8'"):
         RunnerOptions(precision="int8")
 
@@ -139,7 +183,7 @@ def test_cpu_backends_refuse_fp16(block: Block, block_onnx: Path) -> None:
 def test_static_batch_mismatch_is_a_clear_error(block: Block, tmp_path: Path) -> None:
     static = export_onnx(block, (50, 64), tmp_path / "static.onnx", dynamic_batch=False)
     assert onnx_input_specs(static, 1)[0].shape == (1, 50, 64)
-    with pytest.raises(ProfileError, match="static batch of 1, asked for 4: export with a dynamic batch"):
+    with pytest.raises(RuntimeFailure, match="static batch of 1, asked for 4: export with a dynamic batch"):
         onnx_input_specs(static, 4)
 
 
@@ -158,7 +202,7 @@ def test_fp16_onnx_keeps_layernorm_and_softmax_in_fp32(block: Block, block_onnx:
     matmuls = [n for n in model.graph.node if n.op_type == "MatMul"]
     assert matmuls and all(types[i] == f16 for n in matmuls for i in n.input)
     x = random_inputs(onnx_input_specs(fp16, 1), seed=3)
-    with get_backend("ort-cpu").runner(fp16, RunnerOptions()) as runner:  # ORT casts fp16 ops it lacks
+    with get_backend("ort-cpu").runner(OnnxFile(fp16), RunnerOptions()) as runner:  # ORT casts fp16 ops it lacks
         out = runner.infer(x)["output"]
     np.testing.assert_allclose(out, _reference(block, x["input"]), atol=2e-2, rtol=2e-2)
 
@@ -168,7 +212,7 @@ def test_fp16_onnx_with_fp16_inputs_and_outputs(block: Block, block_onnx: Path, 
     graph = onnx.load(str(fp16)).graph
     assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [onnx.TensorProto.FLOAT16] * 2
     x = random_inputs(onnx_input_specs(block_onnx, 1), seed=4)
-    with get_backend("ort-cpu").runner(fp16, RunnerOptions()) as runner:
+    with get_backend("ort-cpu").runner(OnnxFile(fp16), RunnerOptions()) as runner:
         out = runner.infer({"input": x["input"].astype(np.float16)})["output"]
     assert out.dtype == np.float16
     np.testing.assert_allclose(out.astype(np.float32), _reference(block, x["input"]), atol=3e-2, rtol=3e-2)
@@ -191,7 +235,7 @@ def test_fp16_conversion_inlines_local_functions(tmp_path: Path) -> None:
     assert not model.functions
     assert [n.op_type for n in model.graph.node] == ["Cast", "Mul", "Cast", "Softmax"]
     x = {"input": np.array([[0.5, -1.0, 2.0]], dtype=np.float32)}
-    with get_backend("ort-cpu").runner(dst, RunnerOptions()) as runner:
+    with get_backend("ort-cpu").runner(OnnxFile(dst), RunnerOptions()) as runner:
         out = runner.infer(x)["output"]
     e = np.exp(x["input"] ** 2)
     np.testing.assert_allclose(out, e / e.sum(), atol=1e-3)
@@ -208,7 +252,7 @@ def test_gpu_runners_match_the_module(name: str, precision: str, block: Block, b
     backend = get_backend(name)
     if backend.unavailable_reason():
         pytest.skip(f"{name}: {backend.unavailable_reason()}")
-    source = (block, (50, 64)) if backend.source == "module" else block_onnx
+    source = ModuleLoader.of(block, (50, 64)) if backend.source == "module" else OnnxFile(block_onnx)
     options = RunnerOptions(precision=precision, cache_dir=tmp_path, batch=2)
     with backend.runner(source, options) as runner:
         x = random_inputs(runner.input_specs, seed=4)
@@ -222,7 +266,7 @@ def test_gpu_runners_match_the_module(name: str, precision: str, block: Block, b
 @pytest.mark.gpu
 def test_torch_cuda_graph_replay_matches_eager(block: Block) -> None:
     options = RunnerOptions(cuda_graphs=True)
-    with get_backend("torch-cuda").runner((block, (50, 64)), options) as runner:
+    with get_backend("torch-cuda").runner(ModuleLoader.of(block, (50, 64)), options) as runner:
         x = random_inputs(runner.input_specs, seed=5)
         out = runner.infer(x)["output"]
         assert runner.info()["mode"] == "cuda-graph"
@@ -241,7 +285,7 @@ def test_tensorrt_engine_matches_and_is_cached(precision: str, block: Block, blo
     plan = build_engine(block_onnx, options)
     assert plan.is_file() and build_engine(block_onnx, options) == plan
     assert list((tmp_path / "tensorrt").glob("timing-*.cache"))
-    with get_backend("tensorrt").runner(block_onnx, options) as runner:
+    with get_backend("tensorrt").runner(OnnxFile(block_onnx), options) as runner:
         x = random_inputs(runner.input_specs, seed=6)
         out = runner.infer(x)["output"]
         assert measure(runner, QUICK).median_ms > 0

@@ -83,7 +83,7 @@ def profile(ctx: click.Context, space_name: str | None, backend: str | None, bat
         space = space.at_resolution(resolution)
     settings = ProfileSettings(backend=backend, precision=precision, batch=batch, threads=threads,
                                protocol=_protocol(warmup, min_seconds, min_iterations, rounds), cuda_graphs=cuda_graphs,
-                               workers=workers, cache=cache_state)
+                               workers=workers, cache_state=cache_state)
     table = profile_space(space, settings, out, resume=resume, progress=True)
     noisy = noisy_entries(table)
     if noisy:

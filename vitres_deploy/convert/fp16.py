@@ -6,7 +6,12 @@ rewrites an fp32 model that way: float initializers, constants and activations b
 around the ops in ``keep_fp32`` (LayerNormalization and Softmax by default: their reductions lose
 accuracy in fp16), which get their float inputs cast to fp32 and their outputs cast back. With
 ``keep_io_types`` the graph inputs and outputs stay fp32 (casts at the edges), so callers feed the
-same arrays as to the fp32 model. The result is type-checked by ONNX shape inference.
+same arrays as to the fp32 model. The result is type-checked by ONNX shape inference and the checker.
+
+This is the one module that runs ONNX shape inference and the checker on a conversion: a model they reject
+is a :class:`~vitres_deploy.errors.ConversionError` (the input model is malformed) or an
+:class:`~vitres_deploy.errors.Fp16ConversionError` (the input is valid, its fp16 version is not), with the
+first line of ONNX's reason.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import Fp16ConversionError
+from ..errors import ConversionError, Fp16ConversionError, first_line
 from ..files import atomic_write
 
 KEEP_FP32_OPS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax"})
@@ -34,8 +39,13 @@ def convert_to_fp16(
     keep_fp32: Iterable[str] = KEEP_FP32_OPS,
     keep_io_types: bool = True,
 ) -> onnx.ModelProto:
-    """Return a strongly typed fp16 copy of ``model`` (see the module docstring); ``model`` is not changed."""
+    """Return a strongly typed fp16 copy of ``model`` (see the module docstring); ``model`` is not changed.
+
+    When the fp16 copy fails strict shape inference or the checker, ``model`` itself is checked the same way:
+    a :class:`ConversionError` if it is malformed, else an :class:`Fp16ConversionError`.
+    """
     keep = frozenset(keep_fp32)
+    source = model
     model = _flat_copy(model)
     graph = model.graph
     float_names = _float_tensors(model)
@@ -54,20 +64,47 @@ def convert_to_fp16(
     del graph.node[:]
     graph.node.extend(rewrite.nodes)
     del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    onnx.checker.check_model(model)
-    return model
+    try:
+        return _checked(model, "the fp16 model", Fp16ConversionError)
+    except Fp16ConversionError:
+        _checked(source, "the model", ConversionError)  # a malformed input is the input's fault, named as such
+        raise
 
 
 def convert_file(src: str | Path, dst: str | Path, **kwargs: object) -> Path:
-    """Convert the ONNX file ``src`` to fp16 and write it to ``dst`` atomically; returns ``dst``."""
-    model = convert_to_fp16(onnx.load(str(src)), **kwargs)  # type: ignore[arg-type]
-    return atomic_write(dst, lambda tmp: onnx.save(model, str(tmp)))
+    """Convert the ONNX file ``src`` to fp16 and write it to ``dst`` atomically; returns ``dst``.
+
+    A file that is not an ONNX model, or one the conversion rejects, is a :class:`ConversionError` naming it.
+    """
+    src = Path(src)
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:  # protobuf's DecodeError, OSError: not an ONNX model we can read
+        raise ConversionError(f"cannot read the ONNX model {src}: {first_line(e)}") from None
+    try:
+        fp16 = convert_to_fp16(model, **kwargs)  # type: ignore[arg-type]
+    except ConversionError as e:
+        raise type(e)(f"{src.name}: {e}") from None
+    return atomic_write(dst, lambda tmp: onnx.save(fp16, str(tmp)))
+
+
+def _checked(model: onnx.ModelProto, what: str, error: type[ConversionError]) -> onnx.ModelProto:
+    """``model`` with its types inferred, after strict shape inference and the checker; ``error`` naming ``what``
+    and ONNX's reason when either rejects it."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(inferred)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise error(f"onnx rejects {what}: {first_line(e)}") from None
+    return inferred
 
 
 def _float_tensors(model: onnx.ModelProto) -> set[str]:
     """Names of every fp32 tensor of the graph (inputs, initializers, intermediates, outputs)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except onnx.shape_inference.InferenceError as e:
+        raise ConversionError(f"onnx shape inference rejects the model: {first_line(e)}") from None
     g = inferred.graph
     names = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
@@ -76,6 +113,7 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
     typed = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)} | {t.name for t in g.initializer}
     missing = [o for n in g.node for o in n.output if o and o not in typed]
     if missing:
+        _checked(model, "the model", ConversionError)  # a malformed model: ONNX's own reason
         raise Fp16ConversionError(f"shape inference left the type of {missing[0]!r} unknown: cannot convert")
     return names
 

@@ -1,7 +1,8 @@
 """ONNX export of static modules with the dynamo-based ``torch.onnx.export``.
 
 Used by the export pipeline (whole sub-networks) and by latency profiling (single blocks), so that
-what is timed is exactly what gets shipped.
+what is timed is exactly what gets shipped. This is the one module that calls the exporter: a module it
+cannot export is a :class:`~vitres_deploy.errors.ConversionError` naming the exporter's reason.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..errors import ConversionError, first_line
 
 DEFAULT_OPSET = 18
 
@@ -33,6 +36,7 @@ def export_onnx(
 
     With ``dynamic_batch`` the first dimension is symbolic (named ``batch``); otherwise it is 1.
     The module's parameters are stored inside the ONNX file (no external data). Returns ``path``.
+    A module the exporter cannot export (or a file it cannot write) is a :class:`ConversionError`.
     """
     path = Path(path)
     was_training = module.training
@@ -54,9 +58,19 @@ def export_onnx(
                 verbose=False,
             )
             program.save(str(path), external_data=False)
+    except Exception as e:  # the exporter raises many types (torch.export, onnxscript, protobuf, OSError)
+        raise ConversionError(f"the PyTorch ONNX exporter could not export {type(module).__name__} to {path.name}: "
+                              f"{first_line(_root_cause(e))}") from None
     finally:
         module.train(was_training)
     return path
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost explicit cause of ``error``: the exporter wraps the reason in its own step errors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -64,14 +78,18 @@ def _device(module: nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence the exporter's progress prints and warnings (they are not errors)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's progress prints, logs and warnings: they are not errors, and what goes wrong is
+    raised (the graph dumps torch.export prints on a failure, onnxscript's logged tracebacks, ...)."""
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

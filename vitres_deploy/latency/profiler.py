@@ -37,12 +37,13 @@ from torch import nn
 from .. import __version__
 from ..arch import Arch, sample_arch
 from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
-from ..errors import ProfileError
+from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
 from ..macs import arch_cost
 from ..progress import progress_bar
 from ..runtime.base import NoisyMeasurement, Protocol, RunnerOptions, TimingStats, measure
 from ..runtime.cache import cache_root
+from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import Backend, get_backend
 from ..space import SearchSpace
 from ..vit_resnas import vit_resnas
@@ -74,7 +75,7 @@ class ProfileSettings:
     dynamic_batch: bool = True
     workers: int = 2
     cache_dir: Path | None = None
-    cache: str = "auto"
+    cache_state: str = "auto"
 
     def runner_options(self) -> RunnerOptions:
         """The options every runner of this profile is built with."""
@@ -97,8 +98,8 @@ class ProfileSettings:
 CACHE_STATES = ("auto", "warm", "cold")
 
 
-def resolve_cache(space: SearchSpace, settings: ProfileSettings,
-                  device: str) -> tuple[ProfileSettings, dict[str, Any]]:
+def resolve_cache_state(space: SearchSpace, settings: ProfileSettings,
+                        device: str) -> tuple[ProfileSettings, dict[str, Any]]:
     """Decide whether entries are timed with caches flushed before each iteration (``cold``) or not (``warm``).
 
     An entry should be timed in the cache state it meets inside a network. ``auto`` compares the weights of
@@ -107,16 +108,17 @@ def resolve_cache(space: SearchSpace, settings: ProfileSettings,
     is timed cold; networks that fit keep their weights cached across inferences, so entries are timed warm.
     Returns the settings with the protocol's ``flush_cache_mb`` set, and the decision for the metadata.
     """
-    if settings.cache not in CACHE_STATES:
-        raise ProfileError(f"cache state {settings.cache!r} is not one of {', '.join(CACHE_STATES)}")
+    if settings.cache_state not in CACHE_STATES:
+        raise SettingsError(f"cache_state {settings.cache_state!r} is not one of {', '.join(CACHE_STATES)}",
+                            field="cache_state")
     llc = last_level_cache_bytes(device, settings.device_id)
     flush_mb = max(64, 2 * (llc >> 20)) if llc else 256
     bytes_per_weight = 2 if settings.precision == "fp16" else 4
     rng = random.Random(0)
     sizes = sorted(arch_cost(sample_arch(space, rng), space).params * bytes_per_weight for _ in range(64))
-    decision: dict[str, Any] = {"cache": settings.cache, "last_level_cache_bytes": llc,
+    decision: dict[str, Any] = {"cache": settings.cache_state, "last_level_cache_bytes": llc,
                                 "median_network_weight_bytes": sizes[len(sizes) // 2]}
-    if settings.cache == "auto":
+    if settings.cache_state == "auto":
         decision["cache"] = "cold" if llc is not None and sizes[len(sizes) // 2] > llc else "warm"
         decision["rule"] = "auto: median random network weights vs last-level cache"
     flush = flush_mb if decision["cache"] == "cold" else 0
@@ -124,8 +126,9 @@ def resolve_cache(space: SearchSpace, settings: ProfileSettings,
 
 
 def new_meta(space: SearchSpace, settings: ProfileSettings, backend: Backend,
-             cache: dict[str, Any] | None = None) -> TableMeta:
-    """Metadata for a new table of ``space`` measured with ``settings`` (cache decision: ``cache``) here."""
+             cache_decision: dict[str, Any] | None = None) -> TableMeta:
+    """Metadata for a new table of ``space`` measured with ``settings`` here (``cache_decision``: from
+    :func:`resolve_cache_state`)."""
     dev = device_info(backend.device, settings.device_id)
     return TableMeta(
         space=space.name, family=space.family, resolution=space.image_size, backend=backend.name,
@@ -134,7 +137,7 @@ def new_meta(space: SearchSpace, settings: ProfileSettings, backend: Backend,
         cpu_count=dev["cpu_count"], driver=dev["driver"], cuda=dev["cuda"],
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), package_version=__version__,
         torch_version=torch.__version__, opset=settings.opset, dynamic_batch=settings.dynamic_batch,
-        protocol=settings.protocol, options={**settings.recorded_options(), **(cache or {})},
+        protocol=settings.protocol, options={**settings.recorded_options(), **(cache_decision or {})},
     )
 
 
@@ -150,15 +153,27 @@ class Target:
     arch: dict[str, Any] | None = None
     seed: int = 0
 
-    def module(self, space: SearchSpace) -> tuple[nn.Module, tuple[int, ...]]:
-        """The static module and the shape of one input sample."""
+    def __post_init__(self) -> None:
+        if (self.entry is None) == (self.arch is None):
+            raise ValueError(f"target {self.name} needs exactly one of an entry and an arch")
+
+    def module(self, space: SearchSpace) -> nn.Module:
+        """The static module, built from the target's seed."""
         if self.entry is not None:
-            spec = EntrySpec.from_key(self.entry, space)
-            return spec.build(space, self.seed), spec.sample_shape(space)
-        if self.arch is None:
-            raise ProfileError(f"target {self.name} has neither an entry nor an arch")
+            return EntrySpec.from_key(self.entry, space).build(space, self.seed)
         torch.manual_seed(self.seed)
-        return vit_resnas(Arch.from_dict(self.arch), space).eval(), network_sample_shape(space)
+        return vit_resnas(Arch.from_dict(self.arch), space).eval()
+
+    def sample_shape(self, space: SearchSpace) -> tuple[int, ...]:
+        """The shape of one input sample of the module (no batch dimension)."""
+        if self.entry is not None:
+            return EntrySpec.from_key(self.entry, space).sample_shape(space)
+        return network_sample_shape(space)
+
+    def loader(self, space: SearchSpace) -> ModuleLoader:
+        """The loader of the module, built when a runner is activated (modules of a whole space would not fit
+        in memory together)."""
+        return ModuleLoader(functools.partial(self.module, space), self.sample_shape(space))
 
     def signature(self, space: SearchSpace) -> dict[str, Any]:
         """Everything the exported file depends on besides the exporter settings."""
@@ -197,12 +212,12 @@ def _build(job: _BuildJob) -> str:
     space = SearchSpace.from_dict(job.space)
     path = Path(job.path)
     if not path.is_file():
-        module, sample_shape = job.target.module(space)
+        module, sample_shape = job.target.module(space), job.target.sample_shape(space)
         atomic_write(path, lambda tmp: export_onnx(module, sample_shape, tmp, opset=job.settings.opset,
                                                    dynamic_batch=job.settings.dynamic_batch), suffix=".tmp.onnx")
     backend = get_backend(job.settings.backend)
     if backend.builds_in_workers:
-        backend.prebuild(path, job.settings.runner_options())
+        backend.prebuild(OnnxFile(path), job.settings.runner_options())
     return job.path
 
 
@@ -212,21 +227,20 @@ def _init_worker() -> None:
 
 
 def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings,
-                    advance: Callable[[], None] | None = None) -> dict[str, Any]:
-    """What each target's runner is built from: an exported ONNX path, or for torch backends a
-    ``functools.partial`` that builds ``(module, sample_shape)`` when the target is timed (modules of a
-    whole space would not fit in memory together).
+                    advance: Callable[[], None] | None = None) -> dict[str, ModelLoader]:
+    """What each target's runner is built from, by target name: the :class:`OnnxFile` of its exported ONNX, or
+    for torch backends the :class:`ModuleLoader` that builds its module when the target is timed.
 
     ONNX files are exported (and engines pre-built) in ``settings.workers`` processes; cached files are
     reused. ``advance`` is called once per target done.
     """
     backend = get_backend(settings.backend)
     if backend.source == "module":
-        lazy = {t.name: functools.partial(t.module, space) for t in targets}
+        loaders: dict[str, ModelLoader] = {t.name: t.loader(space) for t in targets}
         for _ in targets:
             if advance:
                 advance()
-        return lazy
+        return loaders
     jobs = [_BuildJob(space.to_dict(), t, str(onnx_cache_path(space, t, settings)), settings) for t in targets]
     todo = [j for j in jobs if backend.builds_in_workers or not Path(j.path).is_file()]
     for _ in range(len(jobs) - len(todo)):
@@ -248,15 +262,15 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
                     advance()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    return {j.target.name: Path(j.path) for j in jobs}
+    return {j.target.name: OnnxFile(j.path) for j in jobs}
 
 
-def null_source(space: SearchSpace, settings: ProfileSettings) -> Any:
+def null_source(space: SearchSpace, settings: ProfileSettings) -> ModelLoader:
     """An empty model (input -> Identity -> output, stage-1 tokens) to measure the per-call overhead."""
     shape = (space.tokens[0], max(space.stages[0].embed_dims))
     backend = get_backend(settings.backend)
     if backend.source == "module":
-        return nn.Identity(), shape
+        return ModuleLoader.of(nn.Identity(), shape)
     import onnx
     from onnx import TensorProto, helper
 
@@ -270,27 +284,24 @@ def null_source(space: SearchSpace, settings: ProfileSettings) -> Any:
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", settings.opset)], ir_version=10)
         atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
-    return path
+    return OnnxFile(path)
 
 
 # ------------------------------------------------------------------------------------- time phase
 
 
-def measure_source(source: Any, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
-    """Time one ONNX path (or ``(module, sample_shape)``) with the settings' backend and protocol.
+def measure_source(source: ModelLoader, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
+    """Time one model (an :class:`OnnxFile` or a :class:`ModuleLoader`) with the settings' backend and protocol.
 
     Returns the statistics and the runner's recorded settings. CV warnings are left to the caller.
-    A ``functools.partial`` (from :func:`prepare_sources`) is called first to build the source.
     """
-    if isinstance(source, functools.partial):
-        source = source()
     backend = get_backend(settings.backend)
     with backend.runner(source, settings.runner_options()) as runner:
         stats = measure(runner, settings.protocol)
         return stats, runner.info()
 
 
-def time_in_passes(sources: Mapping[str, Any], settings: ProfileSettings,
+def time_in_passes(sources: Mapping[str, ModelLoader], settings: ProfileSettings,
                    done: Mapping[str, Sequence[TimingStats]] | None = None,
                    on_pass: Callable[[str, list[TimingStats]], None] | None = None) -> dict[str, list[TimingStats]]:
     """Time every source ``settings.protocol.rounds`` times, in interleaved passes, a fresh runner each time.
@@ -311,7 +322,7 @@ def time_in_passes(sources: Mapping[str, Any], settings: ProfileSettings,
     return passes
 
 
-def _measure_in_passes(source: Any, settings: ProfileSettings) -> TimingStats:
+def _measure_in_passes(source: ModelLoader, settings: ProfileSettings) -> TimingStats:
     """One source timed in the protocol's rounds, the passes combined."""
     return TimingStats.combine(time_in_passes({"model": source}, settings)["model"])
 
@@ -325,7 +336,7 @@ def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> Tim
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "onnx":
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files: use measure_module")
-    return _measure_in_passes(Path(path), settings)
+    return _measure_in_passes(OnnxFile(path), settings)
 
 
 def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
@@ -334,7 +345,7 @@ def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequenc
     settings = ProfileSettings.from_table(table, **overrides)
     if get_backend(settings.backend).source != "module":
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
-    return _measure_in_passes((module, tuple(sample_shape)), settings)
+    return _measure_in_passes(ModuleLoader.of(module, sample_shape), settings)
 
 
 def profile_space(
@@ -350,62 +361,90 @@ def profile_space(
 
     With ``resume``, an existing table at ``out`` made with the same settings is completed; without it
     an existing file is an error (nothing is overwritten). ``on_entry`` is called after each entry is saved.
+    Steps: decide the cache state, open the table, build the missing entries, time the per-call overhead
+    (once per table), time the entries.
     """
     backend = get_backend(settings.backend)
     backend.check(settings.precision)
-    settings, cache = resolve_cache(space, settings, backend.device)
-    meta = new_meta(space, settings, backend, cache)
-    path = Path(out) if out is not None else default_table_path(space, backend.name, settings.precision,
-                                                                 settings.batch, meta.device_slug)
-    if path.exists():
-        if not resume:
-            raise ProfileError(f"{path} exists: pass --resume to finish it, or choose another --out")
-        table = LatencyTable.load(path)
-        if table.space.to_dict() != space.to_dict():
-            raise ProfileError(f"cannot resume {path}: it was made for another definition of space {space.name!r}")
-        check_resumable(table.meta, meta, path)
-    else:
-        table = LatencyTable(space, meta)
-        table.save(path)
-
+    settings, cache_decision = resolve_cache_state(space, settings, backend.device)
+    table = open_table(space, new_meta(space, settings, backend, cache_decision), out, resume=resume)
     missing = set(table.missing())
     todo = [s for s in enumerate_entries(space) if s.key in missing]
-    by_key = {s.key: s for s in todo}
-    done = {k: table.entries[k].pass_stats() for k in by_key if k in table.entries}
-    rounds = settings.protocol.rounds
+    done = {s.key: table.entries[s.key].pass_stats() for s in todo if s.key in table.entries}
     with progress_bar(progress) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)
         build = bar.add_task("build", total=len(todo))
-        sources = prepare_sources(space, [entry_target(s) for s in todo], settings,
-                                  lambda: bar.advance(build))
-        timings = rounds * len(todo) - sum(len(p) for p in done.values())
+        sources = prepare_sources(space, [entry_target(s) for s in todo], settings, lambda: bar.advance(build))
+        timings = settings.protocol.rounds * len(todo) - sum(len(p) for p in done.values())
         timing = bar.add_task("time", total=timings + (table.overhead is None))
         if table.overhead is None:
-            stats, info = measure_source(null_source(space, settings), settings)
-            table.overhead = stats
-            table.correction = Correction(offset_ms=stats.median_ms, per_call_ms=stats.median_ms)
-            table.meta = replace(table.meta, runner=info)
-            table.save()
+            measure_overhead(table, settings)
             bar.advance(timing)
-        saved_at = time.monotonic()
 
-        def record(key: str, passes: list[TimingStats]) -> None:
-            nonlocal saved_at
-            entry = Entry.measured(by_key[key], space, passes)
-            table.entries[key] = entry
-            # with one round every entry is saved at once; with several, at most every SAVE_EVERY_S
-            if rounds == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S:
-                table.save()
-                saved_at = time.monotonic()
+        def timed(entry: Entry, final: bool) -> None:
             bar.advance(timing)
-            if on_entry is not None and len(passes) == rounds:
+            if on_entry is not None and final:
                 on_entry(entry)
 
-        try:
-            time_in_passes({s.key: sources[s.key] for s in todo}, settings, done, record)
-        finally:
-            table.save()
+        time_entries(table, todo, sources, settings, done, timed)
     return table
+
+
+def open_table(space: SearchSpace, meta: TableMeta, out: str | Path | None, *, resume: bool) -> LatencyTable:
+    """The table to fill at ``out`` (default under ``profiles/``): a new one, saved at once, or with ``resume``
+    the unfinished one found there, if it was made for the same space and settings."""
+    path = Path(out) if out is not None else default_table_path(space, meta.backend, meta.precision, meta.batch,
+                                                                 meta.device_slug)
+    if not path.exists():
+        table = LatencyTable(space, meta)
+        table.save(path)
+        return table
+    if not resume:
+        raise ProfileError(f"{path} exists: pass --resume to finish it, or choose another --out")
+    table = LatencyTable.load(path)
+    if table.space.to_dict() != space.to_dict():
+        raise ProfileError(f"cannot resume {path}: it was made for another definition of space {space.name!r}")
+    check_resumable(table.meta, meta, path)
+    return table
+
+
+def measure_overhead(table: LatencyTable, settings: ProfileSettings) -> None:
+    """Time the backend's per-call overhead on an empty model into ``table`` (its overhead, the correction's
+    initial offset and per-call terms, and the runner's recorded settings), and save it."""
+    stats, info = measure_source(null_source(table.space, settings), settings)
+    table.overhead = stats
+    table.correction = Correction(offset_ms=stats.median_ms, per_call_ms=stats.median_ms)
+    table.meta = replace(table.meta, runner=info)
+    table.save()
+
+
+def time_entries(table: LatencyTable, specs: Sequence[EntrySpec], sources: Mapping[str, ModelLoader],
+                 settings: ProfileSettings, done: Mapping[str, Sequence[TimingStats]],
+                 timed: Callable[[Entry, bool], None]) -> None:
+    """Time the entries ``specs`` (models in ``sources``, passes already measured in ``done``) into ``table`` in
+    the protocol's rounds (:func:`time_in_passes`).
+
+    With one round every entry is saved as soon as it is timed; with several, the table is saved at most every
+    :data:`SAVE_EVERY_S`; always at the end, or on an interrupt. ``timed(entry, final)`` is called after each
+    timing, ``final`` when the entry has all its passes.
+    """
+    by_key = {s.key: s for s in specs}
+    rounds = settings.protocol.rounds
+    saved_at = time.monotonic()
+
+    def record(key: str, passes: list[TimingStats]) -> None:
+        nonlocal saved_at
+        entry = Entry.measured(by_key[key], table.space, passes)
+        table.entries[key] = entry
+        if rounds == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S:
+            table.save()
+            saved_at = time.monotonic()
+        timed(entry, len(passes) == rounds)
+
+    try:
+        time_in_passes({key: sources[key] for key in by_key}, settings, done, record)
+    finally:
+        table.save()
 
 
 def noisy_entries(table: LatencyTable) -> list[str]:

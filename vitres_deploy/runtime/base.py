@@ -1,8 +1,9 @@
 """The runner interface shared by every backend, and the measurement protocol.
 
-A :class:`Runner` is built from an ONNX file (ONNX Runtime, TensorRT) or from a static module
-(PyTorch). It holds its inputs and outputs where the device wants them (:meth:`Runner.bind`), so
-that :meth:`Runner.run` times the execution alone: no host copies inside the timed region.
+A :class:`Runner` is built from a loader (:mod:`vitres_deploy.runtime.loaders`: an ONNX file for ONNX Runtime
+and TensorRT, a static module for PyTorch) and takes its resources when activated. It holds its inputs and
+outputs where the device wants them (:meth:`Runner.bind`), so that :meth:`Runner.run` times the execution
+alone: no host copies inside the timed region.
 
 :func:`measure` implements the protocol of ``trtexec``: a time-based warm-up, then at least
 ``min_iterations`` iterations *and* at least ``min_seconds`` of timed runs; each iteration is timed on
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ProfileError
+from ..errors import BackendUnavailable, ProfileError, RuntimeFailure
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -177,23 +178,88 @@ class RunnerOptions:
 
 
 class Runner(ABC):
-    """One backend's way to run a model: bind inputs once, run, time.
+    """One backend's way to run a model, in Polygraphy's shape: built from a loader, activated, run, deactivated.
 
-    Subclasses set :attr:`backend` and :attr:`device`, fill :attr:`input_specs` in their constructor,
-    and implement :meth:`bind`, :meth:`run` and :meth:`outputs`. GPU runners also set :attr:`stream`
-    (a ``torch.cuda.Stream`` their work is enqueued on) so that :meth:`time_iterations` uses CUDA events.
+    Building a runner only records its loader and options. :meth:`activate` (or entering it as a context
+    manager) takes its resources: it calls the loader, creates sessions, engines, device buffers and streams,
+    fixes thread settings, and fills :attr:`input_specs`; :meth:`deactivate` (or leaving the context) releases
+    them. While active, :meth:`bind` checks the inputs against :attr:`input_specs` (names, shapes, dtypes) once
+    for every backend and places them, with the outputs, where the device wants them, so that :meth:`run`
+    times the execution alone: no checks and no host copies inside the timed region.
+
+    Subclasses set :attr:`backend` and :attr:`device` and implement :meth:`_activate`, :meth:`_deactivate`,
+    :meth:`_bind`, :meth:`run` and :meth:`outputs`. GPU runners set :attr:`stream` on activation (a
+    ``torch.cuda.Stream`` their work is enqueued on) so that :meth:`time_iterations` uses CUDA events.
+    A library failure while activating or running is a :class:`~vitres_deploy.errors.RuntimeFailure`.
     """
 
     backend: ClassVar[str] = ""
     device: ClassVar[str] = "cpu"
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, options: RunnerOptions | None = None) -> None:
+        self.options = options or RunnerOptions()
         self.input_specs: list[TensorSpec] = []
-        self.stream: Any = stream
+        self.stream: Any = None
+        self.is_active = False
+
+    def activate(self) -> None:
+        """Load the model and take the resources it runs with; a failure releases what was taken."""
+        if self.is_active:
+            raise RuntimeFailure(f"{self.backend}: the runner is already active")
+        try:
+            self._activate()
+        except BaseException:
+            self._deactivate()
+            self.input_specs, self.stream = [], None
+            raise
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        """Release sessions, engines, device buffers and thread settings (nothing when not active)."""
+        if not self.is_active:
+            return
+        self.is_active = False
+        self._deactivate()
+        self.input_specs, self.stream = [], None
 
     @abstractmethod
+    def _activate(self) -> None:
+        """Call the loader, take the resources, fill :attr:`input_specs` (and :attr:`stream` on a GPU)."""
+
+    @abstractmethod
+    def _deactivate(self) -> None:
+        """Drop what :meth:`_activate` took; must also work after a partial activation."""
+
     def bind(self, inputs: Mapping[str, np.ndarray]) -> None:
-        """Place ``inputs`` (host arrays, by input name) and the outputs where :meth:`run` reads and writes."""
+        """Check ``inputs`` (host arrays, by input name) and place them and the outputs where :meth:`run` works."""
+        if not self.is_active:
+            raise RuntimeFailure(f"{self.backend}: the runner is not active (use it in a with block or activate it)")
+        self._bind(self.check_inputs(inputs))
+
+    def check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``inputs`` as C-contiguous arrays in :attr:`input_specs` order; a :class:`RuntimeFailure` names the first
+        input that is missing, unknown, or of another shape or dtype than the model takes."""
+        names = [s.name for s in self.input_specs]
+        unknown = [n for n in inputs if n not in names]
+        if unknown:
+            raise RuntimeFailure(f"{self.backend}: unknown input {unknown[0]!r} (the model takes {', '.join(names)})")
+        checked = {}
+        for spec in self.input_specs:
+            if spec.name not in inputs:
+                raise RuntimeFailure(f"{self.backend}: missing input {spec.name!r}")
+            array = np.asarray(inputs[spec.name])
+            if tuple(array.shape) != spec.shape:
+                raise RuntimeFailure(f"{self.backend}: input {spec.name!r} has shape {tuple(array.shape)}, "
+                                     f"the model takes {spec.shape}")
+            if array.dtype != np.dtype(spec.dtype):
+                raise RuntimeFailure(f"{self.backend}: input {spec.name!r} is {array.dtype}, the model takes "
+                                     f"{spec.dtype}")
+            checked[spec.name] = np.ascontiguousarray(array)
+        return checked
+
+    @abstractmethod
+    def _bind(self, inputs: dict[str, np.ndarray]) -> None:
+        """Place the checked ``inputs`` (every input, in :attr:`input_specs` order) and the outputs."""
 
     @abstractmethod
     def run(self) -> None:
@@ -245,25 +311,31 @@ class Runner(ABC):
                     buffer.zero_()
 
             return flush_gpu
-        host = np.ones(max(1, nbytes // 4), dtype=np.float32)
-
-        def flush_cpu() -> None:
-            host.max()  # a read: evicts without leaving dirty lines to write back during the timed run
-
-        return flush_cpu
+        return HostCacheFlush(nbytes)
 
     def info(self) -> dict[str, Any]:
-        """Backend-specific settings worth recording beside the results (providers, threads, ...)."""
+        """Backend-specific settings worth recording beside the results (providers, threads, ...), while active."""
         return {}
 
-    def close(self) -> None:  # noqa: B027 - optional hook, runners without resources keep the default
-        """Release sessions, engines and device buffers."""
-
     def __enter__(self) -> Runner:
+        self.activate()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.deactivate()
+
+
+class HostCacheFlush:
+    """Evicts the CPU caches by reading a buffer of ``nbytes`` (more than the last-level cache).
+
+    A read, not a write: it evicts without leaving dirty lines to write back during the timed run.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        self.buffer = np.ones(max(1, nbytes // 4), dtype=np.float32)
+
+    def __call__(self) -> None:
+        self.buffer.max()
 
 
 def _time_with_cuda_events(runner: Runner, n: int, before: Callable[[], None] | None) -> list[float]:
@@ -294,7 +366,8 @@ def random_inputs(specs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.nd
 
 
 def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) -> TimingStats:
-    """Time ``runner`` on random inputs with the trtexec-like ``protocol`` (one pass); warn above its CV limit.
+    """Time the active ``runner`` on random inputs with the trtexec-like ``protocol`` (one pass); warn above its
+    CV limit.
 
     Warm-up runs until ``warmup_s`` has passed (at least one run); then iterations are timed one by one,
     in chunks of about 50 ms, until both ``min_iterations`` and ``min_seconds`` are reached.

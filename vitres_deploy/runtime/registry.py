@@ -6,14 +6,14 @@ first), so listing backends is cheap and works without onnxruntime-gpu, TensorRT
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import BackendUnavailable
 from .base import Runner, RunnerOptions
+from .loaders import ModelLoader, ModuleLoader, OnnxFile
+from .versions import SUPPORTED_TENSORRT_MAJORS, installed_version, major_version
 
 
 def _cuda_reason() -> str | None:
@@ -25,41 +25,31 @@ def _cuda_reason() -> str | None:
 
 
 def _ort_reason(provider: str, cuda: bool) -> str | None:
-    if importlib.util.find_spec("onnxruntime") is None:
+    version = _ort_version()
+    if version is None:
         return "onnxruntime is not installed"
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
-        return f"onnxruntime {ort.__version__} has no {provider} (needs the onnxruntime-gpu build)"
+        return f"onnxruntime {version} has no {provider} (needs the onnxruntime-gpu build)"
     return _cuda_reason() if cuda else None
 
 
 def _tensorrt_reason() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
+    version = _tensorrt_version()
+    if version is None:
         return "the tensorrt Python package is not installed"
-    import tensorrt
-
-    from .tensorrt import SUPPORTED_MAJORS
-
-    if int(tensorrt.__version__.split(".")[0]) not in SUPPORTED_MAJORS:
-        return f"tensorrt {tensorrt.__version__} is installed; TensorRT 10.x or 11.x is needed"
+    if major_version(version) not in SUPPORTED_TENSORRT_MAJORS:
+        return f"tensorrt {version} is installed; TensorRT 10.x or 11.x is needed"
     return _cuda_reason()
 
 
 def _ort_version() -> str | None:
-    if importlib.util.find_spec("onnxruntime") is None:
-        return None
-    import onnxruntime as ort
-
-    return ort.__version__
+    return installed_version("onnxruntime")
 
 
 def _tensorrt_version() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    import tensorrt
-
-    return tensorrt.__version__
+    return installed_version("tensorrt")
 
 
 def _torch_version() -> str:
@@ -69,46 +59,47 @@ def _torch_version() -> str:
 
 
 def _make_ort(kind: str) -> Callable[[Any, RunnerOptions], Runner]:
-    def make(source: Any, options: RunnerOptions) -> Runner:
+    def make(model: OnnxFile, options: RunnerOptions) -> Runner:
         from . import ort
 
         cls = {"cpu": ort.OrtCpuRunner, "cuda": ort.OrtCudaRunner, "trt": ort.OrtTrtRunner}[kind]
-        return cls(source, options)
+        return cls(model, options)
 
     return make
 
 
-def _make_tensorrt(source: Any, options: RunnerOptions) -> Runner:
-    from .tensorrt import TensorRTRunner
+def _make_tensorrt(model: OnnxFile, options: RunnerOptions) -> Runner:
+    from .tensorrt import EngineFromOnnx, TensorRTRunner
 
-    return TensorRTRunner.from_onnx(source, options)
+    return TensorRTRunner(EngineFromOnnx(model, options), options)
 
 
 def _make_torch(cuda: bool) -> Callable[[Any, RunnerOptions], Runner]:
-    def make(source: Any, options: RunnerOptions) -> Runner:
+    def make(model: ModuleLoader, options: RunnerOptions) -> Runner:
         from .torch_runner import TorchCudaRunner, TorchRunner
 
-        module, sample_shape = source
-        return (TorchCudaRunner if cuda else TorchRunner)(module, sample_shape, options)
+        return (TorchCudaRunner if cuda else TorchRunner)(model, options)
 
     return make
 
 
-def _prebuild_tensorrt(onnx_path: Path, options: RunnerOptions) -> None:
+def _prebuild_tensorrt(model: OnnxFile, options: RunnerOptions) -> None:
     from .tensorrt import build_engine
 
-    build_engine(onnx_path, options)
+    build_engine(model(), options)
 
 
-def _prebuild_ort_trt(onnx_path: Path, options: RunnerOptions) -> None:
+def _prebuild_ort_trt(model: OnnxFile, options: RunnerOptions) -> None:
     from .ort import OrtTrtRunner
 
-    OrtTrtRunner(onnx_path, options).close()  # creating the session fills ONNX Runtime's engine cache
+    with OrtTrtRunner(model, options):  # creating the session fills ONNX Runtime's engine cache
+        pass
 
 
 @dataclass(frozen=True)
 class Backend:
-    """One backend: its name, device, what it runs (``onnx`` file or torch ``module``) and how."""
+    """One backend: its name, device, what it runs (``onnx``: an :class:`OnnxFile`; ``module``: a
+    :class:`ModuleLoader`) and how."""
 
     name: str
     device: str
@@ -118,7 +109,7 @@ class Backend:
     _reason: Callable[[], str | None]
     _version: Callable[[], str | None]
     _make: Callable[[Any, RunnerOptions], Runner]
-    _prebuild: Callable[[Path, RunnerOptions], None] | None = None
+    _prebuild: Callable[[OnnxFile, RunnerOptions], None] | None = None
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else why not (one line)."""
@@ -141,15 +132,21 @@ class Backend:
         if precision not in self.precisions:
             raise BackendUnavailable(f"backend {self.name} supports {'/'.join(self.precisions)}, not {precision}")
 
-    def prebuild(self, onnx_path: Path, options: RunnerOptions) -> None:
-        """Build and cache the engine of ``onnx_path`` (no-op for backends without a build step)."""
+    def prebuild(self, model: OnnxFile, options: RunnerOptions) -> None:
+        """Build and cache the engine of ``model`` (no-op for backends without a build step)."""
         if self._prebuild is not None:
-            self._prebuild(onnx_path, options)
+            self._prebuild(model, options)
 
-    def runner(self, source: Any, options: RunnerOptions) -> Runner:
-        """A runner for ``source``: an ONNX path, or ``(module, sample_shape)`` for torch backends."""
+    def runner(self, model: ModelLoader, options: RunnerOptions) -> Runner:
+        """An inactive runner of ``model``: an :class:`OnnxFile`, or a :class:`ModuleLoader` for torch backends.
+
+        Nothing is loaded until the runner is activated (``with backend.runner(...) as runner:``).
+        """
         self.check(options.precision)
-        return self._make(source, options)
+        kind: type = OnnxFile if self.source == "onnx" else ModuleLoader
+        if not isinstance(model, kind):
+            raise TypeError(f"backend {self.name} runs models given as {kind.__name__}, got {type(model).__name__}")
+        return self._make(model, options)
 
 
 BACKENDS: dict[str, Backend] = {

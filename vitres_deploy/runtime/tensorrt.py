@@ -5,9 +5,11 @@ one optimization profile on the batch dimension (MIN, OPT, MAX), and a timing ca
 latency-table backend fixes the profile at the profiled shapes (min = opt = max, like ``trtexec --shapes``)
 and :func:`build_engine` caches its plan by the hash of everything it depends on, so it can run in worker
 processes ahead of timing; the export builds a served engine over a batch range from the same function.
-Run (:class:`TensorRTRunner`, from a built plan file or through the cache from an ONNX file):
-``execute_async_v3`` on a torch CUDA stream with device buffers bound once by ``set_tensor_address``, timed
-with CUDA events.
+Run (:class:`TensorRTRunner`, from an engine loader: :class:`EngineFile`, a built plan file, or
+:class:`EngineFromOnnx`, built or found in the cache when the runner is activated): ``execute_async_v3`` on a
+torch CUDA stream with device buffers bound once by ``set_tensor_address``, timed with CUDA events.
+A model TensorRT cannot parse or build is an :class:`EngineBuildError`; an engine that does not deserialize
+or execute is a :class:`RuntimeFailure`.
 
 Precision: fp32 builds clear TF32. fp16 uses ``BuilderFlag.FP16`` on 10.x; 11.x removed weak typing
 (that flag included), so there the ONNX is converted to a strongly typed fp16 model with LayerNorm and
@@ -18,20 +20,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ProfileError
+from ..errors import BackendUnavailable, EngineBuildError, RuntimeFailure
 from ..files import atomic_write_bytes, sha256_file
 from ..text import slug
 from .base import Runner, RunnerOptions, TensorSpec
 from .cache import cache_root, fp16_onnx
+from .loaders import OnnxFile
 from .ort import onnx_input_specs
-
-SUPPORTED_MAJORS = (10, 11)
+from .versions import SUPPORTED_TENSORRT_MAJORS, major_version
 
 
 def import_tensorrt() -> Any:
@@ -40,13 +42,9 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError:
         raise BackendUnavailable("tensorrt: the tensorrt Python package is not installed") from None
-    if _major(trt) not in SUPPORTED_MAJORS:
+    if major_version(trt.__version__) not in SUPPORTED_TENSORRT_MAJORS:
         raise BackendUnavailable(f"tensorrt {trt.__version__}: only TensorRT 10.x and 11.x are supported")
     return trt
-
-
-def _major(trt: Any) -> int:
-    return int(trt.__version__.split(".")[0])
 
 
 def cuda_device_name(device_id: int) -> str:
@@ -61,7 +59,7 @@ def cuda_device_name(device_id: int) -> str:
 def strongly_typed_fp16(trt: Any, precision: str) -> bool:
     """Whether ``precision`` is built from a strongly typed fp16 ONNX (fp16 on TensorRT 11, which has no weak
     typing) rather than from the fp32 ONNX."""
-    return precision == "fp16" and _major(trt) >= 11
+    return precision == "fp16" and major_version(trt.__version__) >= 11
 
 
 def precision_record(trt: Any, precision: str) -> dict[str, Any]:
@@ -78,7 +76,7 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
     tables fix it: min = opt = max = their batch); the other dimensions are the model's. ``model_path`` must
     already be the strongly typed fp16 ONNX where :func:`strongly_typed_fp16` says so. The timing cache of
     ``options.cache_dir`` is read and updated (atomically, so worker processes may build side by side);
-    ``options.batch`` is not used. A model that does not parse or build is a :class:`ProfileError`.
+    ``options.batch`` is not used. A model that does not parse or build is an :class:`EngineBuildError`.
     """
     trt = import_tensorrt()
     device = cuda_device_name(options.device_id)
@@ -93,7 +91,7 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ProfileError(f"tensorrt could not parse {model_path.name}: {errors}")
+        raise EngineBuildError(f"tensorrt could not parse {model_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     if options.precision == "fp16" and not strongly_typed:
@@ -110,7 +108,7 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
     config.set_timing_cache(cache, False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise ProfileError(f"tensorrt failed to build an engine for {model_path.name} (see the TensorRT log)")
+        raise EngineBuildError(f"tensorrt failed to build an engine for {model_path.name} (see the TensorRT log)")
     _save_timing_cache(config, timing_path)
     return bytes(memoryview(plan))
 
@@ -159,45 +157,77 @@ def _torch_dtype(trt: Any, dt: Any) -> Any:
     for name, torch_dtype in table.items():
         if hasattr(trt.DataType, name) and dt == getattr(trt.DataType, name):
             return torch_dtype
-    raise ProfileError(f"tensorrt: I/O tensors of type {dt} are not supported")
+    raise RuntimeFailure(f"tensorrt: I/O tensors of type {dt} are not supported")
+
+
+@dataclass(frozen=True)
+class EngineFile:
+    """Loader of a built engine: a TensorRT plan file (e.g. a bundle's ``model.plan``)."""
+
+    path: Path
+
+    def __call__(self) -> Path:
+        if not self.path.is_file():
+            raise RuntimeFailure(f"TensorRT engine {self.path} does not exist")
+        return self.path
+
+
+@dataclass(frozen=True)
+class EngineFromOnnx:
+    """Loader of the engine of an ONNX file fixed at batch ``options.batch``: built, or found in the cache."""
+
+    model: OnnxFile
+    options: RunnerOptions
+
+    def __call__(self) -> Path:
+        return build_engine(self.model(), self.options)
 
 
 class TensorRTRunner(Runner):
-    """A built TensorRT engine (plan file) run with ``execute_async_v3`` on device-resident buffers.
+    """A TensorRT engine run with ``execute_async_v3`` on device-resident buffers.
 
-    ``TensorRTRunner(plan_path, options)`` runs a plan at batch ``options.batch``, which must lie inside its
-    optimization profile (e.g. a bundle's ``model.plan``); :meth:`from_onnx` builds (or finds in the cache)
-    the engine of an ONNX file first, as the ``tensorrt`` backend does.
+    The engine comes from ``engine`` when the runner is activated: an :class:`EngineFile` runs a plan at batch
+    ``options.batch``, which must lie inside its optimization profile (e.g. a bundle's ``model.plan``); an
+    :class:`EngineFromOnnx` builds (or finds in the cache) the engine of an ONNX file first, as the
+    ``tensorrt`` backend does.
     """
 
     backend = "tensorrt"
     device = "cuda"
 
-    def __init__(self, plan_path: str | Path, options: RunnerOptions | None = None,
-                 input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
-        """Load ``plan_path``; inputs take ``input_shapes`` (by name), by default batch ``options.batch``."""
+    def __init__(self, engine: EngineFile | EngineFromOnnx, options: RunnerOptions | None = None) -> None:
+        super().__init__(options)
+        self.engine_loader = engine
+        self.plan_path: Path | None = None
+        self.engine: Any = None
+        self.context: Any = None
+        self._runtime: Any = None
+        self._buffers: dict[str, Any] = {}
+        self._outputs: list[str] = []
+
+    def _activate(self) -> None:
         import torch
 
-        self.options = options or RunnerOptions()
         trt = import_tensorrt()
         cuda_device_name(self.options.device_id)
         torch.cuda.set_device(self.options.device_id)
-        super().__init__(torch.cuda.Stream(device=self.options.device_id))
+        self.stream = torch.cuda.Stream(device=self.options.device_id)
         self._trt = trt
-        self.plan_path = Path(plan_path)
+        self.plan_path = self.engine_loader()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self.engine is None:
-            raise BackendUnavailable(f"tensorrt {trt.__version__} could not deserialize {self.plan_path.name}: "
-                                     "engines only load with the TensorRT version and GPU they were built with")
+            raise RuntimeFailure(f"tensorrt {trt.__version__} could not deserialize {self.plan_path.name}: "
+                                 "engines only load with the TensorRT version and GPU they were built with")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeFailure(f"tensorrt could not create an execution context for {self.plan_path.name}")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         for n in names:
             if is_input[n]:
-                self.context.set_input_shape(n, input_shapes[n] if input_shapes is not None else self._batch_shape(n))
-        self._buffers: dict[str, Any] = {}
+                self.context.set_input_shape(n, self._batch_shape(n))
         for n in names:
             shape = tuple(self.context.get_tensor_shape(n))
             dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(n))
@@ -207,13 +237,11 @@ class TensorRTRunner(Runner):
                             for n in names if is_input[n]]
         self._outputs = [n for n in names if not is_input[n]]
 
-    @classmethod
-    def from_onnx(cls, onnx_path: str | Path, options: RunnerOptions | None = None) -> TensorRTRunner:
-        """The runner of the engine of ``onnx_path`` fixed at batch ``options.batch`` (built or found in the cache)."""
-        options = options or RunnerOptions()
-        plan_path = build_engine(onnx_path, options)
-        specs = onnx_input_specs(_engine_onnx(import_tensorrt(), onnx_path, options), options.batch)
-        return cls(plan_path, options, {s.name: s.shape for s in specs})
+    def _deactivate(self) -> None:
+        self.context = None  # the context before its engine, the engine before its runtime
+        self.engine = None
+        self._runtime = None
+        self._buffers, self._outputs = {}, []
 
     def _batch_shape(self, name: str) -> tuple[int, ...]:
         """Shape of input ``name`` at batch ``options.batch``, checked against the engine's profile."""
@@ -224,19 +252,16 @@ class TensorRTRunner(Runner):
         sample = tuple(int(d) for d in self.engine.get_tensor_shape(name))[1:]
         return (self.options.batch, *sample)
 
-    def bind(self, inputs: Mapping[str, np.ndarray]) -> None:
+    def _bind(self, inputs: dict[str, np.ndarray]) -> None:
         import torch
 
-        for spec in self.input_specs:
-            if spec.name not in inputs:
-                raise ProfileError(f"tensorrt: missing input {spec.name!r}")
-            host = torch.from_numpy(np.ascontiguousarray(inputs[spec.name]))
-            self._buffers[spec.name].copy_(host.to(self._buffers[spec.name].dtype))
+        for name, array in inputs.items():
+            self._buffers[name].copy_(torch.from_numpy(array))
         torch.cuda.synchronize(self.options.device_id)
 
     def run(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise ProfileError("tensorrt: execute_async_v3 failed (see the TensorRT log)")
+            raise RuntimeFailure("tensorrt: execute_async_v3 failed (see the TensorRT log)")
 
     def outputs(self) -> dict[str, np.ndarray]:
         import torch
@@ -255,8 +280,3 @@ class TensorRTRunner(Runner):
             **precision_record(self._trt, self.options.precision),
             "optimization_profile": {s.name: list(s.shape) for s in self.input_specs},
         }
-
-    def close(self) -> None:
-        self.context = None
-        self.engine = None
-        self._buffers = {}

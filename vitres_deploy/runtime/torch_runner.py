@@ -1,54 +1,74 @@
 """``torch-cpu`` and ``torch-cuda``: the static module itself, eager, in inference mode.
 
-``torch-cpu`` fixes ``torch.set_num_threads(threads)`` (process-wide; recorded). ``torch-cuda`` runs on
-its own stream and is timed with CUDA events; with ``cuda_graphs`` the forward pass is captured once
-into a CUDA graph and each run is a graph replay. fp16 (GPU only) runs the module in half precision.
+Both are built from a :class:`~vitres_deploy.runtime.loaders.ModuleLoader`; activation loads a private copy
+of the module. ``torch-cpu`` fixes ``torch.set_num_threads(threads)`` while active (process-wide; recorded;
+the previous count comes back on deactivation). ``torch-cuda`` runs on its own stream and is timed with CUDA
+events; with ``cuda_graphs`` the forward pass is captured once into a CUDA graph and each run is a graph
+replay. fp16 (GPU only) runs the module in half precision. A forward pass that fails is a
+:class:`RuntimeFailure`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ProfileError
+from ..errors import BackendUnavailable, RuntimeFailure, first_line
 from .base import Runner, RunnerOptions, TensorSpec
+from .loaders import ModuleLoader
 
 
 class TorchRunner(Runner):
-    """An ``nn.Module`` fed a single input of shape ``(batch, *sample_shape)``."""
+    """An ``nn.Module`` fed a single input named ``input`` of shape ``(batch, *sample_shape)``."""
 
     backend = "torch-cpu"
     device = "cpu"
 
-    def __init__(self, module: Any, sample_shape: Sequence[int], options: RunnerOptions | None = None) -> None:
-        import torch
-
-        super().__init__()
-        self.options = options or RunnerOptions()
+    def __init__(self, model: ModuleLoader, options: RunnerOptions | None = None) -> None:
+        super().__init__(options)
         if self.options.precision == "fp16" and self.device == "cpu":
             raise BackendUnavailable(f"{self.backend} runs fp32 only: use --precision fp32")
-        self._torch = torch
-        self.dtype = torch.float16 if self.options.precision == "fp16" else torch.float32
-        self.module = self._place(copy.deepcopy(module).eval())
-        self.input_specs = [TensorSpec("input", (self.options.batch, *map(int, sample_shape)), "float32")]
+        self.model = model
+        self.module: Any = None
+        self._torch: Any = None
+        self._threads: int | None = None
         self._x: Any = None
         self._y: Any = None
 
-    def _place(self, module: Any) -> Any:
+    def _activate(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.dtype = torch.float16 if self.options.precision == "fp16" else torch.float32
+        self._start()
+        self.module = self._place(copy.deepcopy(self.model()).eval())
+        self.input_specs = [TensorSpec("input", (self.options.batch, *self.model.sample_shape), "float32")]
+
+    def _deactivate(self) -> None:
+        self.module = self._x = self._y = None
+        if self._threads is not None:
+            self._torch.set_num_threads(self._threads)
+            self._threads = None
+
+    def _start(self) -> None:
+        """Take the device: on the CPU, the process's thread count (given back on deactivation)."""
+        self._threads = self._torch.get_num_threads()
         self._torch.set_num_threads(self.options.threads)
+
+    def _place(self, module: Any) -> Any:
         return module.float()
 
-    def bind(self, inputs: Mapping[str, np.ndarray]) -> None:
-        if "input" not in inputs:
-            raise ProfileError(f"{self.backend}: missing input 'input'")
-        self._x = self._torch.from_numpy(np.ascontiguousarray(inputs["input"], dtype=np.float32)).to(self.dtype)
+    def _bind(self, inputs: dict[str, np.ndarray]) -> None:
+        self._x = self._torch.from_numpy(inputs["input"]).to(self.dtype)
 
     def run(self) -> None:
-        with self._torch.inference_mode():
-            self._y = self.module(self._x)
+        try:
+            with self._torch.inference_mode():
+                self._y = self.module(self._x)
+        except Exception as e:  # whatever the module's forward raises
+            raise RuntimeFailure(f"{self.backend}: the module failed: {first_line(e)}") from None
 
     def outputs(self) -> dict[str, np.ndarray]:
         self.synchronize()
@@ -57,9 +77,6 @@ class TorchRunner(Runner):
     def info(self) -> dict[str, Any]:
         return {"torch": self._torch.__version__, "num_threads": self._torch.get_num_threads(), "mode": "eager"}
 
-    def close(self) -> None:
-        self.module = self._x = self._y = None
-
 
 class TorchCudaRunner(TorchRunner):
     """``torch-cuda``: the module on the GPU, optionally replayed from a CUDA graph."""
@@ -67,48 +84,52 @@ class TorchCudaRunner(TorchRunner):
     backend = "torch-cuda"
     device = "cuda"
 
-    def __init__(self, module: Any, sample_shape: Sequence[int], options: RunnerOptions | None = None) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("torch-cuda: no CUDA GPU is visible to torch")
+    def __init__(self, model: ModuleLoader, options: RunnerOptions | None = None) -> None:
+        super().__init__(model, options)
         self._graph: Any = None
-        super().__init__(module, sample_shape, options)
-        self.stream = torch.cuda.Stream(device=self.options.device_id)
+
+    def _start(self) -> None:
+        if not self._torch.cuda.is_available():
+            raise BackendUnavailable("torch-cuda: no CUDA GPU is visible to torch")
+        self.stream = self._torch.cuda.Stream(device=self.options.device_id)
+
+    def _deactivate(self) -> None:
+        self._graph = None
+        super()._deactivate()
 
     def _place(self, module: Any) -> Any:
         return module.to(device=f"cuda:{self.options.device_id}", dtype=self.dtype)
 
-    def bind(self, inputs: Mapping[str, np.ndarray]) -> None:
+    def _bind(self, inputs: dict[str, np.ndarray]) -> None:
         torch = self._torch
-        if "input" not in inputs:
-            raise ProfileError("torch-cuda: missing input 'input'")
-        host = torch.from_numpy(np.ascontiguousarray(inputs["input"], dtype=np.float32))
+        host = torch.from_numpy(inputs["input"])
         self._x = host.to(device=f"cuda:{self.options.device_id}", dtype=self.dtype)
         self._graph = None
         if self.options.cuda_graphs:
-            with torch.cuda.stream(self.stream), torch.inference_mode():
-                for _ in range(3):  # warm-up on the capture stream, as torch.cuda.graphs recommends
-                    self.module(self._x)
-            self.stream.synchronize()
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.inference_mode(), torch.cuda.graph(self._graph, stream=self.stream):
-                self._y = self.module(self._x)
+            try:
+                with torch.cuda.stream(self.stream), torch.inference_mode():
+                    for _ in range(3):  # warm-up on the capture stream, as torch.cuda.graphs recommends
+                        self.module(self._x)
+                self.stream.synchronize()
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.inference_mode(), torch.cuda.graph(self._graph, stream=self.stream):
+                    self._y = self.module(self._x)
+            except Exception as e:  # capture fails on modules that sync with the host
+                raise RuntimeFailure(f"torch-cuda: capturing the CUDA graph failed: {first_line(e)}") from None
         torch.cuda.synchronize(self.options.device_id)
 
     def run(self) -> None:
         torch = self._torch
-        if self._graph is not None:
-            with torch.cuda.stream(self.stream):
-                self._graph.replay()
-            return
-        with torch.cuda.stream(self.stream), torch.inference_mode():
-            self._y = self.module(self._x)
+        try:
+            if self._graph is not None:
+                with torch.cuda.stream(self.stream):
+                    self._graph.replay()
+                return
+            with torch.cuda.stream(self.stream), torch.inference_mode():
+                self._y = self.module(self._x)
+        except Exception as e:  # whatever the module's forward raises
+            raise RuntimeFailure(f"torch-cuda: the module failed: {first_line(e)}") from None
 
     def info(self) -> dict[str, Any]:
         return {"torch": self._torch.__version__, "cuda": self._torch.version.cuda,
                 "mode": "cuda-graph" if self.options.cuda_graphs else "eager"}
-
-    def close(self) -> None:
-        self._graph = None
-        super().close()
