@@ -77,7 +77,7 @@ def check_triton(bundle: Path, manifest: Manifest) -> int:
             if "dynamic_batching" not in config:
                 problems.append("dynamic batching is off")
         except PbtxtError as e:
-            problems = [str(e)]
+            problems = [first_line(e)]
         if problems:
             raise BundleCorrupt(f"{rel}: {'; '.join(problems)}: re-export the bundle")
     return len(configs)
@@ -99,7 +99,7 @@ def _artifacts_here(bundle: Path, manifest: Manifest, threads: int) -> tuple[lis
     try:
         artifacts.append(onnx_artifact(bundle / "model.onnx", onnx_runtime_for(precision), threads))
     except BackendUnavailable as e:
-        skipped["onnx"] = str(e)
+        skipped["onnx"] = first_line(e)
     plan = manifest.artifacts.get("model.plan")
     if plan is not None:
         built_with, built_for = plan.details["tensorrt"], plan.details["device"]

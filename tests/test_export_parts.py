@@ -24,7 +24,7 @@ from vitres_deploy.export.checks import (
     top1_drop_check,
 )
 from vitres_deploy.export.compare import Tolerances, compare, cosine_per_sample
-from vitres_deploy.export.manifest import FORMAT, FORMAT_VERSION
+from vitres_deploy.export.manifest import FORMAT, FORMAT_VERSION, ArtifactRecord
 from vitres_deploy.export.options import BatchRange, ExportOptions
 from vitres_deploy.export.triton import PbtxtError, TensorConfig, model_config, parse_pbtxt, tensors_of
 from vitres_deploy.files import atomic_write_json
@@ -280,3 +280,12 @@ def test_an_arch_file_brings_its_budget_and_a_generated_arch_none(tmp_path, fmni
     chosen = resolve_arch_file(path, fmnist)
     assert chosen.arch == max_arch(fmnist) and chosen.budget_ms == 0.25
     assert resolve_arch_file("max", fmnist).budget_ms is None
+
+
+def test_an_engine_record_reads_back_to_the_same_keys_in_the_same_order():
+    engine = {"format": "tensorrt", "precision": "fp16", "checked_on": "tensorrt", "tensorrt": "10.9.0",
+              "device": "NVIDIA H200", "profile": {"min": 1, "opt": 8, "max": 32}, "fp16_via": "BuilderFlag.FP16",
+              "tf32": None, "sha256": "ab" * 32, "bytes": 1234}
+    record = ArtifactRecord.from_dict(engine)
+    assert record.details == {k: engine[k] for k in ("tensorrt", "device", "profile", "fp16_via", "tf32")}
+    assert list(record.to_dict().items()) == list(engine.items())
