@@ -21,7 +21,7 @@ from ..progress import progress_bar
 from ..runtime.base import Runner, RunnerOptions
 from ..runtime.loaders import OnnxFile
 from ..runtime.registry import get_backend
-from .checks import CheckResult, Predict, accuracy_check, evaluate_split, numerics_check
+from .checks import CheckResult, Predict, evaluate_split, numerics_check, top1_drop_check
 from .compare import Tolerances
 
 ONNX_RUNTIMES = ("ort-cuda", "ort-cpu")
@@ -128,8 +128,8 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
                 with a.make_runner(min_batch) as small:
                     out = predictor(small, min_batch)(inputs[:min_batch])
                 results.append(numerics_check(a.name, a.runtime, ref_logits[:min_batch], out, tolerances))
-            results.append(accuracy_check(a.name, a.runtime, split, reference_top1, evaluation.top1(a.name),
-                                          evaluation.images, evaluation.agreement(a.name), max_drop))
+            results.append(top1_drop_check(a.name, a.runtime, split, reference_top1, evaluation.top1(a.name),
+                                           evaluation.images, evaluation.agreement(a.name), max_drop))
     record = {"split": split, "limit": limit, "images": evaluation.images, "seed": seed,
               "reference_runtime": ref_runtime, "reference_top1": reference_top1,
               "top1": {name: evaluation.top1(name) for name in predictors}}

@@ -22,23 +22,18 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..errors import CheckFailed, VitresError
-from ..files import current_umask, sha256_file
+from ..errors import BundleError, SettingsError
+from ..files import atomic_write_json, current_umask, sha256_file
+from .manifest import BundleCorrupt, Manifest
 
-FORMAT = "vitres-deploy/bundle"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
-
-
-class BundleCorrupt(CheckFailed):
-    """A bundle's files do not match its manifest (modified, truncated or missing)."""
+ARCH = "arch.json"
 
 
 def file_hashes(root: Path) -> dict[str, str]:
@@ -87,11 +82,13 @@ def staging(target: str | Path, *, force: bool = False) -> Iterator[Stage]:
 
 
 def check_target(target: Path, force: bool) -> None:
-    """Raise when ``target`` cannot become a bundle (exists without ``force``, or is a file)."""
+    """Raise :class:`SettingsError` when ``target`` cannot become a bundle (a file, or a non-empty directory
+    without ``force``); the error's field is ``out`` or ``force``."""
     if target.exists() and not target.is_dir():
-        raise VitresError(f"--out {target} is an existing file: choose a directory path for the bundle")
+        raise SettingsError(f"out {target} is an existing file: choose a directory path for the bundle", field="out")
     if target.exists() and not force and any(target.iterdir()):
-        raise VitresError(f"--out {target} already exists: pass --force to replace it or choose another path")
+        raise SettingsError(f"{target} already exists: pass force to replace it or choose another path",
+                            field="force")
 
 
 def write_reference(path: Path, inputs: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> None:
@@ -111,33 +108,31 @@ def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                             "re-export") from None
 
 
-def read_manifest(bundle: str | Path) -> dict[str, Any]:
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    """Write ``manifest`` as the bundle's ``manifest.json``."""
+    atomic_write_json(root / MANIFEST, manifest.to_dict())
+
+
+def read_manifest(bundle: str | Path) -> Manifest:
     """The manifest of the bundle directory ``bundle``; a missing or unreadable one is a one-line error."""
     root = Path(bundle)
     if not root.is_dir():
-        raise VitresError(f"bundle {root} is not a directory: pass the --out directory of `vitres-deploy export`")
+        raise BundleError(f"bundle {root} is not a directory: pass the directory an export wrote", field="bundle")
     path = root / MANIFEST
     if not path.is_file():
         raise BundleCorrupt(f"{root} has no {MANIFEST}: not a vitres-deploy bundle, or an incomplete copy")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleCorrupt(f"{path} is not valid JSON ({e}): the bundle is "
-                            "corrupt; re-export it") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleCorrupt(f"{path} is not a vitres-deploy bundle manifest (no \"format\": \"{FORMAT}\")")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise VitresError(f"{path} has bundle format version {manifest.get('format_version')}, this vitres-deploy "
-                          f"reads {FORMAT_VERSION}: re-export with this version")
-    if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
-        raise BundleCorrupt(f"{path} lists no files: the manifest is corrupt; re-export")
-    return manifest
+        raise BundleCorrupt(f"{path} is not valid JSON ({e}): the bundle is corrupt; re-export it") from None
+    return Manifest.from_dict(data, str(path))
 
 
-def verify_hashes(bundle: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """Check every file of the manifest against its sha256; raise :class:`BundleCorrupt` on the first mismatch."""
+def verify_hashes(bundle: str | Path, files: Mapping[str, str]) -> dict[str, str]:
+    """Check every file of ``files`` (a manifest's ``{relative path: sha256}``) against its sha256; raise
+    :class:`BundleCorrupt` on the first mismatch."""
     root = Path(bundle).resolve()
-    for rel, expected in manifest["files"].items():
+    for rel, expected in files.items():
         path = (root / rel).resolve()
         if root not in path.parents:
             raise BundleCorrupt(f"manifest lists {rel!r}, a path outside the bundle: the manifest is corrupt")
@@ -147,4 +142,4 @@ def verify_hashes(bundle: str | Path, manifest: dict[str, Any]) -> dict[str, str
         if found != expected:
             raise BundleCorrupt(f"{rel}: sha256 {found[:16]}… does not match the manifest's {str(expected)[:16]}…: "
                                 "the file was modified or corrupted; re-export the bundle")
-    return dict(manifest["files"])
+    return dict(files)

@@ -1,11 +1,14 @@
-"""Accuracy checks of exported artifacts against PyTorch fp32, and the typed errors of a failed check.
+"""The checks of an export against PyTorch fp32, and the typed errors of a failed check.
 
 Two kinds of checks run on every artifact (ONNX model, TensorRT engine):
 
 * *numerics*: the artifact's outputs on a seeded batch of real images against PyTorch fp32's, with the
   comparator of :mod:`vitres_deploy.export.compare` (Polygraphy's element-wise rule, cosine, top-1, NaN/Inf);
-* *accuracy*: the artifact's top-1 on the eval split against PyTorch's, failing above a maximum drop in
-  percentage points.
+* *top-1 drop* (named ``accuracy`` in manifests and reports): the artifact's top-1 on the eval split against
+  PyTorch's, failing above a maximum drop in percentage points.
+
+On the way to the artifacts, the static sub-network is checked against the supernet (``supernet``) and every
+ONNX file written against ``onnx.checker`` (``checker``).
 
 Each check gives a :class:`CheckResult` with its numbers and PASS/FAIL; :func:`raise_for_failures` turns
 the first failure into a typed :class:`ExportCheckFailed` that names the artifact, the check and by how much.
@@ -15,15 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..errors import CheckFailed
+from ..arch import Arch
+from ..checkpoint import Checkpoint
+from ..errors import CheckFailed, first_line
 from .compare import Comparison, Tolerances, compare
 
 #: Maximum top-1 drop against PyTorch fp32, in percentage points, per precision.
 DEFAULT_MAX_DROP = {"fp32": 0.1, "fp16": 0.5}
+#: The name of the top-1 drop check in manifests and reports.
+TOP1_DROP_CHECK = "accuracy"
+#: Tolerances of a transformation that must not change what the network computes (extraction from the
+#: supernet, simplification): only kernel-order differences are allowed.
+EXACT = Tolerances(atol=1e-5, rtol=1e-4, min_cosine=0.999999, min_top1_agreement=1.0)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -71,8 +83,8 @@ class NumericsCheckFailed(ExportCheckFailed):
     """Outputs of an artifact differ from PyTorch fp32 beyond the tolerances."""
 
 
-class AccuracyCheckFailed(ExportCheckFailed):
-    """Task accuracy of an artifact dropped more than allowed below PyTorch fp32."""
+class Top1DropCheckFailed(ExportCheckFailed):
+    """Top-1 of an artifact on the eval split dropped more than allowed below PyTorch fp32's."""
 
 
 class LatencyCheckFailed(ExportCheckFailed):
@@ -80,7 +92,7 @@ class LatencyCheckFailed(ExportCheckFailed):
 
 
 _ERRORS: dict[str, type[ExportCheckFailed]] = {"numerics": NumericsCheckFailed, "supernet": NumericsCheckFailed,
-                                               "simplify": NumericsCheckFailed, "accuracy": AccuracyCheckFailed,
+                                               "simplify": NumericsCheckFailed, TOP1_DROP_CHECK: Top1DropCheckFailed,
                                                "latency": LatencyCheckFailed}
 
 
@@ -106,8 +118,8 @@ def numerics_check(artifact: str, runtime: str, reference: np.ndarray, actual: n
                        "; ".join(c.failures))
 
 
-def accuracy_check(artifact: str, runtime: str, split: str, reference_top1: float, top1: float, images: int,
-                   agreement: float | None, max_drop_points: float) -> CheckResult:
+def top1_drop_check(artifact: str, runtime: str, split: str, reference_top1: float, top1: float, images: int,
+                    agreement: float | None, max_drop_points: float) -> CheckResult:
     """Top-1 of one artifact against PyTorch fp32's on the same ``images`` of ``split``."""
     drop = (reference_top1 - top1) * 100.0
     passed = drop <= max_drop_points + 1e-9
@@ -118,8 +130,32 @@ def accuracy_check(artifact: str, runtime: str, split: str, reference_top1: floa
               "drop_points": drop, "top1_agreement": agreement}
     failure = "" if passed else (f"top-1 dropped {drop:.2f} points ({reference_top1:.2%} -> {top1:.2%}), "
                                  f"{drop - max_drop_points:.2f} points over the {max_drop_points:g}-point limit")
-    return CheckResult(artifact, runtime, "accuracy", passed, summary, values, {"max_drop_points": max_drop_points},
-                       failure)
+    return CheckResult(artifact, runtime, TOP1_DROP_CHECK, passed, summary, values,
+                       {"max_drop_points": max_drop_points}, failure)
+
+
+def supernet_check(checkpoint: Checkpoint, model: torch.nn.Module, arch: Arch, x: torch.Tensor) -> CheckResult:
+    """The static sub-network ``model`` against the supernet running ``arch``, on the same images ``x``."""
+    supernet = checkpoint.supernet.eval()
+    with torch.inference_mode():
+        expected = supernet(x, archs=[arch]).numpy()
+        actual = model.eval()(x).numpy()
+    return numerics_check("static", "torch-cpu", expected, actual, EXACT, check="supernet")
+
+
+def checker_check(path: Path, opset: int) -> CheckResult:
+    """``onnx.checker.check_model(full_check=True)`` (with strict shape inference) as a check with its numbers."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return CheckResult("onnx", "onnx", "checker", False, "onnx.checker full_check", {"opset": opset},
+                           failure=f"onnx.checker rejected {path.name}: {first_line(e)}")
+    summary = f"full_check passed: opset {opset}, {len(model.graph.node)} nodes, IR version {model.ir_version}"
+    return CheckResult("onnx", "onnx", "checker", True, summary,
+                       {"opset": opset, "nodes": len(model.graph.node), "ir_version": model.ir_version})
 
 
 @dataclass

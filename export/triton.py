@@ -1,20 +1,23 @@
-"""Triton Inference Server model configurations: write ``config.pbtxt``, and read it back to check a bundle.
+"""Triton Inference Server model repositories: write them into a bundle, and read ``config.pbtxt`` back.
 
 A bundle holds a Triton model repository (``triton/<name>/config.pbtxt`` + ``triton/<name>/1/model.onnx``,
-and ``triton/<name>_trt/...`` with ``model.plan`` when an engine was built). Configurations declare the
-batch dimension through ``max_batch_size`` (so ``dims`` are per sample) and turn dynamic batching on.
-:func:`parse_pbtxt` reads the protobuf text format subset such files use, so ``verify`` can check that a
-configuration still matches the model it serves.
+and ``triton/<name>_trt/...`` with ``model.plan`` when an engine was built), written by
+:func:`write_repository`. Configurations declare the batch dimension through ``max_batch_size`` (so ``dims``
+are per sample) and turn dynamic batching on. :func:`parse_pbtxt` reads the protobuf text format subset such
+files use, so ``verify`` can check that a configuration still matches the model it serves.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import VitresError
+from ..errors import BundleError
+from .options import BatchRange
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
@@ -55,7 +58,24 @@ def model_config(name: str, fmt: str, max_batch_size: int, preferred_batch_sizes
     return "\n".join(lines) + "\n"
 
 
-class PbtxtError(VitresError):
+def write_repository(root: Path, name: str, formats: Sequence[str], batch_range: BatchRange,
+                     inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig]) -> None:
+    """Write ``root/triton``: per format, a copy of the bundle's model file and its configuration.
+
+    The ONNX model is served as ``name``, the TensorRT engine as ``name_trt``; both batch up to
+    ``batch_range.max`` and prefer ``opt`` and ``max``.
+    """
+    for fmt in formats:
+        model = name if fmt == "onnx" else f"{name}_trt"
+        filename = PLATFORMS[fmt][1]
+        version = root / "triton" / model / "1"
+        version.mkdir(parents=True)
+        shutil.copyfile(root / filename, version / filename)
+        text = model_config(model, fmt, batch_range.max, (batch_range.opt, batch_range.max), inputs, outputs)
+        (root / "triton" / model / "config.pbtxt").write_text(text)
+
+
+class PbtxtError(BundleError):
     """A ``config.pbtxt`` is not valid protobuf text format."""
 
 

@@ -1,8 +1,8 @@
-"""Re-check an existing bundle: file hashes, Triton configurations, then the accuracy checks on this machine.
+"""Re-check an existing bundle: file hashes, Triton configurations, then the numerics and top-1 drop checks here.
 
 The reference needs no checkpoint: the bundle stores PyTorch fp32's logits on the seeded check batch
 (``reference.npz``) and its top-1 on the eval split (manifest), so each artifact is run again with this
-machine's runtimes and held to the tolerances and accuracy-drop limit recorded at export. Artifacts no
+machine's runtimes and held to the tolerances and top-1 drop limit recorded at export. Artifacts no
 runtime here can run (an fp16 model without a GPU, an engine of another GPU or TensorRT version) are
 skipped with the reason.
 """
@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import HoldoutSpec, open_data
-from ..errors import BackendUnavailable, DataError, VitresError
+from ..data import open_data
+from ..errors import BackendUnavailable, DataError, VitresError, first_line
 from ..runtime.registry import get_backend
 from .artifacts import Artifact, check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact
-from .bundle import REFERENCE, BundleCorrupt, read_manifest, read_reference, verify_hashes
+from .bundle import MANIFEST, REFERENCE, read_manifest, read_reference, verify_hashes
 from .checks import CheckResult, raise_for_failures
-from .compare import Tolerances
-from .pipeline import BatchRange
+from .manifest import BundleCorrupt, Manifest
 from .triton import PLATFORMS, PbtxtError, TensorConfig, parse_pbtxt, tensors_of
 
 
@@ -29,7 +28,7 @@ class VerifyReport:
     """Result of :func:`verify_bundle`: hash and config checks passed, the runtime checks, what was skipped."""
 
     bundle: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     files: int
     checks: list[CheckResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -50,18 +49,17 @@ class VerifyReport:
         """Plain-JSON form for ``--json``."""
         return {"bundle": str(self.bundle), "passed": self.passed and bool(self.checks), "files_verified": self.files,
                 "checks": [c.to_dict() for c in self.checks], "skipped": self.skipped,
-                "name": self.manifest.get("name"), "precision": self.manifest.get("precision")}
+                "name": self.manifest.name, "precision": self.manifest.precision}
 
 
-def check_triton(bundle: Path, manifest: dict[str, Any]) -> int:
+def check_triton(bundle: Path, manifest: Manifest) -> int:
     """Every Triton configuration must parse and match the manifest's I/O and batch range; returns their count."""
-    space = manifest["space"]
-    sample = (space["in_chans"], space["image_size"], space["image_size"])
-    want_in = [TensorConfig(manifest["input"]["name"], manifest["input"]["dtype"], sample)]
-    want_out = [TensorConfig(manifest["output"]["name"], manifest["output"]["dtype"], (space["num_classes"],))]
-    configs = sorted(rel for rel in manifest["files"] if rel.startswith("triton/") and rel.endswith("/config.pbtxt"))
+    want_in = [TensorConfig(manifest.input.name, manifest.input.dtype, manifest.space.sample_shape)]
+    want_out = [TensorConfig(manifest.output.name, manifest.output.dtype, (manifest.space.num_classes,))]
+    configs = sorted(rel for rel in manifest.files if rel.startswith("triton/") and rel.endswith("/config.pbtxt"))
     if not configs:
         raise BundleCorrupt(f"{bundle} has no Triton configuration in its manifest: re-export the bundle")
+    max_batch = manifest.batch_range.max
     for rel in configs:
         try:
             config = parse_pbtxt((bundle / rel).read_text())
@@ -70,50 +68,50 @@ def check_triton(bundle: Path, manifest: dict[str, Any]) -> int:
             problems = []
             if fmt is None:
                 problems.append(f"unknown platform {platform!r}")
-            elif f"{rel.rsplit('/', 1)[0]}/1/{PLATFORMS[fmt][1]}" not in manifest["files"]:
+            elif f"{rel.rsplit('/', 1)[0]}/1/{PLATFORMS[fmt][1]}" not in manifest.files:
                 problems.append(f"no {PLATFORMS[fmt][1]} beside it")
-            if config.get("max_batch_size", [None])[0] != manifest["batch_range"]["max"]:
-                problems.append(f"max_batch_size {config.get('max_batch_size')} != {manifest['batch_range']['max']}")
+            if config.get("max_batch_size", [None])[0] != max_batch:
+                problems.append(f"max_batch_size {config.get('max_batch_size')} != {max_batch}")
             if tensors_of(config, "input") != want_in or tensors_of(config, "output") != want_out:
                 problems.append("inputs/outputs differ from the model's")
             if "dynamic_batching" not in config:
                 problems.append("dynamic batching is off")
         except PbtxtError as e:
-            problems = [str(e)]
+            problems = [first_line(e)]
         if problems:
             raise BundleCorrupt(f"{rel}: {'; '.join(problems)}: re-export the bundle")
     return len(configs)
 
 
-def _check_onnx_io(path: Path, manifest: dict[str, Any]) -> None:
+def _check_onnx_io(path: Path, manifest: Manifest) -> None:
     from ..runtime.ort import onnx_input_specs
 
     specs = onnx_input_specs(path, 1)
-    space = manifest["space"]
-    want = (manifest["input"]["name"], (1, space["in_chans"], space["image_size"], space["image_size"]), "float32")
+    want = (manifest.input.name, (1, *manifest.space.sample_shape), "float32")
     if [(s.name, s.shape, s.dtype) for s in specs] != [want]:
         raise BundleCorrupt(f"{path.name} takes {[(s.name, s.shape, s.dtype) for s in specs]}, the manifest says "
                             f"{want}: re-export the bundle")
 
 
-def _artifacts_here(bundle: Path, manifest: dict[str, Any], threads: int) -> tuple[list[Artifact], dict[str, str]]:
+def _artifacts_here(bundle: Path, manifest: Manifest, threads: int) -> tuple[list[Artifact], dict[str, str]]:
     artifacts, skipped = [], {}
-    precision = manifest["precision"]
+    precision = manifest.precision
     try:
         artifacts.append(onnx_artifact(bundle / "model.onnx", onnx_runtime_for(precision), threads))
     except BackendUnavailable as e:
-        skipped["onnx"] = str(e)
-    plan = manifest["artifacts"].get("model.plan")
+        skipped["onnx"] = first_line(e)
+    plan = manifest.artifacts.get("model.plan")
     if plan is not None:
+        built_with, built_for = plan.details["tensorrt"], plan.details["device"]
         backend = get_backend("tensorrt")
         reason = backend.unavailable_reason()
-        if reason is None and backend.version() != plan["tensorrt"]:
-            reason = f"engine built with TensorRT {plan['tensorrt']}, this machine has {backend.version()}"
+        if reason is None and backend.version() != built_with:
+            reason = f"engine built with TensorRT {built_with}, this machine has {backend.version()}"
         if reason is None:
             from ..runtime.tensorrt import cuda_device_name
 
-            if cuda_device_name(0) != plan["device"]:
-                reason = f"engine built for {plan['device']}, this machine has {cuda_device_name(0)}"
+            if cuda_device_name(0) != built_for:
+                reason = f"engine built for {built_for}, this machine has {cuda_device_name(0)}"
         if reason is None:
             artifacts.append(plan_artifact(bundle / "model.plan", precision))
         else:
@@ -130,35 +128,28 @@ def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, thr
     root = Path(bundle)
     manifest = read_manifest(root)
     try:
-        files = verify_hashes(root, manifest)
+        files = verify_hashes(root, manifest.files)
         check_triton(root, manifest)
         _check_onnx_io(root / "model.onnx", manifest)
-        evaluation, space, data_spec = manifest["evaluation"], manifest["space"], manifest["data"]
-        tolerances = Tolerances(**manifest["tolerances"])
-        batch_range = BatchRange(**manifest["batch_range"])
-        max_drop = float(manifest["max_accuracy_drop_points"])
-        holdout = HoldoutSpec.from_dict(data_spec["holdout"])
-        data_kind, holdout_digest, image_size = data_spec["kind"], data_spec["holdout_sha256"], space["image_size"]
-        check = {k: evaluation[k] for k in ("reference_runtime", "split", "limit", "seed", "reference_top1")}
         artifacts, skipped = _artifacts_here(root, manifest, threads)
     except (KeyError, TypeError, ValueError) as e:
-        raise BundleCorrupt(f"{root / 'manifest.json'} lacks or garbles {e}: the manifest is corrupt; "
+        raise BundleCorrupt(f"{root / MANIFEST} lacks or garbles {first_line(e)}: the manifest is corrupt; "
                             "re-export the bundle") from None
     except VitresError as e:
         if isinstance(e, BundleCorrupt):
             raise
-        raise BundleCorrupt(f"{root}: {e}") from None
-    report = VerifyReport(root, manifest, len(files))
-    report.skipped = skipped
+        raise BundleCorrupt(f"{root}: {first_line(e)}") from None
+    report = VerifyReport(root, manifest, len(files), skipped=skipped)
     if not artifacts:
         return report
-    data = open_data(data_kind, data_dir, image_size, holdout)
-    if data.holdout_digest != holdout_digest:
+    data = open_data(manifest.data.kind, data_dir, manifest.space.image_size, manifest.data.holdout)
+    if data.holdout_digest != manifest.data.holdout_sha256:
         raise DataError(f"the data in {data_dir or 'the default directory'} gives another hold-out split than the "
-                        "bundle was checked on: pass the same --data as at export")
-    sample = read_reference(root / REFERENCE)
+                        "bundle was checked on: pass the same data_dir as at export", field="data_dir")
+    evaluation = manifest.evaluation
     report.checks, _ = check_artifacts(
-        artifacts, None, check["reference_runtime"], data, split=check["split"], limit=check["limit"],
-        min_batch=batch_range.min, max_batch=batch_range.max, tolerances=tolerances, max_drop=max_drop,
-        seed=check["seed"], sample=sample, reference_top1=check["reference_top1"], progress=progress)
+        artifacts, None, evaluation.reference_runtime, data, split=evaluation.split, limit=evaluation.limit,
+        min_batch=manifest.batch_range.min, max_batch=manifest.batch_range.max, tolerances=manifest.tolerances,
+        max_drop=manifest.max_accuracy_drop_points, seed=evaluation.seed, sample=read_reference(root / REFERENCE),
+        reference_top1=evaluation.reference_top1, progress=progress)
     return report

@@ -77,7 +77,7 @@ def exported(tmp_path_factory, small_supernet, best_json, latency_table):
 
 def test_bundle_files_match_their_manifest_hashes(exported):
     out, report = exported
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()
     names = set(manifest["files"])
     assert {"model.onnx", "arch.json", REFERENCE} <= names
     name = manifest["name"]
@@ -95,7 +95,7 @@ def test_manifest_records_versions_io_normalisation_and_checks(exported, small_s
     from vitres_deploy.checkpoint import load_checkpoint
 
     out, _ = exported
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()
     assert manifest["precision"] == "fp32" and manifest["opset"] >= 18
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["device"]["device"]
@@ -119,9 +119,31 @@ def test_manifest_records_versions_io_normalisation_and_checks(exported, small_s
     assert json.loads((out / "arch.json").read_text()) == arch.to_dict()
 
 
+MANIFEST_KEYS = ["format", "format_version", "name", "created", "vitres_deploy", "space", "arch", "supernet",
+                 "precision", "opset", "formats", "batch_range", "input", "output", "normalization", "class_names",
+                 "data", "versions", "device", "artifacts", "tolerances", "max_accuracy_drop_points", "evaluation",
+                 "checks", "latency", "timings_s", "files"]
+
+
+def test_manifest_is_one_typed_document_that_reads_back_to_the_same_file(exported):
+    from vitres_deploy.export.manifest import Manifest
+    from vitres_deploy.export.options import BatchRange
+
+    out, report = exported
+    raw = json.loads((out / MANIFEST).read_text())
+    assert list(raw) == MANIFEST_KEYS
+    manifest = Manifest.from_dict(raw)
+    assert manifest.to_dict() == raw
+    assert manifest.batch_range == BatchRange(1, 4, 16) and manifest.space.sample_shape == (1, 28, 28)
+    assert manifest.evaluation.images == 320 and manifest.evaluation.split == "holdout"
+    assert manifest.artifacts["model.onnx"].checked_on == "ort-cpu"
+    assert manifest.artifacts["model.onnx"].sha256 == manifest.files["model.onnx"]
+    assert report["manifest"]["files"] == raw["files"] and report["manifest"]["checks"] == raw["checks"]
+
+
 def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_table):
     out, _ = exported
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()
     latency = manifest["latency"]
     assert latency["backend"] == "ort-cpu" and latency["table"] == str(latency_table)
     assert latency["budget_ms"] == 1e-4  # from best.json
@@ -144,7 +166,7 @@ def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_ta
 
 def test_triton_repository_is_a_valid_dynamic_batching_config(exported):
     out, _ = exported
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()
     model_dir = out / "triton" / manifest["name"]
     config = parse_pbtxt((model_dir / "config.pbtxt").read_text())
     assert config["name"] == [manifest["name"]] and config["platform"] == ["onnxruntime_onnx"]
@@ -181,7 +203,7 @@ def test_verify_passes_on_the_bundle(exported):
     result = _invoke("verify", out, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["passed"] and report["files_verified"] == len(read_manifest(out)["files"])
+    assert report["passed"] and report["files_verified"] == len(read_manifest(out).files)
     assert {(c["artifact"], c["check"]) for c in report["checks"]} == {("onnx", "numerics"), ("onnx", "accuracy")}
 
 
@@ -190,7 +212,7 @@ def test_verify_fails_after_corrupting_one_byte(exported, tmp_path, victim):
     out, _ = exported
     copy = tmp_path / "bundle"
     shutil.copytree(out, copy)
-    rel = victim.format(name=read_manifest(copy)["name"])
+    rel = victim.format(name=read_manifest(copy).name)
     data = bytearray((copy / rel).read_bytes())
     data[len(data) // 2] ^= 0x01
     (copy / rel).write_bytes(bytes(data))
@@ -204,7 +226,7 @@ def test_verify_names_a_damaged_manifest_in_one_line(exported, tmp_path, key):
     out, _ = exported
     copy = tmp_path / "bundle"
     shutil.copytree(out, copy)
-    manifest = read_manifest(copy)
+    manifest = read_manifest(copy).to_dict()
     del manifest[key]
     (copy / "manifest.json").write_text(json.dumps(manifest))
     result = _invoke("verify", copy)
@@ -257,12 +279,14 @@ def _bad_inputs(tmp_path: Path, fmnist, latency_table: Path, exported) -> dict[s
         "table of another space": (["--profile", other_table], "profiled for space 'vit-resnas-tiny'"),
         "corrupt checkpoint": (["--supernet", corrupt], "not a readable safetensors checkpoint"),
         "existing bundle": (["--out", exported[0]], "already exists: pass --force"),
+        "out is a file": (["--out", corrupt], f"error: --out {corrupt} is an existing file"),
     }
 
 
 @pytest.mark.parametrize("case", ["arch outside the space", "arch of another space", "tensorrt unavailable",
                                   "fp16 without a backend for it", "unknown format", "bad batch range",
-                                  "table of another space", "corrupt checkpoint", "existing bundle"])
+                                  "table of another space", "corrupt checkpoint", "existing bundle",
+                                  "out is a file"])
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, fmnist, small_supernet, latency_table, exported):
     args, message = _bad_inputs(tmp_path, fmnist, latency_table, exported)[case]
     out = tmp_path / "bundle"
@@ -283,7 +307,7 @@ def test_tensorrt_engine_in_bundle_is_checked_and_served(small_supernet, tmp_pat
     result = _invoke("export", "--supernet", small_supernet, "--arch", "max", "--formats", "onnx,tensorrt",
                      "--batch-range", "1:4:16", "--eval-limit", 320, "--out", out, "--json")
     assert result.exit_code == 0, result.stderr
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).to_dict()
     assert manifest["artifacts"]["model.plan"]["profile"] == {"min": 1, "opt": 4, "max": 16}
     assert {c["artifact"] for c in manifest["checks"]} >= {"onnx", "tensorrt"}
     trt_model = out / "triton" / f"{manifest['name']}_trt"

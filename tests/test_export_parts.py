@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from vitres_deploy.errors import CheckFailed, VitresError
-from vitres_deploy.export.bundle import BundleCorrupt, read_manifest, staging, verify_hashes
+from vitres_deploy.archfile import resolve_arch_file
+from vitres_deploy.cli import main
+from vitres_deploy.errors import BackendUnavailable, BundleError, CheckFailed, SettingsError, VitresError
+from vitres_deploy.export.artifacts import onnx_runtime_for
+from vitres_deploy.export.bundle import BundleCorrupt, check_target, read_manifest, staging, verify_hashes
 from vitres_deploy.export.checks import (
-    AccuracyCheckFailed,
     NumericsCheckFailed,
-    accuracy_check,
+    Top1DropCheckFailed,
     evaluate_split,
     numerics_check,
     raise_for_failures,
+    top1_drop_check,
 )
 from vitres_deploy.export.compare import Tolerances, compare, cosine_per_sample
-from vitres_deploy.export.pipeline import BatchRange
+from vitres_deploy.export.manifest import FORMAT, FORMAT_VERSION, ArtifactRecord
+from vitres_deploy.export.options import BatchRange, ExportOptions
 from vitres_deploy.export.triton import PbtxtError, TensorConfig, model_config, parse_pbtxt, tensors_of
 from vitres_deploy.files import atomic_write_json
 
@@ -77,20 +83,20 @@ def test_numerics_and_accuracy_checks_name_artifact_check_and_amount():
         raise_for_failures([ok, bad])
     assert isinstance(e.value, CheckFailed) and e.value.exit_code == 1
 
-    drop = accuracy_check("tensorrt", "tensorrt", "test", 0.90, 0.896, 1000, 0.99, 0.5)
+    drop = top1_drop_check("tensorrt", "tensorrt", "test", 0.90, 0.896, 1000, 0.99, 0.5)
     assert drop.passed and drop.values["drop_points"] == pytest.approx(0.4)
     assert "top-1 89.60% vs PyTorch 90.00%, drop +0.40 points, top-1 agree 99.00%" in drop.summary
-    big = accuracy_check("tensorrt", "tensorrt", "test", 0.90, 0.88, 1000, 0.97, 0.5)
+    big = top1_drop_check("tensorrt", "tensorrt", "test", 0.90, 0.88, 1000, 0.97, 0.5)
     assert not big.passed
-    with pytest.raises(AccuracyCheckFailed, match=r"top-1 dropped 2.00 points .* 1.50 points over the 0.5-point limit"
+    with pytest.raises(Top1DropCheckFailed, match=r"top-1 dropped 2.00 points .* 1.50 points over the 0.5-point limit"
                        r" \(and 1 more failed check\)"):
         raise_for_failures([ok, big, bad])
     raise_for_failures([ok, drop])  # all passed: no error
 
 
 def test_accuracy_drop_limit_is_inclusive():
-    assert accuracy_check("onnx", "ort-cpu", "holdout", 0.5, 0.499, 1000, None, 0.1).passed
-    assert not accuracy_check("onnx", "ort-cpu", "holdout", 0.5, 0.4985, 1000, None, 0.1).passed
+    assert top1_drop_check("onnx", "ort-cpu", "holdout", 0.5, 0.499, 1000, None, 0.1).passed
+    assert not top1_drop_check("onnx", "ort-cpu", "holdout", 0.5, 0.4985, 1000, None, 0.1).passed
 
 
 def test_evaluate_split_counts_agreement_and_draws_a_seeded_sample():
@@ -135,8 +141,12 @@ def test_batch_range_parsing(text, ok):
     if ok:
         assert str(BatchRange.parse(text)) == text
     else:
-        with pytest.raises(VitresError, match="--batch-range"):
+        with pytest.raises(VitresError, match="batch_range"):
             BatchRange.parse(text)
+
+
+def _files_of(bundle) -> dict[str, str]:
+    return json.loads((bundle / "manifest.json").read_text())["files"]
 
 
 def _bundle_in(stage_dir, payload: bytes) -> None:
@@ -155,7 +165,7 @@ def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):
     with staging(target) as stage:
         _bundle_in(stage.path, b"first")
         stage.commit()
-    verify_hashes(target, read_manifest(target))
+    verify_hashes(target, _files_of(target))
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
@@ -164,7 +174,7 @@ def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):
         _bundle_in(stage.path, b"second")
     assert (target / "model.onnx").read_bytes() == b"first"
 
-    with pytest.raises(VitresError, match="already exists: pass --force"), staging(target):
+    with pytest.raises(VitresError, match="already exists: pass force"), staging(target):
         pass
     with staging(target, force=True) as stage:
         _bundle_in(stage.path, b"second")
@@ -174,4 +184,108 @@ def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):
 
     (target / "model.onnx").write_bytes(b"secomd")
     with pytest.raises(BundleCorrupt, match=r"model\.onnx: sha256"):
-        verify_hashes(target, read_manifest(target))
+        verify_hashes(target, _files_of(target))
+
+
+# ---------------------------------------------------------------- errors name fields, the CLI names flags
+
+
+@pytest.mark.parametrize(("setting", "field", "flag", "value"), [
+    ({"opset": 17}, "opset", "--opset", "17"),
+    ({"threads": 0}, "threads", "--threads", "0"),
+    ({"name": "a b"}, "name", "--name", "a b"),
+    ({"latency_tolerance": -0.5}, "latency_tolerance", "--latency-tolerance", "-0.5"),
+    ({"formats": ("onnx", "tflite")}, "formats", "--formats", "onnx,tflite"),
+])
+def test_bad_export_setting_names_its_field_in_python_and_its_flag_on_the_command_line(setting, field, flag, value):
+    with pytest.raises(SettingsError) as e:
+        ExportOptions(**setting)
+    assert e.value.field == field and str(e.value).startswith(field)
+
+    result = CliRunner().invoke(main, ["export", "--supernet", "unused.safetensors", "--arch", "max",
+                                       "--out", "unused", flag, value])
+    assert result.exit_code == 2  # refused before the checkpoint is read
+    assert result.stderr.splitlines() == [f"error: {flag}{str(e.value)[len(field):]}"]
+
+
+def test_bad_batch_range_names_the_field_and_the_flag():
+    with pytest.raises(SettingsError, match=r"^batch_range '1:8': expected MIN:OPT:MAX") as e:
+        BatchRange.parse("1:8")
+    assert e.value.field == "batch_range"
+    result = CliRunner().invoke(main, ["export", "--supernet", "unused", "--arch", "max", "--out", "unused",
+                                       "--batch-range", "1:8"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: --batch-range '1:8': expected MIN:OPT:MAX, e.g. 1:8:32"]
+
+
+def test_target_errors_name_out_and_force(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(SettingsError, match=r"^out .* is an existing file") as e:
+        check_target(a_file, force=True)
+    assert e.value.field == "out"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.onnx").write_text("x")
+    with pytest.raises(SettingsError, match=r"already exists: pass force to replace it") as e:
+        check_target(bundle, force=False)
+    assert e.value.field == "force"
+    check_target(bundle, force=True)  # replacing is allowed with force
+
+
+def test_target_and_backends_are_checked_before_the_checkpoint_is_read(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    missing = tmp_path / "missing.safetensors"  # reading it would be an error of its own
+
+    def error(*args: str) -> list[str]:
+        result = CliRunner().invoke(main, ["export", "--supernet", str(missing), "--arch", "max", *args])
+        assert result.exit_code == 2
+        return result.stderr.splitlines()
+
+    assert error("--out", str(a_file)) == [f"error: --out {a_file} is an existing file: choose a directory path "
+                                           "for the bundle"]
+    try:
+        onnx_runtime_for("fp16")
+    except BackendUnavailable as e:  # no GPU build of ONNX Runtime here
+        assert error("--out", str(tmp_path / "b"), "--precision", "fp16") == [f"error: {e}"]
+
+
+def test_verify_of_a_missing_bundle_is_one_bundle_error_line(tmp_path):
+    with pytest.raises(BundleError) as e:
+        read_manifest(tmp_path / "nowhere")
+    assert not isinstance(e.value, CheckFailed)
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: bundle {tmp_path / 'nowhere'} is not a directory: pass the "
+                                          "directory an export wrote"]
+
+
+def test_manifest_of_another_format_version_is_a_bundle_error_and_a_damaged_one_is_corrupt(tmp_path):
+    envelope = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": {"model.onnx": "0" * 64}}
+    (tmp_path / "manifest.json").write_text(json.dumps({**envelope, "format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(BundleError, match=f"bundle format version {FORMAT_VERSION + 1}, this vitres-deploy reads"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(envelope))  # the envelope only: every other key missing
+    with pytest.raises(BundleCorrupt, match=r"manifest.json lacks or garbles 'name': the manifest is corrupt"):
+        read_manifest(tmp_path)
+    assert BundleCorrupt.exit_code == 1 and issubclass(BundleCorrupt, BundleError)
+
+
+def test_an_arch_file_brings_its_budget_and_a_generated_arch_none(tmp_path, fmnist):
+    from vitres_deploy.arch import max_arch
+
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({**max_arch(fmnist).to_dict(), "budget_ms": 0.25}))
+    chosen = resolve_arch_file(path, fmnist)
+    assert chosen.arch == max_arch(fmnist) and chosen.budget_ms == 0.25
+    assert resolve_arch_file("max", fmnist).budget_ms is None
+
+
+def test_an_engine_record_reads_back_to_the_same_keys_in_the_same_order():
+    engine = {"format": "tensorrt", "precision": "fp16", "checked_on": "tensorrt", "tensorrt": "10.9.0",
+              "device": "NVIDIA H200", "profile": {"min": 1, "opt": 8, "max": 32}, "fp16_via": "BuilderFlag.FP16",
+              "tf32": None, "sha256": "ab" * 32, "bytes": 1234}
+    record = ArtifactRecord.from_dict(engine)
+    assert record.details == {k: engine[k] for k in ("tensorrt", "device", "profile", "fp16_via", "tf32")}
+    assert list(record.to_dict().items()) == list(engine.items())

@@ -121,17 +121,24 @@ def read_arch_file(path: str | Path) -> ArchFile:
 
 def resolve_arch(spec: str | Path, space: SearchSpace) -> Arch:
     """Turn ``max``, ``min``, ``random:SEED`` or a path to an architecture file into a validated arch."""
+    return resolve_arch_file(spec, space).arch
+
+
+def resolve_arch_file(spec: str | Path, space: SearchSpace) -> ArchFile:
+    """:func:`resolve_arch`, keeping what a file says beside the architecture (its budget, a search's record)."""
     text = str(spec)
     if text == "max":
-        return max_arch(space)
+        return ArchFile(max_arch(space))
     if text == "min":
-        return min_arch(space)
+        return ArchFile(min_arch(space))
     if text.startswith("random:"):
         try:
             seed = int(text.split(":", 1)[1])
         except ValueError:
             raise ArchError(f"{text!r}: the seed of random:SEED must be an integer") from None
-        return random_arch(space, seed)
+        return ArchFile(random_arch(space, seed))
     if not Path(text).is_file():
         raise ArchError(f"arch {text!r} is neither max, min, random:SEED nor an existing file")
-    return read_arch_file(text).arch.validate(space)
+    found = read_arch_file(text)
+    found.arch.validate(space)
+    return found

@@ -112,14 +112,13 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     arch = Arch.from_dict(best_doc).validate(checkpoint.space)
     export = step("export ONNX with every check", lambda: export_bundle(
         checkpoint, arch, data, out / "bundle",
-        ExportOptions(profile=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit),
-        arch_file=best_doc))
+        ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit)))
     export.raise_for_failures()
     test = step("test-split accuracy of PyTorch and ONNX Runtime",
                 lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
                                          opts.eval_limit))
 
-    latency = export.manifest.get("latency") or {}
+    latency = export.manifest.latency or {}
     holdout = next(c.values for c in export.checks if c.check == "accuracy" and c.artifact == "onnx")
     cost = arch_cost(arch, checkpoint.space)
     result.summary = {

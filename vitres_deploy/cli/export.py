@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from .boundary import Command
 from .output import print_json, print_table
 
+if TYPE_CHECKING:
+    from ..export.checks import CheckResult
 
-def check_rows(checks: list[Any]) -> list[tuple[str, str, str, str, str, str]]:
+
+def check_rows(checks: list[CheckResult]) -> list[tuple[str, str, str, str, str, str]]:
     """Table rows of check results: artifact, runtime, check, numbers, limits, PASS/FAIL."""
     rows = []
     for c in checks:
@@ -23,7 +24,7 @@ def check_rows(checks: list[Any]) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
-def _limits(c: Any) -> str:
+def _limits(c: CheckResult) -> str:
     lim = c.limits
     if "atol" in lim:
         return (f"atol {lim['atol']:g} & rtol {lim['rtol']:g}, cos >= {lim['min_cosine']:g}, "
@@ -36,14 +37,6 @@ def _limits(c: Any) -> str:
     return "-"
 
 
-def _arch_file(spec: str) -> dict[str, Any] | None:
-    path = Path(spec)
-    if spec in ("max", "min") or spec.startswith("random:") or not path.is_file():
-        return None
-    data = json.loads(path.read_text())  # already parsed successfully by resolve_arch
-    return data if isinstance(data, dict) else None
-
-
 @click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
 @click.option("--arch", "arch_spec", required=True,
@@ -53,7 +46,7 @@ def _arch_file(spec: str) -> dict[str, Any] | None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--batch-range", default="1:8:32", show_default=True,
               help="MIN:OPT:MAX batch sizes served (TensorRT optimization profile, Triton max_batch_size).")
-@click.option("--profile", "profile", default=None,
+@click.option("--profile", "table_path", default=None,
               help="Latency table: measure the export with its backend and protocol and gate on the budget.")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: budget_ms of a best.json).")
 @click.option("--latency-tolerance", type=float, default=0.1, show_default=True,
@@ -77,7 +70,7 @@ def _arch_file(spec: str) -> dict[str, Any] | None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--out", "out", required=True, help="Bundle directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range: str, profile: str | None,
+def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range: str, table_path: str | None,
            budget_ms: float | None, latency_tolerance: float, allow_over_budget: bool, data_dir: str | None,
            eval_split: str, eval_limit: int | None, atol: float | None, rtol: float | None,
            min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
@@ -86,12 +79,12 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
     """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
     import dataclasses
 
-    from ..archfile import resolve_arch
+    from ..archfile import resolve_arch_file
     from ..checkpoint import load_checkpoint
     from ..data import open_checkpoint_data
-    from ..export.bundle import check_target
     from ..export.compare import DEFAULT_TOLERANCES
-    from ..export.pipeline import BatchRange, ExportOptions, check_backends, export_bundle
+    from ..export.options import BatchRange, ExportOptions
+    from ..export.pipeline import check_setup, plan_export, run_export
 
     start = time.perf_counter()
     given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine,
@@ -101,17 +94,17 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
         batch_range=BatchRange.parse(batch_range), opset=opset, simplify=not no_simplify, eval_split=eval_split,
         eval_limit=eval_limit, seed=seed,
         tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
-        max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, profile=profile,
+        max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, table_path=table_path,
         budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget)
-    check_target(Path(out), force)
-    check_backends(options)
+    setup = check_setup(out, options)
     checkpoint = load_checkpoint(ckpt)
-    arch = resolve_arch(arch_spec, checkpoint.space)
+    plan = plan_export(setup, checkpoint, resolve_arch_file(arch_spec, checkpoint.space))
     data = open_checkpoint_data(checkpoint, data_dir)
+    arch = plan.arch
     if not as_json:
         click.echo(f"exporting {checkpoint.space.name} arch {arch.hash} ({arch.short()}) from {checkpoint.path.name}",
                    err=True)
-    report = export_bundle(checkpoint, arch, data, out, options, arch_file=_arch_file(arch_spec), progress=not as_json)
+    report = run_export(plan, data, progress=not as_json)
     report.timings_s["total"] = round(time.perf_counter() - start, 3)
     if as_json:
         print_json(report.to_dict())
@@ -121,7 +114,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
         for note in report.notes:
             click.echo(f"note: {note}")
         if report.bundle is not None:
-            files = report.manifest["files"]
+            files = report.manifest.files
             size = sum((report.bundle / f).stat().st_size for f in files)
             click.echo(f"bundle written to {report.bundle} ({len(files) + 1} files, {size / 1e6:.2f} MB) in "
                        f"{report.timings_s['total']:.1f} s")
@@ -145,7 +138,7 @@ def verify(bundle: str, data_dir: str | None, threads: int, as_json: bool) -> No
     else:
         click.echo(f"{bundle}: {report.files} files match the manifest; Triton configurations match the model")
         if report.checks:
-            print_table(f"checks of {report.manifest.get('name')} on this machine",
+            print_table(f"checks of {report.manifest.name} on this machine",
                         ["artifact", "runtime", "check", "numbers", "limit", "result"], check_rows(report.checks))
         for artifact, reason in report.skipped.items():
             click.echo(f"skipped {artifact}: {reason}")

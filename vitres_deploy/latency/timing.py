@@ -36,7 +36,7 @@ def window_floor(samples_ms: Sequence[float], seconds: float, window_s: float) -
     if n == 0:
         raise ValueError("no timing samples")
     per_sample = seconds / n if seconds > 0 else 0.0
-    size = max(3, int(math.ceil(window_s / per_sample))) if per_sample > 0 else n
+    size = max(3, math.ceil(window_s / per_sample)) if per_sample > 0 else n
     if n < 2 * size:
         return float(np.median(samples_ms))
     a = np.asarray(samples_ms[: n - n % size], dtype=np.float64).reshape(-1, size)
