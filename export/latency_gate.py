@@ -1,7 +1,8 @@
 """The latency gate: measure the exported network the way a latency table was measured, against a budget.
 
-The table fixes the backend, precision, batch, threads and protocol; the measured latency is set beside the
-table's prediction for the arch and the budget (from ``best.json``'s ``budget_ms`` or given). Measured
+The table fixes the backend, precision, batch, threads, protocol and statistic (the timing core of
+:mod:`vitres_deploy.latency.timing`, the same as the table's entries); the measured latency is set beside
+the table's prediction for the arch and the budget (from ``best.json``'s ``budget_ms`` or given). Measured
 above ``budget * (1 + tolerance)`` fails unless over-budget exports are allowed.
 """
 
@@ -18,8 +19,11 @@ from ..arch import Arch
 from ..errors import ProfileError
 from ..latency.predict import predict
 from ..latency.table import LatencyTable
-from ..runtime.base import NoisyMeasurement, RunnerOptions, TimingStats, measure
+from ..latency.timing import Measurement, ProfileSettings, measure_like, measure_module, measure_onnx
+from ..runtime.base import NoisyMeasurement, RunnerOptions, measure
+from ..runtime.loaders import ModelLoader, OnnxFile
 from ..runtime.registry import get_backend
+from ..runtime.statistics import TimingStats
 from ..space import SearchSpace
 from .checks import CheckResult
 
@@ -52,38 +56,43 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
 
 
 def measure_export(gate: LatencyGate, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
-                   sample_shape: tuple[int, ...]) -> tuple[str, TimingStats]:
-    """Time the exported network with the table's backend and protocol; returns (artifact, statistics).
+                   sample_shape: tuple[int, ...]) -> tuple[str, Measurement]:
+    """Time the exported network with the table's backend, protocol and statistic; returns (artifact, measurement).
 
     ``tensorrt`` tables time the bundle's engine itself (the TensorRT plan file ``plan_path``) at the table's
     batch; ONNX Runtime tables time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as
     when profiling); torch tables time the static module.
     """
-    from ..latency.profiler import measure_module, measure_onnx
-
     meta = gate.table.meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
         if meta.backend == "tensorrt" and plan_path is not None:
             from ..runtime.tensorrt import EngineFile, TensorRTRunner
 
-            with TensorRTRunner(EngineFile(plan_path), RunnerOptions(batch=meta.batch, precision=meta.precision,
-                                                                     threads=meta.threads)) as runner:
-                return "tensorrt", measure(runner, meta.protocol)
+            options = RunnerOptions(batch=meta.batch, precision=meta.precision, threads=meta.threads)
+
+            def engine_pass(_source: ModelLoader, settings: ProfileSettings) -> TimingStats:
+                with TensorRTRunner(EngineFile(plan_path), options) as runner:
+                    return measure(runner, settings.protocol)
+
+            return "tensorrt", measure_like(gate.table, OnnxFile(onnx_path), measure_pass=engine_pass)
         if get_backend(meta.backend).source == "onnx":
             return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(gate.table, onnx_path)
         return "pytorch", measure_module(gate.table, module, sample_shape)
 
 
-def latency_check(gate: LatencyGate, artifact: str, stats: TimingStats, budget_ms: float | None,
+def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, budget_ms: float | None,
                   tolerance: float, allow_over_budget: bool) -> tuple[CheckResult, dict[str, Any]]:
     """The gate's verdict and the manifest's ``latency`` record."""
     meta = gate.table.meta
-    measured = stats.median_ms
+    stats = measurement.stats
+    measured = measurement.latency_ms
     error = (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
+    statistic = measurement.statistic.replace("_", " ")
     noisy = f", CV {stats.cv:.1%}" + (" (noisy)" if stats.cv > meta.protocol.max_cv else "")
-    summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms (median of "
-               f"{stats.iterations}{noisy}), predicted {gate.predicted_ms:.4g} ms ({error:+.1%})")
+    summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms ({statistic} of "
+               f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), predicted "
+               f"{gate.predicted_ms:.4g} ms ({error:+.1%})")
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
     passed, failure = True, ""
     if budget_ms is None:
@@ -104,7 +113,9 @@ def latency_check(gate: LatencyGate, artifact: str, stats: TimingStats, budget_m
         "table": str(gate.table.path), "backend": meta.backend, "backend_version": meta.backend_version,
         "precision": meta.precision, "batch": meta.batch, "threads": meta.threads, "device": meta.device,
         "protocol": meta.protocol.to_dict(), "predicted_ms": gate.predicted_ms, "measured_ms": measured,
-        "prediction_error": error, "stats": stats.to_dict(), "budget_ms": budget_ms, "tolerance": tolerance,
+        "prediction_error": error, "statistic": measurement.statistic, "passes": len(measurement.passes),
+        "spread": measurement.to_dict()["spread"], "stats": stats.to_dict(), "budget_ms": budget_ms,
+        "tolerance": tolerance,
         "allow_over_budget": allow_over_budget, "artifact": artifact,
     }
     values = {"measured_ms": measured, "predicted_ms": gate.predicted_ms, "cv": stats.cv, "budget_ms": budget_ms}

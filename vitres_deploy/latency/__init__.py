@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from .entries import EntrySpec, arch_entries, enumerate_entries
 from .predict import LatencyRange, Prediction, check_arch, fit_correction, latency_range, predict
-from .profiler import TABLE_PROTOCOL, ProfileSettings, measure_module, measure_onnx, profile_space
+from .profiler import profile_space
 from .table import Correction, Entry, LatencyTable, TableMeta, default_table_path
+from .timing import TABLE_PROTOCOL, Measurement, ProfileSettings, measure_module, measure_onnx
 from .validate import validate_table
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "EntrySpec",
     "LatencyRange",
     "LatencyTable",
+    "Measurement",
     "Prediction",
     "ProfileSettings",
     "TableMeta",

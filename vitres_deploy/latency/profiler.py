@@ -36,64 +36,26 @@ from torch import nn
 
 from .. import __version__
 from ..arch import Arch, sample_arch
-from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
+from ..convert.to_onnx import export_onnx
 from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
 from ..macs import arch_cost
 from ..progress import progress_bar
-from ..runtime.base import NoisyMeasurement, Protocol, RunnerOptions, TimingStats, measure
+from ..runtime.base import NoisyMeasurement
 from ..runtime.cache import cache_root
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import Backend, get_backend
+from ..runtime.statistics import TimingStats, item_latency, needs_pass
 from ..space import SearchSpace
 from ..vit_resnas import vit_resnas
 from .device import device_info, last_level_cache_bytes
 from .entries import EntrySpec, enumerate_entries, network_sample_shape
 from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, default_table_path
+from .timing import ProfileSettings, measure_source, time_until_stable
 
-#: Protocol for table entries and validation networks: short, because a table has hundreds of entries
-#: of tens of microseconds to milliseconds each (still thousands of iterations for small entries).
-TABLE_PROTOCOL = Protocol(warmup_s=0.05, min_iterations=100, min_seconds=0.2)
-
-#: With several rounds, a table is rewritten at most this often while timing (and always at the end, or
-#: when interrupted): an interrupt that kills the process loses at most this much timing.
+#: While timing, a table is rewritten at most this often (and always at the end, or when interrupted): an
+#: interrupt that kills the process loses at most this much timing.
 SAVE_EVERY_S = 2.0
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    """Everything that decides what a table measures (recorded in its metadata) plus how to build it."""
-
-    backend: str = "ort-cpu"
-    precision: str = "fp32"
-    batch: int = 1
-    threads: int = 1
-    protocol: Protocol = TABLE_PROTOCOL
-    cuda_graphs: bool = False
-    device_id: int = 0
-    opset: int = DEFAULT_OPSET
-    dynamic_batch: bool = True
-    workers: int = 2
-    cache_dir: Path | None = None
-    cache_state: str = "auto"
-
-    def runner_options(self) -> RunnerOptions:
-        """The options every runner of this profile is built with."""
-        return RunnerOptions(batch=self.batch, precision=self.precision, threads=self.threads,
-                             device_id=self.device_id, cache_dir=self.cache_dir, cuda_graphs=self.cuda_graphs)
-
-    def recorded_options(self) -> dict[str, Any]:
-        """Backend options that change results and are not already top-level metadata."""
-        return {"cuda_graphs": self.cuda_graphs} if self.backend == "torch-cuda" else {}
-
-    @classmethod
-    def from_table(cls, table: LatencyTable, **overrides: Any) -> ProfileSettings:
-        """The settings a table was measured with (``overrides``: workers, cache_dir, ...)."""
-        m = table.meta
-        base = cls(backend=m.backend, precision=m.precision, batch=m.batch, threads=m.threads, protocol=m.protocol,
-                   cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch)
-        return replace(base, **overrides)
-
 
 CACHE_STATES = ("auto", "warm", "cold")
 
@@ -287,67 +249,6 @@ def null_source(space: SearchSpace, settings: ProfileSettings) -> ModelLoader:
     return OnnxFile(path)
 
 
-# ------------------------------------------------------------------------------------- time phase
-
-
-def measure_source(source: ModelLoader, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
-    """Time one model (an :class:`OnnxFile` or a :class:`ModuleLoader`) with the settings' backend and protocol.
-
-    Returns the statistics and the runner's recorded settings. CV warnings are left to the caller.
-    """
-    backend = get_backend(settings.backend)
-    with backend.runner(source, settings.runner_options()) as runner:
-        stats = measure(runner, settings.protocol)
-        return stats, runner.info()
-
-
-def time_in_passes(sources: Mapping[str, ModelLoader], settings: ProfileSettings,
-                   done: Mapping[str, Sequence[TimingStats]] | None = None,
-                   on_pass: Callable[[str, list[TimingStats]], None] | None = None) -> dict[str, list[TimingStats]]:
-    """Time every source ``settings.protocol.rounds`` times, in interleaved passes, a fresh runner each time.
-
-    Pass ``r`` times, one after the other, every item that has at most ``r`` passes (``done`` holds passes
-    measured before, e.g. by an interrupted profile); odd passes go in reverse order, so an item's position
-    in a pass does not line up with slow drift of the machine. ``on_pass(name, passes)`` is called after each
-    timing. Returns every item's passes, in order (combine them with :meth:`TimingStats.combine`).
-    """
-    passes = {name: list((done or {}).get(name, ())) for name in sources}
-    for r in range(settings.protocol.rounds):
-        order = [name for name in sources if len(passes[name]) <= r]
-        for name in reversed(order) if r % 2 else order:
-            stats, _ = measure_source(sources[name], settings)
-            passes[name].append(stats)
-            if on_pass is not None:
-                on_pass(name, passes[name])
-    return passes
-
-
-def _measure_in_passes(source: ModelLoader, settings: ProfileSettings) -> TimingStats:
-    """One source timed in the protocol's rounds, the passes combined."""
-    return TimingStats.combine(time_in_passes({"model": source}, settings)["model"])
-
-
-def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> TimingStats:
-    """Time the ONNX file ``path`` exactly as ``table`` was measured (backend, precision, batch, threads, protocol
-    and its rounds).
-
-    This is how to compare a shipped network with its prediction: ``predict(table, arch).latency_ms``.
-    """
-    settings = ProfileSettings.from_table(table, **overrides)
-    if get_backend(settings.backend).source != "onnx":
-        raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files: use measure_module")
-    return _measure_in_passes(OnnxFile(path), settings)
-
-
-def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
-                   **overrides: Any) -> TimingStats:
-    """Time a static module exactly as ``table`` was measured (torch backends)."""
-    settings = ProfileSettings.from_table(table, **overrides)
-    if get_backend(settings.backend).source != "module":
-        raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module and use measure_onnx")
-    return _measure_in_passes(ModuleLoader.of(module, sample_shape), settings)
-
-
 def profile_space(
     space: SearchSpace,
     settings: ProfileSettings,
@@ -375,7 +276,8 @@ def profile_space(
         warnings.simplefilter("ignore", NoisyMeasurement)
         build = bar.add_task("build", total=len(todo))
         sources = prepare_sources(space, [entry_target(s) for s in todo], settings, lambda: bar.advance(build))
-        timings = settings.protocol.rounds * len(todo) - sum(len(p) for p in done.values())
+        fewest = settings.protocol.fewest_rounds
+        timings = fewest * len(todo) - sum(min(len(p), fewest) for p in done.values())
         timing = bar.add_task("time", total=timings + (table.overhead is None))
         if table.overhead is None:
             measure_overhead(table, settings)
@@ -411,9 +313,19 @@ def open_table(space: SearchSpace, meta: TableMeta, out: str | Path | None, *, r
 def measure_overhead(table: LatencyTable, settings: ProfileSettings) -> None:
     """Time the backend's per-call overhead on an empty model into ``table`` (its overhead, the correction's
     initial offset and per-call terms, and the runner's recorded settings), and save it."""
-    stats, info = measure_source(null_source(table.space, settings), settings)
+    info: dict[str, Any] = {}
+
+    def measure_pass(source: ModelLoader, s: ProfileSettings) -> TimingStats:
+        stats, runner_info = measure_source(source, s)
+        info.update(runner_info)
+        return stats
+
+    null = {"null": null_source(table.space, settings)}
+    passes = time_until_stable(null, settings, measure_pass=measure_pass)["null"]
+    stats = TimingStats.combine(passes)
+    per_call = item_latency(passes, settings.protocol)
     table.overhead = stats
-    table.correction = Correction(offset_ms=stats.median_ms, per_call_ms=stats.median_ms)
+    table.correction = Correction(offset_ms=per_call, per_call_ms=per_call)
     table.meta = replace(table.meta, runner=info)
     table.save()
 
@@ -421,28 +333,27 @@ def measure_overhead(table: LatencyTable, settings: ProfileSettings) -> None:
 def time_entries(table: LatencyTable, specs: Sequence[EntrySpec], sources: Mapping[str, ModelLoader],
                  settings: ProfileSettings, done: Mapping[str, Sequence[TimingStats]],
                  timed: Callable[[Entry, bool], None]) -> None:
-    """Time the entries ``specs`` (models in ``sources``, passes already measured in ``done``) into ``table`` in
-    the protocol's rounds (:func:`time_in_passes`).
+    """Time the entries ``specs`` (models in ``sources``, passes already measured in ``done``) into ``table``
+    until each is settled (:func:`~vitres_deploy.latency.timing.time_until_stable`).
 
-    With one round every entry is saved as soon as it is timed; with several, the table is saved at most every
-    :data:`SAVE_EVERY_S`; always at the end, or on an interrupt. ``timed(entry, final)`` is called after each
-    timing, ``final`` when the entry has all its passes.
+    The table is saved at most every :data:`SAVE_EVERY_S` while timing, always at the end, and on an
+    interrupt. ``timed(entry, final)`` is called after each pass, ``final`` when the entry needs no more.
     """
     by_key = {s.key: s for s in specs}
-    rounds = settings.protocol.rounds
+    protocol = settings.protocol
     saved_at = time.monotonic()
 
     def record(key: str, passes: list[TimingStats]) -> None:
         nonlocal saved_at
-        entry = Entry.measured(by_key[key], table.space, passes)
+        entry = Entry.measured(by_key[key], table.space, passes, protocol)
         table.entries[key] = entry
-        if rounds == 1 or time.monotonic() - saved_at >= SAVE_EVERY_S:
+        if time.monotonic() - saved_at >= SAVE_EVERY_S:
             table.save()
             saved_at = time.monotonic()
-        timed(entry, len(passes) == rounds)
+        timed(entry, not needs_pass(passes, protocol))
 
     try:
-        time_in_passes({key: sources[key] for key in by_key}, settings, done, record)
+        time_until_stable({key: sources[key] for key in by_key}, settings, done, record)
     finally:
         table.save()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ProfileError
 from ..files import atomic_write_json
-from ..runtime.base import Protocol, TimingStats
+from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
 from ..space import SearchSpace
 from .entries import EntrySpec, enumerate_entries
 
@@ -34,11 +34,11 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class Entry:
-    """The measured latency of one choice (``stats.median_ms`` is the value used for prediction).
+    """The measured latency of one choice: ``latency_ms`` is the table protocol's statistic over its passes.
 
     With a protocol of several ``rounds``, ``passes`` holds each pass's statistics and ``stats`` their
-    combination (:meth:`TimingStats.combine`); an entry with fewer passes than the protocol's rounds is
-    unfinished (``profile --resume`` completes it). With one round ``passes`` is empty.
+    combination (:meth:`TimingStats.combine`); an entry the protocol wants another pass of is unfinished
+    (``profile --resume`` completes it). With one pass ``passes`` is empty.
     """
 
     key: str
@@ -48,11 +48,7 @@ class Entry:
     sample_shape: tuple[int, ...]
     stats: TimingStats
     passes: tuple[TimingStats, ...] = ()
-
-    @property
-    def latency_ms(self) -> float:
-        """Median latency of one call, in ms."""
-        return self.stats.median_ms
+    latency_ms: float = 0.0
 
     @property
     def passes_done(self) -> int:
@@ -74,16 +70,18 @@ class Entry:
     @classmethod
     def from_dict(cls, key: str, data: dict[str, Any]) -> Entry:
         """Inverse of :meth:`to_dict`."""
-        return cls(key, data["kind"], int(data["stage"]), tuple(data["dims"]), tuple(data["sample_shape"]),
-                   TimingStats.from_dict(data["stats"]),
-                   tuple(TimingStats.from_dict(p) for p in data.get("passes", ())))
+        stats = TimingStats.from_dict(data["stats"])
+        return cls(key, data["kind"], int(data["stage"]), tuple(data["dims"]), tuple(data["sample_shape"]), stats,
+                   tuple(TimingStats.from_dict(p) for p in data.get("passes", ())),
+                   float(data.get("latency_ms", stats.median_ms)))
 
     @classmethod
-    def measured(cls, spec: EntrySpec, space: SearchSpace, stats: TimingStats | Sequence[TimingStats]) -> Entry:
-        """The entry of ``spec`` with its measurement: one pass's statistics, or a list of passes."""
-        passes = [stats] if isinstance(stats, TimingStats) else list(stats)
+    def measured(cls, spec: EntrySpec, space: SearchSpace, passes: Sequence[TimingStats], protocol: Protocol
+                 ) -> Entry:
+        """The entry of ``spec`` with its passes, its latency the ``protocol``'s statistic over them."""
+        passes = list(passes)
         return cls(spec.key, spec.kind, spec.stage, spec.dims, spec.sample_shape(space), TimingStats.combine(passes),
-                   tuple(passes) if len(passes) > 1 else ())
+                   tuple(passes) if len(passes) > 1 else (), Settled.of(passes, protocol).value_ms)
 
 
 @dataclass(frozen=True)
@@ -185,9 +183,10 @@ class LatencyTable:
         return [s.key for s in enumerate_entries(self.space)]
 
     def missing(self) -> list[str]:
-        """Keys not measured yet, or with fewer timing passes than the protocol's rounds."""
-        rounds = self.meta.protocol.rounds
-        return [k for k in self.expected_keys() if k not in self.entries or self.entries[k].passes_done < rounds]
+        """Keys not measured yet, or that the protocol wants another timing pass of."""
+        protocol = self.meta.protocol
+        return [k for k in self.expected_keys()
+                if k not in self.entries or needs_pass(self.entries[k].pass_stats(), protocol)]
 
     @property
     def complete(self) -> bool:

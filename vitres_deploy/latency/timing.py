@@ -1,105 +1,160 @@
-"""The one timing core: items timed in interleaved passes until each one's statistic is stable.
+"""The one timing core: tables, validation, the drift check and the export's latency gate measure through it.
 
-Tables (every entry), validation (whole networks), the drift check and the export's latency gate all time
-through :func:`time_until_stable`, so they measure the same statistic with the same protocol.
+**The statistic** (:class:`~vitres_deploy.runtime.base.Protocol`'s ``statistic``). On a shared machine the
+low end of a latency distribution is the device; the median is whatever the neighbours do: over eight
+1-second trials of one network here the minimum moved ±3% while the median moved ±20%
+(``benchmarks/latency_statistics.py`` measures this for any space). So a pass is cut into windows of about
+``window_s`` of wall time, each window is summarised by its median (one disturbed run does not move it)
+and the pass by its quietest window, the *window floor*; an item's latency is the lowest window floor of
+its passes.
 
-**The statistic.** On a shared machine the low end of a latency distribution is the device; the median is
-whatever the neighbours do (measured here: over eight 1-second trials of one network the minimum moved
-±3% while the median moved ±20%). So a pass is cut into *windows* of about ``window_s`` of wall time, each
-window is summarised by its median (one disturbed iteration does not move it), and a pass by its quietest
-window: the *window floor*. An item's latency is the lowest window floor over its passes, and its
-interval is [lowest, second lowest] pass floor: two passes at different times of the run that found the
-same quiet level.
-
-**Stopping.** Every item is timed in at least ``min_rounds`` passes and at most ``rounds``; an item leaves
-the schedule once its interval is narrower than ``stable_within`` (relative). Passes alternate their
-order (odd passes run backwards), so slow drift of the machine meets every item alike.
+**Stopping.** Items are timed in interleaved passes, each with a fresh runner (odd passes in reverse order,
+so slow drift of the machine meets every item alike): at least ``min_rounds`` passes, at most ``rounds``;
+an item leaves the schedule once its two lowest pass values agree within ``stable_within``: two passes at
+different times of the run that found the same quiet level. An item that never settles stops at
+``rounds`` and is reported as unsettled (its spread is recorded).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from torch import nn
 
+from ..convert.to_onnx import DEFAULT_OPSET
+from ..errors import ProfileError
+from ..runtime.base import RunnerOptions, measure
+from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
+from ..runtime.registry import get_backend
+from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
+from .table import LatencyTable
 
-def window_floor(samples_ms: Sequence[float], seconds: float, window_s: float) -> float:
-    """The lowest median over consecutive windows of about ``window_s`` seconds of a pass's samples.
-
-    ``seconds`` is the wall time the samples took; a window holds at least 3 samples, and a pass too short
-    for two windows is one window (its median).
-    """
-    n = len(samples_ms)
-    if n == 0:
-        raise ValueError("no timing samples")
-    per_sample = seconds / n if seconds > 0 else 0.0
-    size = max(3, math.ceil(window_s / per_sample)) if per_sample > 0 else n
-    if n < 2 * size:
-        return float(np.median(samples_ms))
-    a = np.asarray(samples_ms[: n - n % size], dtype=np.float64).reshape(-1, size)
-    return float(np.median(a, axis=1).min())
+#: Protocol of table entries, validation networks, the drift check and the latency gate: short passes (a
+#: table has hundreds of entries of tens of microseconds to milliseconds each; still thousands of runs for
+#: small ones), at least two passes each, more until the two best agree within 3% (at most six).
+TABLE_PROTOCOL = Protocol(warmup_s=0.03, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=2,
+                          stable_within=0.03, window_s=0.01, statistic="window_floor")
 
 
 @dataclass(frozen=True)
-class Stability:
-    """An item's estimate after some passes: the lowest pass floor and how far the next one is from it."""
+class ProfileSettings:
+    """Everything that decides what a table measures (recorded in its metadata) plus how to build it."""
 
-    floor_ms: float
-    second_ms: float | None
-    passes: int
+    backend: str = "ort-cpu"
+    precision: str = "fp32"
+    batch: int = 1
+    threads: int = 1
+    protocol: Protocol = TABLE_PROTOCOL
+    cuda_graphs: bool = False
+    device_id: int = 0
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    workers: int = 2
+    cache_dir: Path | None = None
+    cache_state: str = "auto"
 
-    @property
-    def spread(self) -> float:
-        """Relative distance of the second-lowest pass floor from the lowest (inf with one pass)."""
-        if self.second_ms is None:
-            return math.inf
-        return (self.second_ms - self.floor_ms) / self.floor_ms
+    def runner_options(self) -> RunnerOptions:
+        """The options every runner of this profile is built with."""
+        return RunnerOptions(batch=self.batch, precision=self.precision, threads=self.threads,
+                             device_id=self.device_id, cache_dir=self.cache_dir, cuda_graphs=self.cuda_graphs)
+
+    def recorded_options(self) -> dict[str, Any]:
+        """Backend options that change results and are not already top-level metadata."""
+        return {"cuda_graphs": self.cuda_graphs} if self.backend == "torch-cuda" else {}
 
     @classmethod
-    def of(cls, floors: Sequence[float]) -> Stability:
-        """The estimate from the pass floors of one item."""
-        if not floors:
-            raise ValueError("no passes")
-        low = sorted(floors)
-        return cls(low[0], low[1] if len(low) > 1 else None, len(low))
-
-    def stable(self, within: float, min_rounds: int) -> bool:
-        """True once at least ``min_rounds`` passes were timed and the two lowest agree within ``within``."""
-        return self.passes >= min_rounds and self.spread <= within
+    def from_table(cls, table: LatencyTable, **overrides: Any) -> ProfileSettings:
+        """The settings a table was measured with (``overrides``: workers, cache_dir, ...)."""
+        m = table.meta
+        base = cls(backend=m.backend, precision=m.precision, batch=m.batch, threads=m.threads, protocol=m.protocol,
+                   cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch)
+        return replace(base, **overrides)
 
 
-def time_until_stable(
-    items: Mapping[str, Callable[[], float]],
-    *,
-    min_rounds: int,
-    max_rounds: int,
-    stable_within: float,
-    done: Mapping[str, Sequence[float]] | None = None,
-    on_pass: Callable[[str, list[float]], None] | None = None,
-    deadline_s: float | None = None,
-) -> dict[str, list[float]]:
-    """Time each item in interleaved passes until its two lowest pass floors agree, and return every item's floors.
+def measure_source(source: ModelLoader, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
+    """Time one pass of a model (an :class:`OnnxFile` or a :class:`ModuleLoader`) with a fresh runner of the
+    settings' backend; returns the pass's statistics and the runner's recorded settings."""
+    backend = get_backend(settings.backend)
+    with backend.runner(source, settings.runner_options()) as runner:
+        stats = measure(runner, settings.protocol)
+        return stats, runner.info()
 
-    ``items[name]()`` times one pass of that item (a fresh runner, warm-up, timed windows) and returns the
-    pass's window floor in ms. ``done`` holds floors measured before (a resumed table). After pass ``r``
-    an item is timed again only if it has fewer than ``min_rounds`` passes, or is not yet stable and has
-    fewer than ``max_rounds``. ``on_pass(name, floors)`` is called after each pass of an item;
-    ``deadline_s`` (seconds from now) ends the schedule after the pass in progress.
+
+def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSettings,
+                      done: Mapping[str, Sequence[TimingStats]] | None = None,
+                      on_pass: Callable[[str, list[TimingStats]], None] | None = None,
+                      measure_pass: Callable[[ModelLoader, ProfileSettings], TimingStats] | None = None,
+                      ) -> dict[str, list[TimingStats]]:
+    """Time every source in interleaved passes until each is settled (see the module docstring).
+
+    ``done`` holds passes measured before (an interrupted profile). Pass ``r`` times every item that has at
+    most ``r`` passes and still needs one; odd passes run in reverse order. ``on_pass(name, passes)`` is
+    called after each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every
+    item's passes in order.
     """
-    floors = {name: list((done or {}).get(name, ())) for name in items}
-    start = time.monotonic()
-    for r in range(max_rounds):
-        order = [name for name in items if len(floors[name]) <= r
-                 and not Stability.of(floors[name] or [math.inf]).stable(stable_within, min_rounds)]
+    protocol = settings.protocol
+    timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
+    passes = {name: list((done or {}).get(name, ())) for name in sources}
+    for r in range(protocol.rounds):
+        order = [name for name in sources if len(passes[name]) <= r and needs_pass(passes[name], protocol)]
         if not order:
             break
         for name in reversed(order) if r % 2 else order:
-            floors[name].append(items[name]())
+            passes[name].append(timer(sources[name], settings))
             if on_pass is not None:
-                on_pass(name, floors[name])
-            if deadline_s is not None and time.monotonic() - start > deadline_s:
-                return floors
-    return floors
+                on_pass(name, passes[name])
+    return passes
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model measured the way a table was: its latency under the table's statistic, and its passes."""
+
+    latency_ms: float
+    spread: float
+    passes: tuple[TimingStats, ...]
+    statistic: str
+
+    @property
+    def stats(self) -> TimingStats:
+        """The passes combined (median, p90, p99, CV over every run)."""
+        return TimingStats.combine(self.passes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"latency_ms": self.latency_ms, "statistic": self.statistic, "passes": len(self.passes),
+                "spread": None if math.isinf(self.spread) else self.spread, "stats": self.stats.to_dict()}
+
+
+def measure_like(table: LatencyTable, source: ModelLoader, *,
+                 measure_pass: Callable[[ModelLoader, ProfileSettings], TimingStats] | None = None,
+                 **overrides: Any) -> Measurement:
+    """Time one model exactly as ``table`` was measured: backend, precision, batch, threads, protocol, statistic.
+
+    This is how a shipped network is compared with its prediction (``predict(table, arch).latency_ms``).
+    ``measure_pass`` replaces the default pass (e.g. a TensorRT engine built outside the table's backend).
+    """
+    settings = ProfileSettings.from_table(table, **overrides)
+    kind = get_backend(settings.backend).source
+    if kind == "onnx" and not isinstance(source, OnnxFile):
+        raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module first")
+    if kind == "module" and not isinstance(source, ModuleLoader):
+        raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files")
+    passes = time_until_stable({"model": source}, settings, measure_pass=measure_pass)["model"]
+    state = Settled.of(passes, settings.protocol)
+    return Measurement(state.value_ms, state.spread, tuple(passes), settings.protocol.statistic)
+
+
+def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> Measurement:
+    """Time the ONNX file ``path`` as ``table`` was measured (:func:`measure_like`)."""
+    return measure_like(table, OnnxFile(Path(path)), **overrides)
+
+
+def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
+                   **overrides: Any) -> Measurement:
+    """Time a static module as ``table`` was measured (torch backends; :func:`measure_like`)."""
+    return measure_like(table, ModuleLoader.of(module, tuple(sample_shape)), **overrides)

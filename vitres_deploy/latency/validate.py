@@ -19,7 +19,8 @@ from typing import Any
 from ..arch import Arch, sample_arch
 from ..errors import ProfileError
 from ..progress import progress_bar
-from ..runtime.base import NoisyMeasurement, TimingStats
+from ..runtime.base import NoisyMeasurement
+from ..runtime.statistics import TimingStats
 from .metrics import kendall_tau, mape, max_abs_error_pct, median, spearman, within
 from .predict import fit_correction, predict
 from .profiler import ProfileSettings, network_target, prepare_sources, time_in_passes

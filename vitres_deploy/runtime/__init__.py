@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
-from .base import NoisyMeasurement, Protocol, Runner, RunnerOptions, TensorSpec, TimingStats, measure, random_inputs
+from .base import NoisyMeasurement, Runner, RunnerOptions, TensorSpec, measure, random_inputs
 from .loaders import ModelLoader, ModuleLoader, OnnxFile
 from .registry import BACKENDS, Backend, backend_status, get_backend
+from .statistics import Protocol, Settled, TimingStats
 
 __all__ = [
     "BACKENDS",
@@ -21,6 +22,7 @@ __all__ = [
     "Protocol",
     "Runner",
     "RunnerOptions",
+    "Settled",
     "TensorSpec",
     "TimingStats",
     "backend_status",

@@ -17,129 +17,24 @@ a network too big for the cache, instead of finding them cached from its previou
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ProfileError, RuntimeFailure
+from ..errors import BackendUnavailable, RuntimeFailure
+from .statistics import Protocol, TimingStats
 
 PRECISIONS = ("fp32", "fp16")
 
 
 class NoisyMeasurement(UserWarning):
     """A measurement whose coefficient of variation is above the protocol's limit."""
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How long to warm up and to time. Defaults follow ``trtexec`` (200 ms warm-up, 10 iterations, 3 s).
-
-    :func:`measure` times one *pass*. ``rounds`` is for the profiler: it times every entry of a table (or
-    every network of a validation) in that many interleaved passes, each with a fresh runner, and keeps the
-    median of the per-pass medians (:meth:`TimingStats.combine`), so slow drift of a shared machine hits
-    every item alike instead of whichever items it happened to be timing.
-    """
-
-    warmup_s: float = 0.2
-    min_iterations: int = 10
-    min_seconds: float = 3.0
-    max_cv: float = 0.05
-    flush_cache_mb: int = 0
-    rounds: int = 1
-
-    def __post_init__(self) -> None:
-        if (self.warmup_s < 0 or self.min_seconds < 0 or self.min_iterations < 1 or self.max_cv <= 0
-                or self.flush_cache_mb < 0 or self.rounds < 1):
-            raise ProfileError("protocol: needs warmup_s >= 0, min_seconds >= 0, min_iterations >= 1, max_cv > 0, "
-                               "flush_cache_mb >= 0 and rounds >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Protocol:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-
-@dataclass(frozen=True)
-class TimingStats:
-    """Summary of per-iteration latencies, in milliseconds."""
-
-    median_ms: float
-    mean_ms: float
-    min_ms: float
-    p90_ms: float
-    p99_ms: float
-    std_ms: float
-    cv: float
-    iterations: int
-    seconds: float
-
-    @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], seconds: float) -> TimingStats:
-        """Statistics of a list of per-iteration latencies (ms) timed over ``seconds`` of wall clock."""
-        if not len(samples_ms):
-            raise ValueError("no timing samples")
-        a = np.asarray(samples_ms, dtype=np.float64)
-        mean = float(a.mean())
-        std = float(a.std(ddof=1)) if a.size > 1 else 0.0
-        return cls(
-            median_ms=float(np.median(a)),
-            mean_ms=mean,
-            min_ms=float(a.min()),
-            p90_ms=float(np.percentile(a, 90)),
-            p99_ms=float(np.percentile(a, 99)),
-            std_ms=std,
-            cv=std / mean if mean > 0 else math.inf,
-            iterations=int(a.size),
-            seconds=float(seconds),
-        )
-
-    @classmethod
-    def combine(cls, passes: Sequence[TimingStats]) -> TimingStats:
-        """Statistics of several passes over one item (see :attr:`Protocol.rounds`).
-
-        The median is the median of the per-pass medians, so one pass disturbed by the machine does not
-        move it; p90 and p99 are the medians of the passes' too. Mean, std and CV pool every iteration of
-        every pass (the spread between passes included); iterations and seconds add up.
-        """
-        if not passes:
-            raise ValueError("no timing passes")
-        if len(passes) == 1:
-            return passes[0]
-        n = sum(p.iterations for p in passes)
-        mean = sum(p.mean_ms * p.iterations for p in passes) / n
-        spread = sum((p.iterations - 1) * p.std_ms ** 2 + p.iterations * (p.mean_ms - mean) ** 2 for p in passes)
-        std = math.sqrt(spread / max(n - 1, 1))
-        return cls(
-            median_ms=float(np.median([p.median_ms for p in passes])),
-            mean_ms=mean,
-            min_ms=min(p.min_ms for p in passes),
-            p90_ms=float(np.median([p.p90_ms for p in passes])),
-            p99_ms=float(np.median([p.p99_ms for p in passes])),
-            std_ms=std,
-            cv=std / mean if mean > 0 else math.inf,
-            iterations=n,
-            seconds=sum(p.seconds for p in passes),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TimingStats:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -394,7 +289,7 @@ def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) 
         elapsed = time.perf_counter() - start
         if len(samples) >= protocol.min_iterations and elapsed >= protocol.min_seconds:
             break
-    stats = TimingStats.from_samples(samples, elapsed)
+    stats = TimingStats.from_samples(samples, elapsed, protocol.window_s)
     if stats.cv > protocol.max_cv:
         warnings.warn(
             NoisyMeasurement(

@@ -1,0 +1,195 @@
+"""Does a latency table still describe this machine? The device fingerprint and a fast drift check.
+
+A table is a measurement of one device on one day. Before a search or an export trusts it:
+
+1. **Fingerprint.** A table records what the hardware reports about itself
+   (:mod:`~vitres_deploy.latency.fingerprint`); a table of another fingerprint is refused unless the user
+   asks to use it anyway.
+2. **Drift check.** A stratified handful of the table's entries (per stage the fastest and the slowest
+   block, the stem, a reduction, the head) and three whole networks (the fastest, the slowest and a
+   random sub-network, against their predictions) are re-timed with the table's own protocol and
+   statistic. The ratio *measured / table* of each is summarised by its median with a distribution-free
+   95% interval (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
+   longer describes the machine: re-profile, or rescale the table's predictions by the measured ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..arch import max_arch, min_arch, sample_arch
+from ..errors import ProfileError
+from ..runtime.base import NoisyMeasurement
+from ..runtime.loaders import ModelLoader
+from ..runtime.statistics import TimingStats, item_latency
+from .entries import EntrySpec, enumerate_entries
+from .fingerprint import device_fingerprint, fingerprint_difference
+from .predict import predict
+from .profiler import entry_target, network_target, prepare_sources
+from .table import LatencyTable
+from .timing import ProfileSettings, time_until_stable
+
+#: A table whose median measured/table ratio is outside 1 ± this is drifted.
+DRIFT_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    """One re-timed item: a table entry (against its entry) or a network (against its prediction)."""
+
+    name: str
+    kind: str
+    table_ms: float
+    measured_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """measured / table."""
+        return self.measured_ms / self.table_ms
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """The drift check's result: every item, the median ratio with its 95% interval, and the verdict."""
+
+    items: tuple[DriftItem, ...]
+    ratio: float
+    low: float
+    high: float
+    tolerance: float
+    seconds: float
+    fingerprint_differences: tuple[str, ...] = field(default=())
+
+    @property
+    def drifted(self) -> bool:
+        """True when the median ratio is outside ``1 ± tolerance``."""
+        return abs(self.ratio - 1) > self.tolerance
+
+    def describe(self) -> str:
+        """``measured 1.32x the table (95% interval 1.25-1.40, 12 items)``."""
+        return (f"measured {self.ratio:.3f}x the table (95% interval {self.low:.3f}-{self.high:.3f}, "
+                f"{len(self.items)} items)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {"ratio": self.ratio, "interval": [self.low, self.high], "tolerance": self.tolerance,
+                "drifted": self.drifted, "seconds": self.seconds,
+                "fingerprint_differences": list(self.fingerprint_differences),
+                "items": [{**asdict(i), "ratio": i.ratio} for i in self.items]}
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Median of ``values`` and a distribution-free ``confidence`` interval for it (order statistics)."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    mid = x[n // 2] if n % 2 else (x[n // 2 - 1] + x[n // 2]) / 2
+    alpha = (1 - confidence) / 2
+    # the largest k with P(Binomial(n, 1/2) < k) <= alpha: [x_k, x_(n-k+1)] covers the median
+    k, tail = 0, 0.0
+    while k < n // 2:
+        nxt = tail + math.comb(n, k) / 2 ** n
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    return mid, x[max(k - 1, 0)], x[min(n - k, n - 1)]
+
+
+def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], list[Any]]:
+    """The entries and networks the drift check re-times (see the module docstring)."""
+    specs = {s.key: s for s in enumerate_entries(table.space)}
+    picked: list[EntrySpec] = []
+    for kind in ("stem", "reduction", "head"):
+        of_kind = [s for s in specs.values() if s.kind == kind]
+        if of_kind:
+            picked.append(of_kind[len(of_kind) // 2])
+    for stage in range(1, len(table.space.stages) + 1):
+        blocks = sorted((s for s in specs.values() if s.kind == "block" and s.stage == stage),
+                        key=lambda s: table.entries[s.key].latency_ms)
+        if blocks:
+            picked.extend([blocks[0], blocks[-1]] if len(blocks) > 1 else blocks)
+    archs = [min_arch(table.space), max_arch(table.space), sample_arch(table.space, random.Random(seed))]
+    return picked, archs
+
+
+def check_drift(table: LatencyTable, *, tolerance: float = DRIFT_TOLERANCE, workers: int = 2,
+                cache_dir: Any = None, seed: int = 0) -> DriftReport:
+    """Re-time the table's drift targets with its own protocol; the report says whether the table drifted."""
+    table.require_complete()
+    start = time.perf_counter()
+    settings = ProfileSettings.from_table(table, workers=workers, cache_dir=cache_dir)
+    specs, archs = drift_targets(table, seed)
+    targets = [entry_target(s) for s in specs] + [network_target(a) for a in archs]
+    sources: Mapping[str, ModelLoader] = prepare_sources(table.space, targets, settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurement)
+        passes = time_until_stable({t.name: sources[t.name] for t in targets}, settings)
+    items = [DriftItem(s.key, "entry", table.entries[s.key].latency_ms, _latency(passes[s.key], settings))
+             for s in specs]
+    items += [DriftItem(f"network {a.hash}", "network", predict(table, a).latency_ms,
+                        _latency(passes[network_target(a).name], settings)) for a in archs]
+    ratio, low, high = median_interval([i.ratio for i in items])
+    return DriftReport(tuple(items), ratio, low, high, tolerance, time.perf_counter() - start,
+                       tuple(fingerprint_difference(table.meta.fingerprint, here_fingerprint(table)))
+                       if table.meta.fingerprint else ())
+
+
+def _latency(passes: Sequence[TimingStats], settings: ProfileSettings) -> float:
+    return item_latency(passes, settings.protocol)
+
+
+def here_fingerprint(table: LatencyTable) -> dict[str, Any]:
+    """This machine's fingerprint for the device ``table``'s backend runs on."""
+    from ..runtime.registry import get_backend
+
+    return device_fingerprint(get_backend(table.meta.backend).device)
+
+
+def check_fingerprint(table: LatencyTable, allow_other_device: bool = False) -> list[str]:
+    """Refuse a table measured on hardware of another fingerprint (unless allowed); returns the differences.
+
+    A table made before fingerprints were recorded has none to compare and passes.
+    """
+    if not table.meta.fingerprint:
+        return []
+    differences = fingerprint_difference(table.meta.fingerprint, here_fingerprint(table))
+    if differences and not allow_other_device:
+        raise ProfileError(f"latency table {table.path} was measured on other hardware ({differences[0]}"
+                           f"{f' and {len(differences) - 1} more' if len(differences) > 1 else ''}): profile this "
+                           "device, or pass allow_other_device to use it anyway", field="allow_other_device")
+    return differences
+
+
+def rescaled(table: LatencyTable, ratio: float) -> LatencyTable:
+    """A copy of ``table`` whose predictions are ``ratio`` times the original's (recorded in its correction)."""
+    c = table.correction
+    correction = replace(c, scale=c.scale * ratio, offset_ms=c.offset_ms * ratio,
+                         details={**c.details, "rescaled_by": ratio * c.details.get("rescaled_by", 1.0)})
+    return replace(table, correction=correction, path=table.path)
+
+
+def trusted_table(table: LatencyTable, *, drift_check: bool = True, rescale: bool = False,
+                  allow_other_device: bool = False, workers: int = 2) -> tuple[LatencyTable, DriftReport | None]:
+    """The table a search or an export may trust here: fingerprint checked, drift checked (unless opted out).
+
+    A drifted table is refused with a one-line error naming the fix, or with ``rescale`` its predictions
+    are multiplied by the measured ratio. Returns the table to use and the drift report (None when skipped).
+    """
+    check_fingerprint(table, allow_other_device)
+    if not drift_check:
+        return table, None
+    report = check_drift(table, workers=workers)
+    if not report.drifted:
+        return table, report
+    if rescale:
+        return rescaled(table, report.ratio), report
+    raise ProfileError(f"latency table {table.path} no longer describes this machine: {report.describe()}, "
+                       f"beyond ±{report.tolerance:.0%}; re-profile it, or pass rescale to apply the measured "
+                       "ratio", field="rescale")
