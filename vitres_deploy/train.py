@@ -38,6 +38,7 @@ from .errors import CheckpointError, VitresError
 from .evaluate import evaluate_arch
 from .files import append_json_line, atomic_write_text
 from .progress import progress_bar
+from .rundir import check_start
 from .space import load_space
 from .supernet import ViTResNASSupernet
 
@@ -191,14 +192,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
 
 def _resume_from(out: Path, resume: bool, env: _Dist) -> Checkpoint | None:
     """The last checkpoint of ``out`` to continue from (``resume``), or None for a new run in an unused ``out``."""
-    if not resume:
-        if (out / LAST).is_file():
-            raise VitresError(f"{out} already holds a training run: pass --resume to continue it or choose another "
-                              "--out")
-        return None
-    if not (out / LAST).is_file():
-        raise CheckpointError(f"nothing to resume in {out}: {LAST} not found (start without --resume)")
-    return load_checkpoint(out / LAST, map_location=env.device)
+    check_start(out, resume, "a training run", (LAST,))
+    return load_checkpoint(out / LAST, map_location=env.device) if resume else None
 
 
 def _write_final(out: Path, supernet: ViTResNASSupernet, env: _Dist) -> Path:
