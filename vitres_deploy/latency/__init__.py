@@ -12,10 +12,13 @@ The API the search and the export steps use::
 
 from __future__ import annotations
 
+from .correction import Correction, fit_correction
 from .entries import EntrySpec, arch_entries, enumerate_entries
-from .predict import LatencyRange, Prediction, check_arch, fit_correction, latency_range, predict
+from .predict import LatencyRange, Prediction, check_arch, latency_range, predict
 from .profiler import TABLE_PROTOCOL, ProfileSettings, measure_module, measure_onnx, profile_space
-from .table import Correction, Entry, LatencyTable, TableMeta, default_table_path
+from .report import PredictionErrors, ValidationReport, ValidationRow
+from .summary import TableSummary
+from .table import Entry, LatencyTable, TableMeta, default_table_path
 from .validate import validate_table
 
 __all__ = [
@@ -26,8 +29,12 @@ __all__ = [
     "LatencyRange",
     "LatencyTable",
     "Prediction",
+    "PredictionErrors",
     "ProfileSettings",
     "TableMeta",
+    "TableSummary",
+    "ValidationReport",
+    "ValidationRow",
     "arch_entries",
     "check_arch",
     "default_table_path",
