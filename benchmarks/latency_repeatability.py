@@ -22,14 +22,14 @@ def main() -> None:
     first = table.validation
     if not first:
         raise SystemExit(f"{args.table} has no validation report: run `vitres-deploy profile validate` first")
-    again = validate_table(args.table, samples=first["samples"], seed=first["seed"], save=False, progress=False)
-    second = {r["hash"]: r["measured_ms"] for r in again["rows"]}
-    changes = sorted(100 * (second[r["hash"]] / r["measured_ms"] - 1) for r in first["rows"])
+    again = validate_table(args.table, samples=first.samples, seed=first.seed, save=False, progress=False)
+    second = {r.hash: r.measured_ms for r in again.rows}
+    changes = sorted(100 * (second[r.hash] / r.measured_ms - 1) for r in first.rows)
     print(f"{len(changes)} networks, change of the measured median between two runs: "
           f"{changes[0]:+.1f}% .. {changes[-1]:+.1f}% (middle half {changes[len(changes) // 4]:+.1f}% .. "
           f"{changes[3 * len(changes) // 4]:+.1f}%)")
-    print(f"second run: MAPE {again['mape']:.2f}%, within ±10% {again['within_10pct']:.0%}, "
-          f"Kendall τ {again['kendall_tau']:.3f}")
+    print(f"second run: MAPE {again.errors.mape:.2f}%, within ±10% {again.errors.within_10pct:.0%}, "
+          f"Kendall τ {again.errors.kendall_tau:.3f}")
 
 
 if __name__ == "__main__":

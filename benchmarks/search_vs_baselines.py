@@ -59,7 +59,7 @@ from vitres_deploy.files import atomic_write_json, atomic_write_text
 from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
 from vitres_deploy.latency.metrics import kendall_tau, spearman
 from vitres_deploy.macs import block_macs, reduction_macs
-from vitres_deploy.search import PRESETS, CostModel, Fitness, run_search
+from vitres_deploy.search import PRESETS, CostModel, Fitness, SearchOptions, plan_search, run_search
 from vitres_deploy.space import SearchSpace
 
 
@@ -185,8 +185,9 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     overrides = {k: getattr(args, k) for k in ("population", "iterations", "parents", "mutations", "crossovers")
                  if getattr(args, k) is not None}
     config = dataclasses.replace(PRESETS[args.preset], seed=args.seed, **overrides)
-    result = run_search(checkpoint, data, table, budgets, args.out / "search", config=config, alpha=args.alpha,
-                        resume=args.resume, eval_limit=args.eval_limit, ranks=ranks, progress=ranks.main)
+    options = SearchOptions(budgets_ms=tuple(budgets), out_dir=args.out / "search", evolution=config, alpha=args.alpha,
+                            resume=args.resume, eval_limit=args.eval_limit)
+    result = run_search(plan_search(checkpoint, table, options), data, ranks=ranks, progress=ranks.main)
     fitness = Fitness(checkpoint.supernet, data, ranks=ranks, limit=args.eval_limit)
     test = TestAccuracy(fitness, data, args.eval_limit)
 

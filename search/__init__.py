@@ -5,17 +5,26 @@ The pieces, each in its own module::
     genome       an Arch as genes; mutation, uniform crossover
     constraints  the latency window [alpha*B, B] and MAC/parameter caps; repair; infeasible budgets
     fitness      hold-out top-1 through extracted sub-networks, cached, sharded across torchrun ranks
-    evolution    the search loop (paper defaults, demo preset), resumable from evaluated.jsonl
-    outputs      best.json / best-<budget>.json, pareto.json, search.png
+    evolution    the evolution's settings (paper defaults, demo preset) and state: how candidates are drawn
+    records      the search's folder: search.json (its settings) and evaluated.jsonl, for resuming
+    plan         SearchOptions and the pre-flight: budgets no arch can meet are refused before any data is read
+    run          the search in steps: open the folder -> evolve -> the best of each budget -> write the outputs
+    outputs      best.json / best-<budget>.json (typed as vitres_deploy.archfile.ArchFile), pareto.json, search.png
 
-Import as ``vitres_deploy.search``; :func:`~vitres_deploy.search.evolution.run_search` is the entry point.
+Import as ``vitres_deploy.search``::
+
+    plan = plan_search(checkpoint, table, SearchOptions(budgets_ms=(1.5,), out_dir=Path("runs/search")))
+    result = run_search(plan, open_checkpoint_data(checkpoint))
 """
 
 from __future__ import annotations
 
 from .constraints import Constraint, CostModel, Metrics, check_budgets
-from .evolution import PRESETS, EvolutionConfig, Record, SearchResult, run_search
+from .evolution import PRESETS, EvolutionConfig
 from .fitness import Fitness
+from .plan import SearchOptions, SearchPlan, plan_search
+from .records import Record
+from .run import SearchResult, run_search
 
 __all__ = [
     "PRESETS",
@@ -25,7 +34,10 @@ __all__ = [
     "Fitness",
     "Metrics",
     "Record",
+    "SearchOptions",
+    "SearchPlan",
     "SearchResult",
     "check_budgets",
+    "plan_search",
     "run_search",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..arch import Arch, min_arch
 from ..errors import BudgetError, ProfileError
@@ -88,11 +87,6 @@ class Constraint:
             parts.append(f"params <= {self.max_params:,}")
         return ", ".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return {"budget_ms": self.budget_ms, "alpha": self.alpha, "window_ms": [self.low_ms, self.budget_ms],
-                "max_macs": self.max_macs, "max_params": self.max_params}
-
 
 def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> LatencyRange:
     """Refuse, before any evaluation, budgets and caps that no arch of the space can meet.
@@ -111,15 +105,15 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
             raise BudgetError(f"budget {c.budget_ms:g} ms is {side} architecture of space {cost.space.name!r}: "
                               f"the achievable range is {fast:.4g} .. {slow:.4g} ms{where}")
         if not 0.0 < c.alpha <= 1.0:
-            raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]")
+            raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]", field="alpha")
     smallest = cost(min_arch(cost.space))
     for c in constraints:
         if c.max_macs is not None and c.max_macs < smallest.macs:
-            raise BudgetError(f"--max-macs {c.max_macs:,} is below the smallest architecture of space "
-                              f"{cost.space.name!r} ({smallest.macs:,} MACs): raise it")
+            raise BudgetError(f"max_macs {c.max_macs:,} is below the smallest architecture of space "
+                              f"{cost.space.name!r} ({smallest.macs:,} MACs): raise it", field="max_macs")
         if c.max_params is not None and c.max_params < smallest.params:
-            raise BudgetError(f"--max-params {c.max_params:,} is below the smallest architecture of space "
-                              f"{cost.space.name!r} ({smallest.params:,} parameters): raise it")
+            raise BudgetError(f"max_params {c.max_params:,} is below the smallest architecture of space "
+                              f"{cost.space.name!r} ({smallest.params:,} parameters): raise it", field="max_params")
     return achievable
 
 

@@ -12,38 +12,27 @@ Several budgets run as one search: each budget draws its own candidates, every e
 
 Determinism and resuming: the random stream of each (iteration, budget) is seeded from
 ``(seed, iteration, budget index)``, and what an iteration draws depends only on the archs evaluated
-before it. ``--resume`` therefore replays the search from the start, taking accuracies from
+before it. Resuming (``resume``) therefore replays the search from the start, taking accuracies from
 ``evaluated.jsonl`` instead of evaluating, and continues where the file ends: the result is the same
 as an uninterrupted run. Under ``torchrun`` every rank draws the same candidates and evaluation is
 sharded across ranks (:class:`~vitres_deploy.search.fitness.Fitness`), again with the same result.
+
+This module holds the settings (:class:`EvolutionConfig`) and the state of the evolution (:class:`Evolution`);
+:mod:`~vitres_deploy.search.run` runs it.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import datetime as dt
 import random
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from .. import __version__
 from ..arch import Arch, sample_arch
-from ..checkpoint import Checkpoint
-from ..data import ImageData
-from ..distributed import Ranks
-from ..errors import BudgetError, VitresError
-from ..latency import LatencyRange, LatencyTable
-from ..progress import progress_bar
+from ..errors import BudgetError, SettingsError
 from ..seeding import stream_rng
-from .constraints import Constraint, CostModel, Metrics, check_budgets, repair
-from .fitness import Fitness
+from .constraints import Constraint, CostModel, Metrics, repair
 from .genome import GeneLayout, crossover, mutate
-from .outputs import best_document, supernet_identity, table_identity, write_outputs
-from .records import EVALUATED, Record, append_record, open_run_dir
+from .records import Record
 
 
 @dataclass(frozen=True)
@@ -60,14 +49,14 @@ class EvolutionConfig:
     repair_steps: int = 100
     tries: int = 20
 
-    def check(self) -> None:
-        """Raise :class:`VitresError` naming the first setting out of range."""
+    def __post_init__(self) -> None:
+        """Refuse a setting out of range: a :class:`SettingsError` naming the first one."""
         for name, low in (("population", 1), ("iterations", 0), ("parents", 1), ("mutations", 0),
                           ("crossovers", 0), ("repair_steps", 0), ("tries", 1)):
             if getattr(self, name) < low:
-                raise VitresError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= {low}")
+                raise SettingsError(f"{name} {getattr(self, name)} must be >= {low}", field=name)
         if not 0.0 <= self.mutation_prob <= 1.0:
-            raise VitresError(f"--mutation-prob {self.mutation_prob} must be in [0, 1]")
+            raise SettingsError(f"mutation_prob {self.mutation_prob} must be in [0, 1]", field="mutation_prob")
 
 
 #: ``paper``: the paper's settings (500 + 20 x 150 evaluations per budget). ``demo``: 20 + 3 x 16 = 68
@@ -90,26 +79,12 @@ class Candidate:
     budget_ms: float
 
 
-@dataclass
-class SearchResult:
-    """What a search found: per constraint the best record and its best-file document."""
-
-    out_dir: Path
-    constraints: list[Constraint]
-    bests: list[Record]
-    documents: list[dict[str, Any]]
-    records: list[Record]
-    new_evaluations: int
-    seconds: float
-    achievable: LatencyRange
-
-
 def rank_key(record: Record) -> tuple[float, float, str]:
     """Order of preference: higher hold-out top-1, then lower latency, then hash (a total order)."""
     return (-record.holdout_top1, record.latency_ms, record.hash)
 
 
-class _Evolution:
+class Evolution:
     """One search's state: the evaluated records in order, and how candidates are drawn."""
 
     def __init__(self, layout: GeneLayout, cost: CostModel, constraints: Sequence[Constraint],
@@ -141,8 +116,8 @@ class _Evolution:
                 new = self._initial(c, rng, taken)
                 if not new and not any(c.satisfied(x.metrics) for x in [*self.records, *batch]):
                     raise BudgetError(f"no architecture of space {self.cost.space.name!r} with {c.describe()} was "
-                                      "found by repairing random ones: widen the window (--alpha) or loosen "
-                                      "--max-macs/--max-params")
+                                      "found by repairing random ones: lower alpha to widen the window, or loosen "
+                                      "the MAC and parameter caps", field="alpha")
             else:
                 new = self._children(c, iteration, rng, taken)
             batch += new
@@ -190,127 +165,3 @@ class _Evolution:
                     out.append(cand)
                     made += 1
         return out
-
-
-def run_search(checkpoint: Checkpoint, data: ImageData, table: LatencyTable, budgets_ms: Sequence[float],
-               out_dir: str | Path, *, config: EvolutionConfig | None = None, alpha: float = 0.9,
-               max_macs: int | None = None, max_params: int | None = None, resume: bool = False,
-               eval_limit: int | None = None, batch_size: int = 500, ranks: Ranks | None = None,
-               progress: bool = False, on_record: Callable[[Record], None] | None = None) -> SearchResult:
-    """Search the most accurate sub-network of ``checkpoint`` under each budget; write the outputs to ``out_dir``.
-
-    ``data`` must be the checkpoint's data (:func:`vitres_deploy.data.open_checkpoint_data`);
-    ``eval_limit`` evaluates on the first N hold-out images only (quick runs). ``on_record`` is called
-    after each new evaluation is saved. Bad budgets or caps raise :class:`BudgetError` before anything
-    is evaluated.
-    """
-    t0 = time.perf_counter()
-    config = config or EvolutionConfig()
-    config.check()
-    ranks = ranks or Ranks()
-    out = Path(out_dir)
-    space = checkpoint.space
-    constraints = [Constraint(b, alpha, max_macs, max_params) for b in sorted(set(budgets_ms))]
-    if not constraints:
-        raise BudgetError("give at least one budget (--budget-ms B[,B2,...])")
-    cost = CostModel(table, space)
-    achievable = check_budgets(constraints, cost)
-    table_id, supernet_id = table_identity(table), supernet_identity(checkpoint)
-    settings = {"space": space.name, "budgets_ms": [c.budget_ms for c in constraints], "alpha": alpha,
-                "max_macs": max_macs, "max_params": max_params, "evolution": dataclasses.asdict(config),
-                "table_sha256": table_id["sha256"], "supernet_sha256": supernet_id["sha256"],
-                "holdout_sha256": data.holdout_digest, "eval_limit": eval_limit}
-    info = {"table": table_id, "supernet": supernet_id, "package_version": __version__,
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    saved = _broadcast_call(ranks, lambda: open_run_dir(out, settings, info, resume))
-
-    evolution = _Evolution(GeneLayout.of(space), cost, constraints, config)
-    fitness = Fitness(checkpoint.supernet, data, ranks, batch_size, eval_limit)
-    replay = collections.deque(saved)
-    new = 0
-    per_iteration = (config.mutations + config.crossovers) * len(constraints)
-    with _Bar(progress and ranks.main, per_iteration, config.iterations) as bar:
-        for iteration in range(config.iterations + 1):
-            batch = evolution.draw(iteration)
-            bar.plan(iteration, len(batch))
-            for start in range(0, len(batch), ranks.world):
-                chunk = batch[start: start + ranks.world]
-                done = [_replayed(replay, cand, out) for cand in chunk[: min(len(replay), len(chunk))]]
-                fresh = chunk[len(done):]
-                for cand, acc in zip(fresh, fitness.evaluate([c.arch for c in fresh])):
-                    done.append(Record(len(evolution.records) + len(done), cand.arch, cand.metrics.latency_ms,
-                                       cand.metrics.macs, cand.metrics.params, acc.top1, acc.top5, acc.images,
-                                       cand.iteration, cand.origin, cand.budget_ms))
-                for record in done:
-                    evolution.add(record)
-                for record in done[len(done) - len(fresh):]:
-                    new += 1
-                    if ranks.main:
-                        append_record(out / EVALUATED, record)
-                    if on_record is not None:
-                        on_record(record)
-                bar.advance(len(chunk), evolution.bests)
-    if replay:
-        raise VitresError(f"{out / EVALUATED} holds {len(replay)} more evaluations than this search makes: it does "
-                          "not come from these settings; choose another --out")
-
-    bests = [b for b in evolution.bests if b is not None]
-    if len(bests) != len(constraints):  # the initial population holds a feasible arch of every budget
-        raise BudgetError("a budget ended the search without any evaluated architecture in its window")
-    docs = [best_document(b, c, evolution.records, table_id, supernet_id) for c, b in zip(constraints, bests)]
-    if ranks.main:
-        title = (f"{space.name}: {len(evolution.records)} archs evaluated, {table.meta.backend} "
-                 f"{table.meta.precision} b{table.meta.batch} on {table.meta.device}")
-        write_outputs(out, docs, evolution.records, constraints, bests, table_id, supernet_id, title)
-    return SearchResult(out, constraints, bests, docs, evolution.records, new, time.perf_counter() - t0, achievable)
-
-
-def _broadcast_call(ranks: Ranks, call: Callable[[], Any]) -> Any:
-    """Run ``call`` on rank 0 and hand its result (or its error, raised on every rank) to every rank."""
-    result: tuple[Any, VitresError | None] = (None, None)
-    if ranks.main:
-        try:
-            result = (call(), None)
-        except VitresError as e:
-            result = (None, e)
-    value, error = ranks.broadcast(result)
-    if error is not None:
-        raise error
-    return value
-
-
-def _replayed(replay: collections.deque[Record], cand: Candidate, out: Path) -> Record:
-    """The saved record of ``cand`` (the next one of the file), checked to be the same arch and latency."""
-    saved = replay.popleft()
-    if saved.hash != cand.arch.hash or saved.latency_ms != cand.metrics.latency_ms:
-        raise VitresError(f"{out / EVALUATED} record {saved.index} is not what this search draws there: the file "
-                          "comes from other settings or was edited; choose another --out")
-    return saved
-
-
-class _Bar:
-    """The progress bar on stderr: evaluations done of those planned, the iteration, each budget's best so far."""
-
-    def __init__(self, enabled: bool, per_iteration: int, iterations: int) -> None:
-        self.per_iteration, self.iterations = per_iteration, iterations
-        self.bar = progress_bar(enabled, "search {task.fields[stage]:<10}", after="best {task.fields[best]}")
-        self.task = self.bar.add_task("search", total=None, stage="init", best="-")
-
-    def plan(self, iteration: int, batch: int) -> None:
-        """Iteration ``iteration`` draws ``batch`` candidates; later ones at most ``per_iteration`` each."""
-        done = self.bar.tasks[0].completed
-        total = done + batch + (self.iterations - iteration) * self.per_iteration
-        stage = "init" if iteration == 0 else f"iter {iteration}/{self.iterations}"
-        self.bar.update(self.task, total=total, stage=stage)
-
-    def advance(self, n: int, bests: Sequence[Record | None]) -> None:
-        """``n`` more evaluations are done (or replayed)."""
-        best = "  ".join(f"{100 * b.holdout_top1:.2f}% @ {b.latency_ms:.3g} ms" if b else "-" for b in bests)
-        self.bar.update(self.task, advance=n, best=best)
-
-    def __enter__(self) -> _Bar:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()

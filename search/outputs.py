@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..archfile import ArchFile, SearchedRecord
 from ..checkpoint import Checkpoint
 from ..files import atomic_write_json, sha256_file
 from ..latency import LatencyTable
@@ -58,9 +59,9 @@ def wilson_interval(fraction: float, n: int, z: float = 1.96) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def best_document(record: Record, constraint: Constraint, records: Sequence[Record], table: dict[str, Any],
-                  supernet: dict[str, Any]) -> dict[str, Any]:
-    """The content of a best file: the arch file plus its metrics, the budget and the table's identity.
+def best_file(record: Record, constraint: Constraint, records: Sequence[Record], table: dict[str, Any],
+              supernet: dict[str, Any]) -> ArchFile:
+    """The best file of ``constraint``: the arch with its metrics, the budget and the table's identity.
 
     ``holdout_top1_ci95`` is the best's 95% interval on the hold-out images and ``within_ci95`` counts
     the other archs of ``records`` in the window whose hold-out top-1 reaches its lower end: their
@@ -69,10 +70,13 @@ def best_document(record: Record, constraint: Constraint, records: Sequence[Reco
     low, high = wilson_interval(record.holdout_top1, record.images)
     within = sum(1 for r in records if r.hash != record.hash and constraint.satisfied(r.metrics)
                  and r.holdout_top1 >= low)
-    return {**record.arch.to_dict(), "hash": record.hash, "latency_ms": record.latency_ms, "macs": record.macs,
-            "params": record.params, "holdout_top1": record.holdout_top1, "holdout_top5": record.holdout_top5,
-            "holdout_images": record.images, "holdout_top1_ci95": [low, high], "within_ci95": within,
-            **constraint.to_dict(), "evaluated": len(records), "table": table, "supernet": supernet}
+    searched = SearchedRecord(
+        hash=record.hash, latency_ms=record.latency_ms, macs=record.macs, params=record.params,
+        holdout_top1=record.holdout_top1, holdout_top5=record.holdout_top5, holdout_images=record.images,
+        holdout_top1_ci95=(low, high), within_ci95=within, alpha=constraint.alpha,
+        window_ms=(constraint.low_ms, constraint.budget_ms), max_macs=constraint.max_macs,
+        max_params=constraint.max_params, evaluated=len(records), table=table, supernet=supernet)
+    return ArchFile(record.arch, constraint.budget_ms, searched)
 
 
 def pareto_front(records: Sequence[Record]) -> list[Record]:
@@ -84,13 +88,13 @@ def pareto_front(records: Sequence[Record]) -> list[Record]:
     return front
 
 
-def write_outputs(out: Path, docs: Sequence[dict[str, Any]], records: Sequence[Record],
+def write_outputs(out: Path, files: Sequence[ArchFile], records: Sequence[Record],
                   constraints: Sequence[Constraint], bests: Sequence[Record], table: dict[str, Any],
                   supernet: dict[str, Any], title: str) -> None:
-    """Write the best file(s) (``docs``, one per constraint), ``pareto.json`` and ``search.png`` into ``out``."""
+    """Write the best file(s) (``files``, one per constraint), ``pareto.json`` and ``search.png`` into ``out``."""
     several = len(constraints) > 1
-    for c, doc in zip(constraints, docs):
-        atomic_write_json(out / best_filename(c.budget_ms, several), doc)
+    for c, f in zip(constraints, files):
+        atomic_write_json(out / best_filename(c.budget_ms, several), f.to_dict())
     front = pareto_front(records)
     atomic_write_json(out / PARETO, {"table": table, "supernet": supernet, "evaluated": len(records),
                                      "front": [{"hash": r.hash, "latency_ms": r.latency_ms,

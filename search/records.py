@@ -2,7 +2,7 @@
 
 Lines are appended and flushed to disk one by one, so an interrupted search loses at most the line
 being written; a torn last line is dropped when the search is resumed. ``search.json`` records every
-setting that decides the result, and ``--resume`` refuses a directory searched with other settings.
+setting that decides the result, and ``resume`` refuses a directory searched with other settings.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import Arch
-from ..errors import ArchError, VitresError
+from ..errors import ArchError, RunDirError
 from ..files import append_json_line, atomic_write_json, atomic_write_text
+from ..rundir import check_same_settings, check_start
 from .constraints import Metrics
 
 EVALUATED, SETTINGS = "evaluated.jsonl", "search.json"
@@ -85,8 +86,8 @@ def read_records(path: Path) -> list[Record]:
             records.append(Record.from_dict(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, ArchError) as e:
             if n < len(lines):
-                raise VitresError(f"{path} line {n} is corrupt ({type(e).__name__}): remove that line or start a "
-                                  "new search with another --out") from None
+                raise RunDirError(f"{path} line {n} is corrupt ({type(e).__name__}): remove that line or start a "
+                                  "new search in another out_dir", field="out_dir") from None
     if not text.endswith("\n") and text:  # the last write was interrupted: keep only whole lines
         kept = "".join(json.dumps(r.to_dict(), separators=(",", ":")) + "\n" for r in records)
         atomic_write_text(path, kept)
@@ -97,29 +98,25 @@ def open_run_dir(out: Path, settings: dict[str, Any], info: dict[str, Any], resu
     """Prepare ``out`` for a search with ``settings``; returns the records to replay (``resume``) or [].
 
     ``settings`` decide the result and are compared on resume; ``info`` (paths, dates) is only recorded.
-
-    Without ``resume`` a directory that already holds a search is refused; with it, the stored
-    settings must equal ``settings`` (the first difference is named).
+    The rules are those of every run folder (:mod:`vitres_deploy.rundir`): without ``resume`` a folder that
+    already holds a search is refused; with it, the stored settings must equal ``settings``.
     """
-    settings_path, evaluated = out / SETTINGS, out / EVALUATED
+    check_start(out, resume, "a search", (SETTINGS, EVALUATED))
     if not resume:
-        if settings_path.exists() or evaluated.exists():
-            raise VitresError(f"{out} already holds a search: pass --resume to continue it or choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        write_settings(settings_path, settings, info)
+        write_settings(out / SETTINGS, settings, info)
         return []
-    if not settings_path.is_file():
-        raise VitresError(f"nothing to resume in {out}: {SETTINGS} not found (start without --resume)")
+    check_same_settings(out, read_settings(out / SETTINGS), settings, made="searched")
+    return read_records(out / EVALUATED)
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """The settings stored in ``search.json``."""
     try:
-        stored = json.loads(settings_path.read_text())
+        stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise VitresError(f"{settings_path} is not valid JSON: start a new search with another --out") from None
-    old = stored.get("settings", {}) if isinstance(stored, dict) else {}
-    for key in sorted(set(old) | set(settings)):
-        if old.get(key) != settings.get(key):
-            raise VitresError(f"cannot resume {out}: it was searched with {key}={old.get(key)!r}, now "
-                              f"{key}={settings.get(key)!r}: pass the same flags or choose another --out")
-    return read_records(evaluated)
+        raise RunDirError(f"{path} is not valid JSON: start a new search in another out_dir", field="out_dir") from None
+    return stored.get("settings", {}) if isinstance(stored, dict) else {}
 
 
 def write_settings(path: Path, settings: dict[str, Any], info: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ from vitres_deploy.latency import (
     EntrySpec,
     LatencyTable,
     ProfileSettings,
+    TableSummary,
+    ValidationReport,
     arch_entries,
     enumerate_entries,
     fit_correction,
@@ -40,7 +42,8 @@ from vitres_deploy.latency import (
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
 from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
-from vitres_deploy.runtime import OnnxFile, Protocol, TimingStats, get_backend
+from vitres_deploy.latency.table import shipped_profiles
+from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
 from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
 
@@ -222,9 +225,9 @@ def test_rounds_interleave_passes_and_resume_mid_pass(mini: SearchSpace, cache: 
         assert entry.latency_ms == pytest.approx(sum(p.median_ms for p in entry.passes) / 2)
     assert LatencyTable.load(out).entries == table.entries
     report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False, save=False)
-    for row in report["rows"]:
-        assert len(row["pass_medians_ms"]) == 2
-        assert row["measured_ms"] == pytest.approx(sum(row["pass_medians_ms"]) / 2)
+    for row in report.rows:
+        assert len(row.pass_medians_ms) == 2
+        assert row.measured_ms == pytest.approx(sum(row.pass_medians_ms) / 2)
 
 
 def test_torch_cpu_tables_time_the_static_modules(mini: SearchSpace, tmp_path: Path) -> None:
@@ -233,7 +236,7 @@ def test_torch_cpu_tables_time_the_static_modules(mini: SearchSpace, tmp_path: P
     assert table.complete and table.meta.backend == "torch-cpu" and table.meta.runner["mode"] == "eager"
     report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False)
     assert not (cache / "onnx").exists()  # torch backends time the modules: nothing is exported
-    assert report["test_samples"] == 2 and LatencyTable.load(tmp_path / "torch.json").validation is not None
+    assert report.test_samples == 2 and LatencyTable.load(tmp_path / "torch.json").validation is not None
 
 
 @pytest.mark.slow
@@ -328,10 +331,16 @@ def test_bad_table_files_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:
+    """The table's protocol, not a default one: its rounds (one pass each), its CV limit and its timed seconds."""
     spec = enumerate_entries(mini)[0]
     path = onnx_cache_path(mini, entry_target(spec), quick(cache))
-    stats = measure_onnx(mini_table, path, cache_dir=cache)
-    assert stats.median_ms > 0 and stats.iterations >= mini_table.meta.protocol.min_iterations
+    protocol = Protocol(warmup_s=0.0, min_iterations=20, min_seconds=0.1, max_cv=1e-9, rounds=3)
+    table = replace(mini_table, meta=replace(mini_table.meta, protocol=protocol))
+    with pytest.warns(NoisyMeasurement) as warned:  # max_cv=1e-9: every pass is reported as noisy
+        stats = measure_onnx(table, path, cache_dir=cache)
+    assert len([w for w in warned if issubclass(w.category, NoisyMeasurement)]) == protocol.rounds
+    assert stats.median_ms > 0 and stats.iterations >= protocol.rounds * protocol.min_iterations
+    assert stats.seconds >= protocol.rounds * protocol.min_seconds
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -340,17 +349,39 @@ def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: Se
 def test_validation_fits_on_half_reports_on_the_other(mini_table: LatencyTable, cache: Path, tmp_path: Path) -> None:
     path = shutil.copy(mini_table.path, tmp_path / "mini.json")
     report = validate_table(path, samples=4, seed=0, workers=1, cache_dir=cache, progress=False)
+    written = json.loads(Path(path).read_text())["validation"]
     for key in ("mape", "max_error_pct", "within_5pct", "within_10pct", "kendall_tau", "spearman",
                 "noise_cv_median", "uncalibrated", "correction"):
-        assert key in report
-    assert 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
-    assert report["fit_samples"] == 2 and report["test_samples"] == 2
-    assert [r["split"] for r in report["rows"]] == ["fit", "test", "fit", "test"]
+        assert key in written
+    e = report.errors
+    assert 0 <= e.within_5pct <= e.within_10pct <= 1
+    assert report.fit_samples == 2 and report.test_samples == 2
+    assert [r.split for r in report.rows] == ["fit", "test", "fit", "test"]
     stored = LatencyTable.load(path)
-    assert stored.validation["mape"] == pytest.approx(report["mape"])
+    assert stored.validation.errors.mape == pytest.approx(e.mape)
+    assert stored.validation == report and written == report.to_dict()
     assert stored.correction.fitted_on == 2 and stored.correction.model in ("offset", "scale+offset")
-    test_rows = [r for r in report["rows"] if r["split"] == "test"]
-    assert report["mape"] == pytest.approx(sum(abs(r["error_pct"]) for r in test_rows) / len(test_rows))
+    test_rows = report.test_rows
+    assert len(test_rows) == 2 and all(r.split == "test" for r in test_rows)
+    assert e.mape == pytest.approx(sum(abs(r.error_pct) for r in test_rows) / len(test_rows))
+    assert e.within_10pct == sum(abs(r.error_pct) <= 10 for r in test_rows) / len(test_rows)
+    assert e.within_5pct == sum(abs(r.error_pct) <= 5 for r in test_rows) / len(test_rows)
+
+
+@pytest.mark.parametrize("name", ["fmnist-ort-cpu-fp32-b1.json", "vit-resnas-tiny@112-ort-cpu-fp32-b1.json"])
+def test_shipped_reports_read_typed_and_write_back_unchanged(name: str) -> None:
+    table = LatencyTable.load(shipped_profiles() / "amd-epyc" / name)
+    stored = json.loads(table.path.read_text())["validation"]
+    report = table.validation
+    assert isinstance(report, ValidationReport) and report.samples == stored["samples"] == len(report.rows)
+    assert report.errors.mape == stored["mape"] and len(report.test_rows) == stored["test_samples"]
+    written = report.to_dict()
+    assert {k: v for k, v in written.items() if k != "protocol"} == {k: v for k, v in stored.items() if k != "protocol"}
+    assert written["protocol"] == {"rounds": 1, **stored["protocol"]}  # written before rounds existed: one round
+    summary = TableSummary.of(table).to_dict()
+    assert summary["validation"] == {k: v for k, v in written.items() if k != "rows"}
+    assert sum(k["count"] for k in summary["kinds"].values()) == summary["entries"] == summary["expected_entries"]
+    assert summary["range"] == latency_range(table).to_dict()
 
 
 def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:
@@ -387,6 +418,10 @@ def test_cli_profile_show_predict(mini_file: Path, cache: Path, tmp_path: Path, 
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and again.output.strip().splitlines()[-1].startswith("error: ")
     assert "pass --resume" in again.output
+    other = runner.invoke(main, [*args, "--resume", "--threads", "2"])  # resumed with another setting: named by flag
+    assert other.exit_code == 2
+    assert other.output.strip() == (f"error: cannot resume {out}: it was made with --threads=1, now threads=2: use the "
+                                    "same settings, or start afresh elsewhere")
 
     plot = tmp_path / "table.png"
     r = runner.invoke(main, ["profile", "show", str(out), "--json", "--plot", str(plot)])
@@ -438,4 +473,8 @@ def test_gpu_profile_and_validate(backend: str, mini: SearchSpace, cache: Path, 
     table = profile_space(mini, quick(cache, backend=backend), tmp_path / "gpu.json", progress=False)
     assert table.complete and table.meta.device_slug and table.meta.cuda
     report = validate_table(table, samples=4, workers=1, cache_dir=cache, progress=False)
-    assert 0 <= report["within_10pct"] <= 1
+    test_rows = report.test_rows
+    assert len(test_rows) == report.test_samples == 2 and all(r.measured_ms > 0 for r in report.rows)
+    assert report.errors.within_10pct == sum(abs(r.error_pct) <= 10 for r in test_rows) / len(test_rows)
+    assert report.errors.mape == pytest.approx(sum(abs(r.error_pct) for r in test_rows) / len(test_rows))
+    assert LatencyTable.load(table.path).validation == report

@@ -26,11 +26,11 @@ from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.checkpoint import Checkpoint, load_checkpoint
 from vitres_deploy.cli import main
 from vitres_deploy.data import open_checkpoint_data
-from vitres_deploy.errors import BudgetError, VitresError
+from vitres_deploy.errors import BudgetError, RunDirError, SettingsError, VitresError
 from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, profile_space
 from vitres_deploy.macs import arch_cost
 from vitres_deploy.runtime import Protocol
-from vitres_deploy.search import Constraint, CostModel, EvolutionConfig, run_search
+from vitres_deploy.search import Constraint, CostModel, EvolutionConfig, SearchOptions, plan_search, run_search
 from vitres_deploy.search.constraints import repair
 from vitres_deploy.search.genome import GeneLayout, crossover, mutate, perturb
 from vitres_deploy.search.outputs import pareto_front, wilson_interval
@@ -92,9 +92,11 @@ def budget_at(table: LatencyTable, fraction: float) -> float:
 
 
 def search(checkpoint: Checkpoint, data: Any, table: LatencyTable, budgets: list[float], out: Path,
-           **kwargs: Any) -> Any:
-    kwargs.setdefault("config", TINY)
-    return run_search(checkpoint, data, table, budgets, out, eval_limit=LIMIT, **kwargs)
+           on_record: Any = None, **options: Any) -> Any:
+    options.setdefault("evolution", TINY)
+    plan = plan_search(checkpoint, table, SearchOptions(budgets_ms=tuple(budgets), out_dir=out, eval_limit=LIMIT,
+                                                        **options))
+    return run_search(plan, data, on_record=on_record)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +154,7 @@ def test_same_seed_same_search(reference: Any, checkpoint: Checkpoint, data: Any
     hashes = [r.hash for r in again.records]
     assert len(hashes) == len(set(hashes))  # no arch is evaluated twice
     other = search(checkpoint, data, table, [reference.bests[0].budget_ms], tmp_path / "seed2",
-                   config=dataclasses.replace(TINY, seed=2))
+                   evolution=dataclasses.replace(TINY, seed=2))
     assert [r.hash for r in other.records] != hashes
 
 
@@ -172,7 +174,8 @@ def test_every_evaluation_satisfies_the_window_and_caps(checkpoint: Checkpoint, 
         assert (r.macs, r.params) == (cost.macs, cost.params)
         assert r.images == LIMIT and 0.0 <= r.holdout_top1 <= r.holdout_top5 <= 1.0
     best = json.loads((tmp_path / "best.json").read_text())
-    assert best["hash"] == max(records, key=lambda r: (r.holdout_top1, -r.latency_ms)).hash
+    # most accurate, then fastest, then the smaller hash: archs with the same blocks in another order tie
+    assert best["hash"] == min(records, key=lambda r: (-r.holdout_top1, r.latency_ms, r.hash)).hash
     assert best["max_macs"] == max_macs and best["max_params"] == max_params
 
 
@@ -209,14 +212,14 @@ def test_interrupted_search_resumes_to_the_same_result(reference: Any, checkpoin
     assert len(log.read_text().splitlines()) == 9 and not (tmp_path / "best.json").exists()
     with open(log, "a") as f:  # a write torn by the interruption
         f.write('{"index": 9, "hash": "0123')
-    with pytest.raises(VitresError, match="already holds a search: pass --resume"):
+    with pytest.raises(VitresError, match="already holds a search: pass resume"):
         search(checkpoint, data, table, [budget], tmp_path)
     with pytest.raises(VitresError, match="searched with budgets_ms="):
         search(checkpoint, data, table, [budget * 0.99], tmp_path, resume=True)
     resumed = search(checkpoint, data, table, [budget], tmp_path, resume=True)
     assert resumed.new_evaluations == len(reference.records) - 9
     assert log.read_bytes() == (reference.out_dir / "evaluated.jsonl").read_bytes()
-    assert _without_paths(resumed.documents[0]) == _without_paths(reference.documents[0])
+    assert _without_paths(resumed.best_files[0].to_dict()) == _without_paths(reference.best_files[0].to_dict())
     with pytest.raises(VitresError, match="nothing to resume"):
         search(checkpoint, data, table, [budget], tmp_path / "empty", resume=True)
 
@@ -293,7 +296,7 @@ def test_two_gloo_ranks_give_the_single_process_result(reference: Any, checkpoin
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = json.loads(proc.stdout)  # rank 0 prints best.json, the other rank nothing
-    assert _without_paths(printed) == _without_paths(reference.documents[0])
+    assert _without_paths(printed) == _without_paths(reference.best_files[0].to_dict())
     assert (tmp_path / "ddp" / "evaluated.jsonl").read_bytes() == \
         (reference.out_dir / "evaluated.jsonl").read_bytes()
 
@@ -307,14 +310,14 @@ def test_cli_prints_a_summary_and_json(reference: Any, checkpoint: Checkpoint, t
     assert result.exit_code == 0, result.output
     assert reference.bests[0].hash in result.output and "hold-out top-1" in result.output
     assert f"{len(reference.records)} archs evaluated" in result.output
-    within = reference.documents[0]["within_ci95"]
+    within = reference.searched[0].within_ci95
     assert f"{within} other archs of the window score inside it" in result.output
     assert ("may be as good as it" in result.output) == (within > 0)
     result = CliRunner().invoke(main, [*args, "--resume", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc == json.loads((tmp_path / "best.json").read_text())
-    assert _without_paths(doc) == _without_paths(reference.documents[0])
+    assert _without_paths(doc) == _without_paths(reference.best_files[0].to_dict())
 
 
 def test_bad_settings_are_one_line_errors(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
@@ -331,3 +334,56 @@ def test_bad_settings_are_one_line_errors(table: LatencyTable, checkpoint: Check
         from vitres_deploy.search import check_budgets
 
         check_budgets([Constraint(budget_at(table, 0.5), 0.0)], CostModel(table, checkpoint.space))
+
+
+def test_library_errors_name_fields(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
+    """From Python a bad setting is named by its field (the CLI puts the flag in its place, tested above)."""
+    with pytest.raises(SettingsError, match=r"^parents 0 must be >= 1$") as error:
+        EvolutionConfig(parents=0)
+    assert error.value.field == "parents"
+    with pytest.raises(SettingsError, match=r"^mutation_prob 1.5 must be in \[0, 1\]$") as error:
+        dataclasses.replace(TINY, mutation_prob=1.5)
+    assert error.value.field == "mutation_prob"
+    with pytest.raises(SettingsError, match="give at least one latency budget") as error:
+        SearchOptions(budgets_ms=(), out_dir=tmp_path)
+    assert error.value.field == "budgets_ms"
+    options = SearchOptions(budgets_ms=(budget_at(table, 0.5),), out_dir=tmp_path, max_macs=1000)
+    with pytest.raises(BudgetError, match=r"^max_macs 1,000 is below the smallest architecture") as error:
+        plan_search(checkpoint, table, options)
+    assert error.value.field == "max_macs"
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_resume_rules_name_the_field_and_the_flag(reference: Any, checkpoint: Checkpoint, data: Any,
+                                                  table: LatencyTable, tmp_path: Path) -> None:
+    """The run-folder rules (vitres_deploy.rundir): refusals name ``resume`` or the setting that changed."""
+    budget, out = reference.bests[0].budget_ms, reference.out_dir
+    before = (out / "evaluated.jsonl").read_bytes()
+    with pytest.raises(RunDirError, match="already holds a search: pass resume to continue it") as error:
+        search(checkpoint, data, table, [budget], out)
+    assert error.value.field == "resume"
+    with pytest.raises(RunDirError, match=r"^resume: nothing to resume in ") as error:
+        search(checkpoint, data, table, [budget], tmp_path / "none", resume=True)
+    assert error.value.field == "resume"
+    with pytest.raises(RunDirError, match="searched with parents=3, now parents=4") as error:
+        search(checkpoint, data, table, [budget], out, resume=True, evolution=dataclasses.replace(TINY, parents=4))
+    assert error.value.field == "parents"
+
+    base = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path), "--budget-ms", repr(budget),
+            *TINY_FLAGS]
+    runs = {
+        "--out": (["--out", str(out)], f"error: {out} already holds a search: pass --resume to continue it, or "
+                                       "choose another folder"),
+        "--resume": (["--out", str(tmp_path / "none"), "--resume"],
+                     f"error: --resume: nothing to resume in {tmp_path / 'none'} (search.json not found): start "
+                     "without it"),
+        "--parents": (["--out", str(out), "--resume", "--parents", "4"],
+                      f"error: cannot resume {out}: it was searched with --parents=3, now parents=4: use the same "
+                      "settings, or start afresh elsewhere"),
+    }
+    for name, (args, line) in runs.items():
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 2, name
+        assert result.output.strip() == line, name
+    assert (out / "evaluated.jsonl").read_bytes() == before  # every refusal came before anything was written
+    assert not (tmp_path / "none").exists()

@@ -32,10 +32,11 @@ from .arch import max_arch, min_arch, sample_arch
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .distributed import Ranks, join_ranks
-from .errors import DataError, RunDirError, RuntimeFailure, SettingsError
+from .errors import DataError, RuntimeFailure, SettingsError
 from .evaluate import evaluate_arch
 from .files import append_json_line, atomic_write_text
 from .progress import progress_bar
+from .rundir import check_start
 from .seeding import drop_path_seed, stream_rng
 from .space import load_space
 from .supernet import ViTResNASSupernet
@@ -190,14 +191,8 @@ def _steps_per_epoch(cfg: TrainConfig, data: ImageData, ranks: Ranks) -> int:
 
 def _resume_from(out: Path, resume: bool, ranks: Ranks) -> Checkpoint | None:
     """The last checkpoint of ``out`` to continue from (``resume``), or None for a new run in an unused ``out``."""
-    if not resume:
-        if (out / LAST).is_file():
-            raise RunDirError(f"{out} already holds a training run: pass resume to continue it, or choose another "
-                              "directory", field="resume")
-        return None
-    if not (out / LAST).is_file():
-        raise RunDirError(f"nothing to resume in {out}: {LAST} not found (start a new run instead)")
-    return load_checkpoint(out / LAST, map_location=ranks.device)
+    check_start(out, resume, "a training run", (LAST,))
+    return load_checkpoint(out / LAST, map_location=ranks.device) if resume else None
 
 
 def _write_final(out: Path, supernet: ViTResNASSupernet, ranks: Ranks) -> Path:

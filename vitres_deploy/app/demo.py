@@ -24,12 +24,20 @@ from ..errors import ProfileError
 from ..export.artifacts import onnx_artifact, predictor
 from ..export.pipeline import ExportOptions, export_bundle
 from ..files import atomic_write_json
-from ..latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space, validate_table
+from ..latency import (
+    LatencyTable,
+    PredictionErrors,
+    ProfileSettings,
+    latency_range,
+    predict,
+    profile_space,
+    validate_table,
+)
 from ..latency.plot import plot_table
 from ..latency.table import shipped_profiles
 from ..macs import arch_cost
-from ..search.evolution import PRESETS as SEARCH_PRESETS
-from ..search.evolution import run_search
+from ..search import PRESETS as SEARCH_PRESETS
+from ..search import SearchOptions, plan_search, run_search
 from ..space import PRESETS
 
 SPACE, BACKEND, SUPERNET = "fmnist", "ort-cpu", "fmnist-demo"
@@ -53,39 +61,78 @@ class DemoOptions:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class DemoSummary:
+    """The figures of a demo run: budget, predicted and measured latency, cost, the chosen arch, hold-out and
+    test top-1 of PyTorch and ONNX Runtime, the table's validation and the search's hold-out interval."""
+
+    budget_ms: float
+    achievable_ms: tuple[float, float]
+    predicted_ms: float
+    measured_ms: float | None
+    macs: int
+    params: int
+    arch: str
+    arch_hash: str
+    holdout_top1_pytorch: float
+    holdout_top1_onnxruntime: float
+    test_top1_pytorch: float
+    test_top1_onnxruntime: float
+    validation_samples: int
+    validation: PredictionErrors
+    search_evaluations: int
+    holdout_top1_ci95: tuple[float, float]
+    within_ci95: int
+    eval_limit: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``summary`` of ``summary.json`` (the validation's sample count inside its ``validation``)."""
+        return {
+            "budget_ms": self.budget_ms, "achievable_ms": list(self.achievable_ms), "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms, "macs": self.macs, "params": self.params, "arch": self.arch,
+            "arch_hash": self.arch_hash, "holdout_top1_pytorch": self.holdout_top1_pytorch,
+            "holdout_top1_onnxruntime": self.holdout_top1_onnxruntime, "test_top1_pytorch": self.test_top1_pytorch,
+            "test_top1_onnxruntime": self.test_top1_onnxruntime,
+            "validation": {"samples": self.validation_samples, **self.validation.to_dict()},
+            "search_evaluations": self.search_evaluations, "holdout_top1_ci95": list(self.holdout_top1_ci95),
+            "within_ci95": self.within_ci95, "eval_limit": self.eval_limit,
+        }
+
+
 @dataclass
 class DemoResult:
-    """What the demo produced: the figures of the summary and the paths of every output."""
+    """What the demo produced: the summary's figures, the paths of every output and the seconds of each step."""
 
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: DemoSummary
     paths: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (also written as ``summary.json``)."""
-        return {"summary": self.summary, "paths": self.paths, "seconds": self.seconds}
+        return {"summary": self.summary.to_dict(), "paths": self.paths, "seconds": self.seconds}
 
 
 def shipped_table() -> Path:
     """The shipped ``fmnist`` ``ort-cpu`` table (measured on the machine named by its folder)."""
     found = sorted(shipped_profiles().glob(f"*/{TABLE_NAME}"))
     if not found:
-        raise ProfileError(f"no shipped {TABLE_NAME} in the package: run the demo without --reuse-profile")
+        raise ProfileError(f"no shipped {TABLE_NAME} in the package: run the demo without reuse_profile",
+                           field="reuse_profile")
     return found[0]
 
 
 def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
     """Run every step of the demo into ``opts.out``; each step's own checks raise on failure."""
-    out, result = opts.out, DemoResult()
+    out, seconds, paths = opts.out, {}, {}
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(opts.threads)  # small CPU kernels: one thread is faster and steadier on a shared machine
     table_path = out / "profile" / TABLE_NAME
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
-        say(f"[{len(result.seconds) + 1}/5] {name}")
+        say(f"[{len(seconds) + 1}/5] {name}")
         t0 = time.perf_counter()
         value = fn()
-        result.seconds[name] = round(time.perf_counter() - t0, 1)
+        seconds[name] = round(time.perf_counter() - t0, 1)
         return value
 
     if opts.reuse_profile:
@@ -93,7 +140,7 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         table_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, table_path)
         table = step("profile (reusing the shipped table)", lambda: LatencyTable.load(table_path))
-        result.paths["shipped_table"] = str(source)
+        paths["shipped_table"] = str(source)
     else:
         settings = ProfileSettings(backend=BACKEND, threads=opts.threads)
         table = step("profile fmnist with ort-cpu", lambda: profile_space(PRESETS[SPACE], settings, table_path))
@@ -105,11 +152,11 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     data = open_checkpoint_data(checkpoint, opts.data_dir)
     span = latency_range(table)
     budget = opts.budget_ms or round(span.fastest_ms + opts.budget_fraction * (span.slowest_ms - span.fastest_ms), 4)
-    search = step(f"search under {budget:.4f} ms", lambda: run_search(
-        checkpoint, data, table, [budget], out / "search", config=SEARCH_PRESETS[opts.search_preset],
-        eval_limit=opts.eval_limit))
-    best_doc = search.documents[0]
-    arch = Arch.from_dict(best_doc).validate(checkpoint.space)
+    search_options = SearchOptions(budgets_ms=(budget,), out_dir=out / "search",
+                                   evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit)
+    search = step(f"search under {budget:.4f} ms",
+                  lambda: run_search(plan_search(checkpoint, table, search_options), data))
+    arch, searched = search.best_files[0].arch.validate(checkpoint.space), search.searched[0]
     export = step("export ONNX with every check", lambda: export_bundle(
         checkpoint, arch, data, out / "bundle",
         ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit)))
@@ -121,23 +168,23 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     latency = export.manifest.latency or {}
     holdout = next(c.values for c in export.checks if c.check == "accuracy" and c.artifact == "onnx")
     cost = arch_cost(arch, checkpoint.space)
-    result.summary = {
-        "budget_ms": budget, "achievable_ms": [span.fastest_ms, span.slowest_ms],
-        "predicted_ms": predict(table, arch).latency_ms, "measured_ms": latency.get("measured_ms"),
-        "macs": cost.macs, "params": cost.params, "arch": arch.short(), "arch_hash": arch.hash,
-        "holdout_top1_pytorch": holdout["reference_top1"], "holdout_top1_onnxruntime": holdout["top1"],
-        "test_top1_pytorch": test["pytorch"], "test_top1_onnxruntime": test["onnxruntime"],
-        "validation": {k: validation.get(k) for k in ("samples", "mape", "max_error_pct", "within_5pct",
-                                                       "within_10pct", "kendall_tau", "spearman")},
-        "search_evaluations": len(search.records), "holdout_top1_ci95": best_doc["holdout_top1_ci95"],
-        "within_ci95": best_doc["within_ci95"], "eval_limit": opts.eval_limit,
-    }
-    result.paths.update({
+    summary = DemoSummary(
+        budget_ms=budget, achievable_ms=(span.fastest_ms, span.slowest_ms),
+        predicted_ms=predict(table, arch).latency_ms, measured_ms=latency.get("measured_ms"),
+        macs=cost.macs, params=cost.params, arch=arch.short(), arch_hash=arch.hash,
+        holdout_top1_pytorch=holdout["reference_top1"], holdout_top1_onnxruntime=holdout["top1"],
+        test_top1_pytorch=test["pytorch"], test_top1_onnxruntime=test["onnxruntime"],
+        validation_samples=validation.samples, validation=validation.errors,
+        search_evaluations=len(search.records), holdout_top1_ci95=searched.holdout_top1_ci95,
+        within_ci95=searched.within_ci95, eval_limit=opts.eval_limit,
+    )
+    paths.update({
         "out": str(out), "table": str(table_path), "table_plot": str(out / "profile" / "latency.png"),
         "search": str(out / "search"), "best": str(out / "search" / "best.json"),
         "search_plot": str(out / "search" / "search.png"), "bundle": str(export.bundle),
     })
     plot_table(table, out / "profile" / "latency.png")
+    result = DemoResult(summary, paths, seconds)
     atomic_write_json(out / "summary.json", result.to_dict())
     return result
 

@@ -37,21 +37,20 @@ def demo(out_dir: str | None, reuse_profile: bool, budget_ms: float | None, budg
     if as_json:
         print_json(result.to_dict())
         return
-    s, v = result.summary, result.summary["validation"]
+    s, v = result.summary, result.summary.validation
     print_table(f"vitres-deploy demo: {supernet} on ort-cpu", ["", "value"], [
-        ("latency budget", f"{s['budget_ms']:.4f} ms (space: {s['achievable_ms'][0]:.4f}-{s['achievable_ms'][1]:.4f})"),
-        ("predicted latency", f"{s['predicted_ms']:.4f} ms"),
-        ("measured latency (ONNX Runtime)", f"{s['measured_ms']:.4f} ms" if s["measured_ms"] else "n/a"),
-        ("MACs / params", f"{s['macs'] / 1e6:.2f}M / {s['params'] / 1e6:.3f}M"),
-        ("arch", s["arch"]),
-        ("hold-out top-1 PyTorch / ONNX Runtime",
-         f"{s['holdout_top1_pytorch']:.2%} / {s['holdout_top1_onnxruntime']:.2%}"),
-        ("test top-1 PyTorch / ONNX Runtime", f"{s['test_top1_pytorch']:.2%} / {s['test_top1_onnxruntime']:.2%}"),
-        ("table validation", f"MAPE {v['mape']:.2f}%, within ±10% {v['within_10pct']:.0%}, "
-                             f"Kendall τ {v['kendall_tau']:.3f} ({v['samples']} sub-networks)"),
-        ("search", f"{s['search_evaluations']} sub-networks evaluated"),
-        ("hold-out 95% interval of the best", f"{s['holdout_top1_ci95'][0]:.2%}-{s['holdout_top1_ci95'][1]:.2%}, "
-                                              f"{s['within_ci95']} other archs score inside it"),
+        ("latency budget", f"{s.budget_ms:.4f} ms (space: {s.achievable_ms[0]:.4f}-{s.achievable_ms[1]:.4f})"),
+        ("predicted latency", f"{s.predicted_ms:.4f} ms"),
+        ("measured latency (ONNX Runtime)", f"{s.measured_ms:.4f} ms" if s.measured_ms else "n/a"),
+        ("MACs / params", f"{s.macs / 1e6:.2f}M / {s.params / 1e6:.3f}M"),
+        ("arch", s.arch),
+        ("hold-out top-1 PyTorch / ONNX Runtime", f"{s.holdout_top1_pytorch:.2%} / {s.holdout_top1_onnxruntime:.2%}"),
+        ("test top-1 PyTorch / ONNX Runtime", f"{s.test_top1_pytorch:.2%} / {s.test_top1_onnxruntime:.2%}"),
+        ("table validation", f"MAPE {v.mape:.2f}%, within ±10% {v.within_10pct:.0%}, "
+                             f"Kendall τ {v.kendall_tau:.3f} ({s.validation_samples} sub-networks)"),
+        ("search", f"{s.search_evaluations} sub-networks evaluated"),
+        ("hold-out 95% interval of the best", f"{s.holdout_top1_ci95[0]:.2%}-{s.holdout_top1_ci95[1]:.2%}, "
+                                              f"{s.within_ci95} other archs score inside it"),
     ])
     print_table("outputs", ["", "path"], sorted(result.paths.items()))
     click.echo("seconds per step: " + ", ".join(f"{k.split(' (')[0]}: {v}" for k, v in result.seconds.items()))

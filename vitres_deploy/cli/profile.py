@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..space import load_space
 from .boundary import Command, Group
 from .output import print_json, print_table
+
+if TYPE_CHECKING:
+    from ..latency import TableSummary
+    from ..runtime import Protocol
 
 
 @click.command(cls=Command)
@@ -28,18 +32,22 @@ def backends(as_json: bool) -> None:
     ])
 
 
-def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: int | None, rounds: int) -> Any:
+def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations: int | None,
+              rounds: int | None) -> Protocol:
     from dataclasses import replace
 
     from ..latency import TABLE_PROTOCOL
 
-    changes = {k: v for k, v in (("warmup_s", warmup), ("min_seconds", min_seconds),
-                                  ("min_iterations", min_iterations), ("rounds", rounds)) if v is not None}
+    changes: dict[str, Any] = {k: v for k, v in (("warmup_s", warmup_s), ("min_seconds", min_seconds),
+                                                  ("min_iterations", min_iterations), ("rounds", rounds))
+                               if v is not None}
+    if rounds is not None:
+        changes["min_rounds"] = min(rounds, TABLE_PROTOCOL.fewest_rounds)
     return replace(TABLE_PROTOCOL, **changes)
 
 
 @click.group(cls=Group, invoke_without_command=True)
-@click.option("--space", "space_name", help="Preset (NAME or NAME@RES for a reduced resolution) or a space file.")
+@click.option("--space", help="Preset (NAME or NAME@RES for a reduced resolution) or a space file.")
 @click.option("--backend", help="Runtime backend (see `vitres-deploy backends`).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
@@ -52,100 +60,89 @@ def _protocol(warmup: float | None, min_seconds: float | None, min_iterations: i
 @click.option("--cache", "cache_state", type=click.Choice(["auto", "warm", "cold"]), default="auto", show_default=True,
               help="Time entries with caches flushed before each run (cold) or not (warm); auto: cold when the "
                    "space's networks do not fit the last-level cache.")
-@click.option("--warmup", type=click.FloatRange(min=0), help="Warm-up seconds per entry (default 0.05).")
-@click.option("--min-seconds", type=click.FloatRange(min=0), help="Timed seconds per entry, at least (default 0.2).")
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), help="Warm-up seconds per pass (default 0.03).")
+@click.option("--min-seconds", type=click.FloatRange(min=0), help="Timed seconds per pass, at least (default 0.1).")
 @click.option("--min-iterations", type=click.IntRange(min=1),
-              help="Timed iterations per entry, at least (default 100).")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Interleaved timing passes over all entries (a fresh runner each; the median of the pass "
-                   "medians is kept): more rounds average out a shared machine's drift. Validation uses the same.")
+              help="Timed iterations per pass, at least (default 20).")
+@click.option("--rounds", type=click.IntRange(min=1),
+              help="Interleaved timing passes per entry, at most (default 6: at least 2, more until the two best "
+                   "agree within 3%; a fresh runner each). Validation, the drift check and the export gate use the "
+                   "same protocol.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Table file [default: profiles/<device>/<space>-<backend>-<precision>-b<batch>.json].")
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted table (at --out or the default path) with the same settings.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @click.pass_context
-def profile(ctx: click.Context, space_name: str | None, backend: str | None, batch: int, precision: str,
+def profile(ctx: click.Context, space: str | None, backend: str | None, batch: int, precision: str,
             resolution: int | None, threads: int, workers: int, cuda_graphs: bool, cache_state: str,
-            warmup: float | None,
-            min_seconds: float | None, min_iterations: int | None, rounds: int, out: Path | None, resume: bool,
-            as_json: bool) -> None:
-    """Measure every block choice of a space into a latency table (subcommands: show, validate)."""
+            warmup_s: float | None, min_seconds: float | None, min_iterations: int | None, rounds: int | None,
+            out: Path | None, resume: bool, as_json: bool) -> None:
+    """Measure every block choice of a space into a latency table (subcommands: show, validate, check)."""
     if ctx.invoked_subcommand is not None:
         return
-    if not space_name or not backend:
-        raise click.UsageError("profile needs --space and --backend (or a subcommand: show, validate)")
-    from ..latency import ProfileSettings, profile_space
-    from ..latency.profiler import noisy_entries
+    if not space or not backend:
+        raise click.UsageError("profile needs --space and --backend (or a subcommand: show, validate, check)")
+    from ..latency import ProfileSettings, TableSummary, profile_space
 
-    space = load_space(space_name)
+    measured = load_space(space)
     if resolution is not None:
-        space = space.at_resolution(resolution)
+        measured = measured.at_resolution(resolution)
     settings = ProfileSettings(backend=backend, precision=precision, batch=batch, threads=threads,
-                               protocol=_protocol(warmup, min_seconds, min_iterations, rounds), cuda_graphs=cuda_graphs,
-                               workers=workers, cache_state=cache_state)
-    table = profile_space(space, settings, out, resume=resume, progress=True)
-    noisy = noisy_entries(table)
-    if noisy:
-        click.echo(f"warning: {len(noisy)} of {len(table.entries)} entries had a coefficient of variation above "
-                   f"{table.meta.protocol.max_cv:.0%}: is the machine busy? (medians are used)", err=True)
-    _show(table, as_json)
+                               protocol=_protocol(warmup_s, min_seconds, min_iterations, rounds),
+                               cuda_graphs=cuda_graphs, workers=workers, cache_state=cache_state)
+    summary = TableSummary.of(profile_space(measured, settings, out, resume=resume, progress=True))
+    if summary.noisy_entries:
+        click.echo(f"warning: {summary.noisy_entries} of {summary.entries} entries had a coefficient of variation "
+                   f"above {summary.meta.protocol.max_cv:.0%}: is the machine busy?", err=True)
+    _show(summary, as_json)
 
 
-def _summary(table: Any) -> dict[str, Any]:
-    from ..latency import latency_range
-    from ..latency.profiler import noisy_entries
-
-    by_kind: dict[str, list[float]] = {}
-    for e in table.entries.values():
-        by_kind.setdefault(e.kind, []).append(e.latency_ms)
-    summary: dict[str, Any] = {
-        "path": str(table.path) if table.path else None,
-        "meta": table.meta.to_dict(),
-        "entries": len(table.entries),
-        "expected_entries": len(table.expected_keys()),
-        "complete": table.complete,
-        "overhead_ms": table.overhead.median_ms if table.overhead else None,
-        "noisy_entries": len(noisy_entries(table)),
-        "kinds": {k: {"count": len(v), "min_ms": min(v), "max_ms": max(v)} for k, v in by_kind.items()},
-        "correction": table.correction.to_dict(),
-        "validation": {k: v for k, v in (table.validation or {}).items() if k != "rows"} or None,
-    }
-    if table.complete:
-        summary["range"] = latency_range(table).to_dict()
-    return summary
-
-
-def _show(table: Any, as_json: bool) -> None:
-    s = _summary(table)
+def _show(s: TableSummary, as_json: bool) -> None:
     if as_json:
-        print_json(s)
+        print_json(s.to_dict())
         return
-    m = s["meta"]
-    click.echo(f"{s['path']}\n  {m['space']} ({m['resolution']}px) on {m['device']}: {m['backend']} "
-               f"{m['backend_version']}, {m['precision']}, batch {m['batch']}, {m['threads']} thread(s), {m['date']}")
-    flush = m["protocol"].get("flush_cache_mb", 0)
-    click.echo(f"  protocol: warm-up {m['protocol']['warmup_s']} s, >= {m['protocol']['min_iterations']} runs and >= "
-               f"{m['protocol']['min_seconds']} s per entry"
-               + (f" in each of {m['protocol']['rounds']} interleaved passes" if m["protocol"].get("rounds", 1) > 1
-                  else "") + ", "
-               + (f"caches flushed before each run ({flush} MB): cold" if flush else "warm caches"))
-    click.echo(f"  {s['entries']}/{s['expected_entries']} entries" + ("" if s["complete"] else " (incomplete)")
-               + (f", per-call overhead {s['overhead_ms'] * 1e3:.1f} µs" if s["overhead_ms"] is not None else "")
-               + (f", {s['noisy_entries']} noisy (CV > {m['protocol']['max_cv']:.0%})" if s["noisy_entries"] else ""))
+    m, p = s.meta, s.meta.protocol
+    click.echo(f"{s.path}\n  {m.space} ({m.resolution}px) on {m.device}: {m.backend} {m.backend_version}, "
+               f"{m.precision}, batch {m.batch}, {m.threads} thread(s), {m.date}")
+    passes = (f" in {p.fewest_rounds}-{p.rounds} interleaved passes until the best two agree within "
+              f"{p.stable_within:.0%}" if p.fewest_rounds < p.rounds else
+              f" in each of {p.rounds} interleaved passes" if p.rounds > 1 else "")
+    statistic = (f"lowest median over {p.window_s * 1e3:g} ms windows" if p.statistic == "window_floor"
+                 else "median of the pass medians")
+    click.echo(f"  protocol: warm-up {p.warmup_s} s, >= {p.min_iterations} runs and >= {p.min_seconds} s per pass"
+               + passes + ", " + (f"caches flushed before each run ({p.flush_cache_mb} MB): cold" if p.flush_cache_mb
+                                  else "warm caches") + f"; statistic: {statistic}")
+    click.echo(f"  {s.entries}/{s.expected_entries} entries" + ("" if s.complete else " (incomplete)")
+               + (f", per-call overhead {s.overhead_ms * 1e3:.1f} µs" if s.overhead_ms is not None else "")
+               + (f", {s.noisy_entries} noisy (CV > {p.max_cv:.0%})" if s.noisy_entries else ""))
     print_table(None, ["kind", "entries", "min (ms)", "max (ms)"],
-                [(k, v["count"], v["min_ms"], v["max_ms"]) for k, v in s["kinds"].items()])
-    c = s["correction"]
-    click.echo(f"  correction ({c['model']}): predicted = {c['scale']:.4f} * sum(entry - {c['per_call_ms']:.4g} ms)"
-               f" {'-' if c['offset_ms'] < 0 else '+'} {abs(c['offset_ms']):.4g} ms")
-    if "range" in s:
-        click.echo(f"  achievable range: {s['range']['fastest_ms']:.4g} ms .. {s['range']['slowest_ms']:.4g} ms")
-    v = s["validation"]
-    if v:
-        click.echo(f"  validation ({v['test_samples']} held-out of {v['samples']}): MAPE {v['mape']:.2f}%, max "
-                   f"{v['max_error_pct']:.1f}%, within ±5% {v['within_5pct']:.0%}, within ±10% "
-                   f"{v['within_10pct']:.0%}, Kendall τ {v['kendall_tau']:.3f}, Spearman {v['spearman']:.3f}, "
-                   f"noise CV {v['noise_cv_median']:.1%}")
+                [(k, v.count, v.min_ms, v.max_ms) for k, v in s.kinds.items()])
+    c = s.correction
+    click.echo(f"  correction ({c.model}): predicted = {c.scale:.4f} * sum(entry - {c.per_call_ms:.4g} ms)"
+               f" {'-' if c.offset_ms < 0 else '+'} {abs(c.offset_ms):.4g} ms")
+    if s.range is not None:
+        click.echo(f"  achievable range: {s.range.fastest_ms:.4g} ms .. {s.range.slowest_ms:.4g} ms")
+    v = s.validation
+    if v is not None:
+        e = v.errors
+        click.echo(f"  validation ({v.test_samples} held-out of {v.samples}): MAPE {e.mape:.2f}%, max "
+                   f"{e.max_error_pct:.1f}%, within ±5% {e.within_5pct:.0%}, within ±10% {e.within_10pct:.0%}, "
+                   f"Kendall τ {e.kendall_tau:.3f}, Spearman {e.spearman:.3f}, noise CV {v.noise_cv_median:.1%}")
+        if v.repeatability is not None:
+            r = v.repeatability
+            click.echo(f"  repeatability (the same networks measured twice): |change| median "
+                       f"{r.median_change_pct:.1f}%, 90th percentile {r.p90_change_pct:.1f}%, max "
+                       f"{r.max_change_pct:.1f}%")
+        if v.macs_linear is not None:
+            b = v.macs_linear
+            click.echo(f"  MACs-linear model on the same networks: MAPE {b.mape:.2f}%, within ±10% "
+                       f"{b.within_10pct:.0%}, Kendall τ {b.kendall_tau:.3f}")
+        verdict = ("validated" if v.validated else
+                   f"NOT validated: {'measurement noise' if v.blame == 'noise' else 'the prediction'} is to blame"
+                   if v.blame else "NOT validated")
+        margin = f"; search margin {v.margin:.1%}" if v.margin is not None else ""
+        click.echo(f"  verdict: {verdict} (target: within ±10% >= 95%, τ >= 0.9){margin}")
 
 
 @profile.command("show")
@@ -155,10 +152,10 @@ def _show(table: Any, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
     """Summarise a latency table (and optionally plot it)."""
-    from ..latency import LatencyTable
+    from ..latency import LatencyTable, TableSummary
 
     table = LatencyTable.load(table_path)
-    _show(table, as_json)
+    _show(TableSummary.of(table), as_json)
     if plot_path is not None:
         from ..latency.plot import plot_table
 
@@ -177,18 +174,50 @@ def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate(table_path: Path, samples: int, seed: int, workers: int, as_json: bool) -> None:
     """Measure random sub-networks end to end, fit the correction on half, report on the other half."""
-    from ..latency import LatencyTable, validate_table
+    from ..latency import LatencyTable, TableSummary, validate_table
 
     table = LatencyTable.load(table_path)
     report = validate_table(table, samples=samples, seed=seed, workers=workers, progress=True)
     if as_json:
-        print_json(report)
+        print_json(report.to_dict())
         return
     print_table(f"validation of {table_path} (held-out half)", ["arch", "predicted (ms)", "measured (ms)",
                                                                "error %", "CV"],
-                [(r["arch"], r["predicted_ms"], r["measured_ms"], r["error_pct"], r["cv"])
-                 for r in report["rows"] if r["split"] == "test"])
-    _show(table, False)
+                [(r.arch, r.predicted_ms, r.measured_ms, r.error_pct, r.cv) for r in report.test_rows])
+    _show(TableSummary.of(table), False)
+
+
+@profile.command("check")
+@click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Latency table to check against this machine.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="The table drifted when the median measured/table ratio is outside 1 ± this.")
+@click.option("--allow-other-device", is_flag=True, help="Check a table measured on other hardware anyway.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Processes exporting the checked models before timing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(table_path: Path, tolerance: float, allow_other_device: bool, workers: int, as_json: bool) -> None:
+    """Re-time a stratified handful of entries and networks: does the table still describe this machine?"""
+    from ..errors import ProfileError
+    from ..latency import LatencyTable
+    from ..latency.drift import check_drift, check_fingerprint
+
+    table = LatencyTable.load(table_path)
+    differences = check_fingerprint(table, allow_other_device)
+    report = check_drift(table, tolerance=tolerance, workers=workers)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for difference in differences:
+            click.echo(f"note: other hardware: {difference}", err=True)
+        print_table(f"drift check of {table_path} ({report.seconds:.1f} s)",
+                    ["item", "kind", "table (ms)", "measured (ms)", "ratio"],
+                    [(i.name, i.kind, i.table_ms, i.measured_ms, round(i.ratio, 3)) for i in report.items])
+        click.echo(f"{report.describe()}: " + ("DRIFTED" if report.drifted else "ok")
+                   + f" (tolerance ±{tolerance:.0%})")
+    if report.drifted:
+        raise ProfileError(f"{table_path} no longer describes this machine: {report.describe()}; re-profile it, "
+                           "or let search and export rescale it (--rescale)")
 
 
 @click.command(cls=Command)
@@ -198,22 +227,13 @@ def validate(table_path: Path, samples: int, seed: int, workers: int, as_json: b
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict(table_path: Path, arch_spec: str, as_json: bool) -> None:
     """Predicted end-to-end latency of an architecture from a latency table."""
-    import json
-
-    from ..arch import Arch
-    from ..archfile import resolve_arch
-    from ..errors import ArchError
+    from ..archfile import read_arch_file, resolve_arch
     from ..latency import LatencyTable
     from ..latency import predict as predict_latency
 
     table = LatencyTable.load(table_path)
-    if Path(arch_spec).is_file():
-        try:
-            arch = Arch.from_dict(json.loads(Path(arch_spec).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ArchError(f"arch file {arch_spec} is not valid JSON: {e}") from None
-    else:
-        arch = resolve_arch(arch_spec, table.space)
+    # a file's arch is taken as it is: the table's own check names an arch of another space
+    arch = read_arch_file(arch_spec).arch if Path(arch_spec).is_file() else resolve_arch(arch_spec, table.space)
     p = predict_latency(table, arch)
     m = table.meta
     result = {**p.to_dict(), "space": table.space.name, "backend": m.backend, "precision": m.precision,

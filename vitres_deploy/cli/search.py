@@ -6,36 +6,38 @@ from pathlib import Path
 
 import click
 
-from ..errors import BudgetError
-from ..search.evolution import PRESETS, EvolutionConfig
+from ..errors import SettingsError
+from ..search.evolution import PRESETS
 from .boundary import Command
 from .output import human, print_json, print_table
 
 _SCALES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
-def parse_budgets(text: str) -> list[float]:
-    """``"1.0,1.5,2"`` -> ``[1.0, 1.5, 2.0]``; anything else is a one-line :class:`BudgetError`."""
+def parse_budgets(text: str) -> tuple[float, ...]:
+    """``"1.0,1.5,2"`` -> ``(1.0, 1.5, 2.0)``; anything else is a one-line :class:`SettingsError`."""
     try:
-        budgets = [float(part) for part in text.split(",")]
+        budgets = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise BudgetError(f"--budget-ms {text!r}: give a latency in ms or a comma-separated list (1.0,1.5,2)") from None
+        raise SettingsError(f"budgets_ms {text!r}: give a latency in ms or a comma-separated list (1.0,1.5,2)",
+                            field="budgets_ms") from None
     if any(not b > 0 or b == float("inf") for b in budgets):
-        raise BudgetError(f"--budget-ms {text!r}: budgets must be positive finite milliseconds")
+        raise SettingsError(f"budgets_ms {text!r}: budgets must be positive finite milliseconds", field="budgets_ms")
     return budgets
 
 
-def parse_count(text: str | None, flag: str) -> int | None:
-    """``"12M"`` -> 12000000 (suffixes k, M, G); None stays None."""
+def parse_count(text: str | None, field: str) -> int | None:
+    """``"12M"`` -> 12000000 (suffixes k, M, G); None stays None. Errors name ``field``."""
     if text is None:
         return None
     number, suffix = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
     try:
         value = float(number) * _SCALES[suffix]
     except (ValueError, KeyError):
-        raise BudgetError(f"{flag} {text!r}: give a count such as 12000000, 12M, 500k or 1.5G") from None
+        raise SettingsError(f"{field} {text!r}: give a count such as 12000000, 12M, 500k or 1.5G",
+                            field=field) from None
     if value <= 0:
-        raise BudgetError(f"{flag} {text!r} must be positive")
+        raise SettingsError(f"{field} {text!r} must be positive", field=field)
     return int(value)
 
 
@@ -50,7 +52,7 @@ def _preset_help() -> str:
 @click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
 @click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Latency table of the target device (`vitres-deploy profile`).")
-@click.option("--budget-ms", "budget_text", required=True,
+@click.option("--budget-ms", "budgets_ms", required=True,
               help="Latency budget B in ms, or several (1.0,1.5,2.0): one search sharing its evaluations.")
 @click.option("--max-macs", help="Also cap MACs (e.g. 12M).")
 @click.option("--max-params", help="Also cap parameters (e.g. 1.5M).")
@@ -75,7 +77,7 @@ def _preset_help() -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Evaluation device (default: cuda if available).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out (same flags) from its evaluated.jsonl.")
 @click.option("--json", "as_json", is_flag=True, help="Print best.json (a list for several budgets).")
-def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, max_params: str | None,
+def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, max_params: str | None,
            data_dir: str | None, out_dir: Path, seed: int, preset: str, alpha: float, eval_limit: int | None,
            batch_size: int, threads: int, device: str | None, resume: bool, as_json: bool,
            **overrides: float | None) -> None:
@@ -88,28 +90,23 @@ def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, 
     from ..data import open_checkpoint_data
     from ..distributed import join_ranks
     from ..latency import LatencyTable
-    from ..search.constraints import Constraint, CostModel, check_budgets
-    from ..search.evolution import run_search
+    from ..search import SearchOptions, plan_search, run_search
 
-    budgets = parse_budgets(budget_text)
-    caps = parse_count(max_macs, "--max-macs"), parse_count(max_params, "--max-params")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    config: EvolutionConfig = dataclasses.replace(PRESETS[preset], seed=seed, **changes)
-    config.check()
+    budgets = parse_budgets(budgets_ms)
+    caps = parse_count(max_macs, "max_macs"), parse_count(max_params, "max_params")
+    evolution = dataclasses.replace(PRESETS[preset], seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+    options = SearchOptions(budgets_ms=budgets, out_dir=out_dir, evolution=evolution, alpha=alpha, max_macs=caps[0],
+                            max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size)
     torch.set_num_threads(threads)
     table = LatencyTable.load(table_path)
     with join_ranks(device) as ranks:
-        checkpoint = load_checkpoint(ckpt, map_location=ranks.device)
-        # refuse impossible budgets before the data is read (run_search checks them again)
-        check_budgets([Constraint(b, alpha, *caps) for b in budgets], CostModel(table, checkpoint.space))
-        data = open_checkpoint_data(checkpoint, data_dir)
-        result = run_search(checkpoint, data, table, budgets, out_dir, config=config, alpha=alpha, max_macs=caps[0],
-                            max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size,
-                            ranks=ranks, progress=not as_json)
+        plan = plan_search(load_checkpoint(ckpt, map_location=ranks.device), table, options)
+        result = run_search(plan, open_checkpoint_data(plan.checkpoint, data_dir), ranks=ranks, progress=not as_json)
         if not ranks.main:
             return
     if as_json:
-        print_json(result.documents[0] if len(result.documents) == 1 else result.documents)
+        files = [f.to_dict() for f in result.best_files]
+        print_json(files[0] if len(files) == 1 else files)
         return
     if table.validation is None:
         click.echo(f"note: {table_path} is not validated yet (`vitres-deploy profile validate`)", err=True)
@@ -121,12 +118,12 @@ def search(ckpt: str, table_path: Path, budget_text: str, max_macs: str | None, 
     print_table(f"search on {table.meta.device} ({table.meta.backend}, {table.meta.precision}, batch "
                 f"{table.meta.batch})", ["budget (ms)", "window (ms)", "arch", "latency (ms)", "hold-out top-1",
                                          "MACs", "params", "in window"], rows)
-    for best, doc in zip(result.bests, result.documents):
-        low, high = doc["holdout_top1_ci95"]
+    for best, s in zip(result.bests, result.searched):
+        low, high = s.holdout_top1_ci95
         click.echo(f"  {best.hash}: {best.arch.short()}\n    hold-out top-1 95% interval {100 * low:.2f}-"
-                   f"{100 * high:.2f}% on {best.images} images; {doc['within_ci95']} other archs of the window "
+                   f"{100 * high:.2f}% on {s.holdout_images} images; {s.within_ci95} other archs of the window "
                    "score inside it")
-    if any(doc["within_ci95"] for doc in result.documents):
+    if any(s.within_ci95 for s in result.searched):
         click.echo("note: archs inside the best's interval may be as good as it, their distance sampling noise of "
                    "the hold-out split; before deploying, compare a few (evaluated.jsonl) on more data of your own",
                    err=True)

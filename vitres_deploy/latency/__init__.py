@@ -12,10 +12,13 @@ The API the search and the export steps use::
 
 from __future__ import annotations
 
+from .correction import Correction, fit_correction
 from .entries import EntrySpec, arch_entries, enumerate_entries
-from .predict import LatencyRange, Prediction, check_arch, fit_correction, latency_range, predict
+from .predict import LatencyRange, Prediction, check_arch, latency_range, predict
 from .profiler import profile_space
-from .table import Correction, Entry, LatencyTable, TableMeta, default_table_path
+from .report import PredictionErrors, ValidationReport, ValidationRow
+from .summary import TableSummary
+from .table import Entry, LatencyTable, TableMeta, default_table_path
 from .timing import TABLE_PROTOCOL, Measurement, ProfileSettings, measure_module, measure_onnx
 from .validate import validate_table
 
@@ -28,8 +31,12 @@ __all__ = [
     "LatencyTable",
     "Measurement",
     "Prediction",
+    "PredictionErrors",
     "ProfileSettings",
     "TableMeta",
+    "TableSummary",
+    "ValidationReport",
+    "ValidationRow",
     "arch_entries",
     "check_arch",
     "default_table_path",

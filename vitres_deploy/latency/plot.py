@@ -53,20 +53,19 @@ def plot_table(table: LatencyTable, out: str | Path) -> Path:
     ax.set_title("stem, reductions, head")
     ax.set_xlabel("latency (µs)")
 
-    if table.validation is not None:
+    report = table.validation
+    if report is not None:
         ax = axes[-1]
-        rows = table.validation.get("rows", [])
         for split, marker in (("fit", "x"), ("test", "o")):
-            pts = [(r["measured_ms"], r["predicted_ms"]) for r in rows if r["split"] == split]
+            pts = [(r.measured_ms, r.predicted_ms) for r in report.rows if r.split == split]
             if pts:
                 ax.scatter(*zip(*pts), marker=marker, s=14, label=split)
-        if rows:
-            lo = min(min(r["measured_ms"], r["predicted_ms"]) for r in rows) * 0.9
-            hi = max(max(r["measured_ms"], r["predicted_ms"]) for r in rows) * 1.1
+        if report.rows:
+            lo = min(min(r.measured_ms, r.predicted_ms) for r in report.rows) * 0.9
+            hi = max(max(r.measured_ms, r.predicted_ms) for r in report.rows) * 1.1
             ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
             ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="k", alpha=0.08, label="±10%")
-        v = table.validation
-        ax.set_title(f"validation: MAPE {v['mape']:.1f}%, τ {v['kendall_tau']:.2f}")
+        ax.set_title(f"validation: MAPE {report.errors.mape:.1f}%, τ {report.errors.kendall_tau:.2f}")
         ax.set_xlabel("measured (ms)")
         ax.set_ylabel("predicted (ms)")
         ax.legend(fontsize=7)

@@ -1,9 +1,9 @@
-"""Predicted latency of an arch from a table, the exact achievable range of a space, and the correction fit.
+"""Predicted latency of an arch from a table, and the exact achievable range of a space.
 
 ``predicted(arch) = scale * sum(entry_ms - per_call_ms over the arch's entries) + offset_ms``: each
 entry was timed as its own call, so its share of the per-call overhead is taken out and the network's
 single call is paid once (``offset_ms``). ``scale`` and ``offset_ms`` come from ``profile validate``
-(:func:`fit_correction`), which keeps the scale only where it predicts held-out networks better.
+(:func:`~vitres_deploy.latency.correction.fit_correction`).
 
 The prediction is a positive-weighted sum of per-entry terms, so the fastest and slowest archs of a
 space are found exactly by dynamic programming over stages with the stage width as state
@@ -12,15 +12,14 @@ space are found exactly by dynamic programming over stages with the stage width 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..arch import Arch, BlockArch, StageArch
 from ..errors import ArchError, ProfileError
 from .entries import EntrySpec, arch_entries
-from .metrics import mape
-from .table import Correction, LatencyTable
+from .table import LatencyTable
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,8 @@ def _adjusted(table: LatencyTable, key: str) -> float:
     if entry is None:
         name = f" {table.path}" if table.path else ""
         raise ProfileError(f"latency table{name} has no entry {key}: the arch is outside what was profiled; "
-                           "re-profile the space (or --resume an interrupted profile)")
+                           "re-profile the space (or finish an interrupted profile with "
+                           "`vitres-deploy profile ... --resume`)")
     return entry.latency_ms - table.correction.per_call_ms
 
 
@@ -135,48 +135,3 @@ def _extreme(table: LatencyTable, pick: Callable[..., Any]) -> tuple[float, Arch
         key=lambda t: t[0],
     )
     return total, Arch(space.family, tuple(stages))
-
-
-def fit_correction(adjusted_sums: Sequence[float], measured: Sequence[float], per_call_ms: float) -> Correction:
-    """Fit ``measured ~ scale * adjusted_sum + offset`` on validation networks, minimising relative error.
-
-    Two candidates: offset only (scale 1) and scale + offset (weighted least squares, weights 1/measured²).
-    The one with the lower leave-one-out MAPE on these samples is kept; both scores are recorded.
-    """
-    n = len(measured)
-    if n < 2 or len(adjusted_sums) != n:
-        raise ProfileError("fitting the correction needs at least 2 measured networks")
-
-    def fit(idx: Sequence[int], with_scale: bool) -> tuple[float, float]:
-        w = [1.0 / measured[i] ** 2 for i in idx]
-        x = [adjusted_sums[i] for i in idx]
-        y = [measured[i] for i in idx]
-        sw = sum(w)
-        if not with_scale:
-            return 1.0, sum(wi * (yi - xi) for wi, xi, yi in zip(w, x, y)) / sw
-        mx = sum(wi * xi for wi, xi in zip(w, x)) / sw
-        my = sum(wi * yi for wi, yi in zip(w, y)) / sw
-        sxx = sum(wi * (xi - mx) ** 2 for wi, xi in zip(w, x))
-        if sxx <= 0:
-            return 1.0, my - mx
-        scale = sum(wi * (xi - mx) * (yi - my) for wi, xi, yi in zip(w, x, y)) / sxx
-        return scale, my - scale * mx
-
-    def loo(with_scale: bool) -> float | None:
-        if n < (4 if with_scale else 3):
-            return None
-        preds = []
-        for k in range(n):
-            scale, offset = fit([i for i in range(n) if i != k], with_scale)
-            preds.append(scale * adjusted_sums[k] + offset)
-        return mape(preds, list(measured))
-
-    scores = {"offset": loo(False), "scale+offset": loo(True)}
-    with_scale, offset_only = scores["scale+offset"], scores["offset"]
-    model = "scale+offset" if with_scale is not None and offset_only is not None and with_scale < offset_only \
-        else "offset"
-    scale, offset = fit(range(n), model == "scale+offset")
-    if scale <= 0:
-        model, (scale, offset) = "offset", fit(range(n), False)
-    return Correction(scale=scale, offset_ms=offset, per_call_ms=per_call_ms, model=model, fitted_on=n,
-                      details={"loo_mape_pct": scores})

@@ -50,6 +50,7 @@ from ..space import SearchSpace
 from ..vit_resnas import vit_resnas
 from .device import device_info, last_level_cache_bytes
 from .entries import EntrySpec, enumerate_entries, network_sample_shape
+from .fingerprint import device_fingerprint
 from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, default_table_path
 from .timing import ProfileSettings, measure_source, time_until_stable
 
@@ -100,6 +101,7 @@ def new_meta(space: SearchSpace, settings: ProfileSettings, backend: Backend,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), package_version=__version__,
         torch_version=torch.__version__, opset=settings.opset, dynamic_batch=settings.dynamic_batch,
         protocol=settings.protocol, options={**settings.recorded_options(), **(cache_decision or {})},
+        fingerprint=device_fingerprint(backend.device, settings.device_id),
     )
 
 

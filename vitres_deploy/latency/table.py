@@ -24,9 +24,12 @@ from typing import Any
 
 from ..errors import ProfileError
 from ..files import atomic_write_json
+from ..rundir import check_same_settings
 from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
 from ..space import SearchSpace
+from .correction import Correction
 from .entries import EntrySpec, enumerate_entries
+from .report import ValidationReport
 
 FORMAT = "vitres-deploy/latency-table"
 FORMAT_VERSION = 1
@@ -111,6 +114,7 @@ class TableMeta:
     protocol: Protocol
     runner: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
@@ -122,7 +126,7 @@ class TableMeta:
     def from_dict(cls, data: dict[str, Any]) -> TableMeta:
         """Inverse of :meth:`to_dict`."""
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names - set(data) if n not in ("runner", "options"))
+        missing = sorted(n for n in names - set(data) if n not in ("runner", "options", "fingerprint"))
         if missing:
             raise ProfileError(f"latency table metadata is missing {', '.join(missing)}")
         kwargs = {k: v for k, v in data.items() if k in names}
@@ -131,37 +135,7 @@ class TableMeta:
 
 
 RESUME_FIELDS = ("space", "backend", "backend_version", "precision", "batch", "threads", "device", "opset",
-                 "dynamic_batch", "protocol", "options")
-
-
-@dataclass
-class Correction:
-    """Turns the sum of an arch's entries into a predicted end-to-end latency.
-
-    ``predicted = scale * sum(entry - per_call_ms for each entry) + offset_ms``: each entry's measured
-    per-call overhead is taken out and the whole network's overhead (``offset_ms``) is added once.
-    Before validation, ``scale = 1`` and ``offset_ms = per_call_ms``; ``profile validate`` fits them.
-    """
-
-    scale: float = 1.0
-    offset_ms: float = 0.0
-    per_call_ms: float = 0.0
-    model: str = "uncalibrated"
-    fitted_on: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def apply(self, adjusted_sum_ms: float) -> float:
-        """Predicted latency (ms) of an arch whose entries, each less ``per_call_ms``, sum to ``adjusted_sum_ms``."""
-        return self.scale * adjusted_sum_ms + self.offset_ms
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Correction:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+                 "dynamic_batch", "protocol", "options", "fingerprint")
 
 
 @dataclass
@@ -173,7 +147,7 @@ class LatencyTable:
     entries: dict[str, Entry] = field(default_factory=dict)
     overhead: TimingStats | None = None
     correction: Correction = field(default_factory=Correction)
-    validation: dict[str, Any] | None = None
+    validation: ValidationReport | None = None
     path: Path | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------------ coverage
@@ -216,7 +190,7 @@ class LatencyTable:
             "overhead": self.overhead.to_dict() if self.overhead else None,
             "entries": {k: e.to_dict() for k, e in self.entries.items()},
             "correction": self.correction.to_dict(),
-            "validation": self.validation,
+            "validation": self.validation.to_dict() if self.validation else None,
         }
 
     @classmethod
@@ -235,7 +209,7 @@ class LatencyTable:
                 entries={k: Entry.from_dict(k, v) for k, v in data.get("entries", {}).items()},
                 overhead=TimingStats.from_dict(data["overhead"]) if data.get("overhead") else None,
                 correction=Correction.from_dict(data.get("correction") or {}),
-                validation=data.get("validation"),
+                validation=ValidationReport.from_dict(data["validation"]) if data.get("validation") else None,
             )
         except ProfileError:
             raise
@@ -293,7 +267,5 @@ def default_table_path(space: SearchSpace, backend: str, precision: str, batch: 
 def check_resumable(old: TableMeta, new: TableMeta, path: Path) -> None:
     """Raise :class:`ProfileError` when ``old`` (on disk) and ``new`` (asked for) measure different things."""
     a, b = old.to_dict(), new.to_dict()
-    for name in RESUME_FIELDS:
-        if a.get(name) != b.get(name):
-            raise ProfileError(f"cannot resume {path}: it was made with {name}={a.get(name)!r}, now {name}="
-                               f"{b.get(name)!r}: use the same settings or another --out")
+    check_same_settings(path, {k: a.get(k) for k in RESUME_FIELDS}, {k: b.get(k) for k in RESUME_FIELDS},
+                        error=ProfileError)

@@ -1,11 +1,18 @@
 """Validation of a latency table against whole measured sub-networks.
 
 ``N`` seeded random sub-networks are exported and measured end to end with the table's own backend,
-settings and protocol (in the protocol's interleaved rounds, like the entries). The correction
-(:func:`~vitres_deploy.latency.predict.fit_correction`) is fitted on the even-numbered half and judged on
-the odd-numbered half: MAPE, largest error, share within ±5% and ±10%, Kendall's tau and Spearman's rho,
-with the measurement noise (coefficient of variation) beside them. The correction and the report are
-stored in the table.
+settings, protocol and statistic (the timing core, like the entries), **twice**: two independent runs,
+one after the other, so the report knows its noise floor (how far the same networks move between runs).
+A network's measured latency is the statistic over the passes of both runs. The correction
+(:func:`~vitres_deploy.latency.correction.fit_correction`) is fitted on the even-numbered half and judged on
+the odd-numbered half: MAPE, largest error, share within ±5% and ±10%, Kendall's tau and Spearman's rho;
+beside them the repeatability, a MACs-linear model fitted on the same half (is the measured table worth
+more than counting MACs?), the verdict (validated, or noise or the model to blame) and the margin a search
+keeps below its budget. The correction and the report
+(:class:`~vitres_deploy.latency.report.ValidationReport`) are stored in the table.
+
+The steps, in order: :func:`sample_archs` -> :func:`measure_networks` -> :func:`fit_on_half` ->
+:func:`judge_on_half` -> store.
 """
 
 from __future__ import annotations
@@ -13,20 +20,27 @@ from __future__ import annotations
 import datetime as dt
 import random
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from ..arch import Arch, sample_arch
-from ..errors import ProfileError
+from ..errors import SettingsError
+from ..macs import arch_cost
 from ..progress import progress_bar
 from ..runtime.base import NoisyMeasurement
-from ..runtime.statistics import TimingStats
-from .metrics import kendall_tau, mape, max_abs_error_pct, median, spearman, within
-from .predict import fit_correction, predict
-from .profiler import ProfileSettings, network_target, prepare_sources, time_in_passes
-from .table import Correction, LatencyTable
+from ..runtime.statistics import Protocol, TimingStats, item_latency, needs_pass
+from .correction import Correction, fit_correction
+from .metrics import median
+from .predict import predict
+from .profiler import network_target, prepare_sources
+from .report import PredictionErrors, Repeatability, ValidationReport, ValidationRow, under_prediction_margin
+from .table import LatencyTable
+from .timing import ProfileSettings, time_until_stable
 
 DEFAULT_SAMPLES = 40
+MIN_SAMPLES = 4  # half fit the correction, half are reported: two of each at least
 
 
 def sample_archs(table: LatencyTable, n: int, seed: int) -> list[Arch]:
@@ -39,21 +53,110 @@ def sample_archs(table: LatencyTable, n: int, seed: int) -> list[Arch]:
         if len(seen) == n:
             break
     if len(seen) < n:
-        raise ProfileError(f"space {table.space.name!r} has fewer than {n} distinct sub-networks: "
-                           "ask for fewer samples")
+        raise SettingsError(f"space {table.space.name!r} has fewer than {n} distinct sub-networks: ask for fewer "
+                            "samples", field="samples")
     return list(seen.values())
 
 
-def accuracy(predicted: list[float], measured: list[float]) -> dict[str, float]:
-    """MAPE (%), max error (%), within ±5% / ±10% (fractions), Kendall tau and Spearman rho."""
-    return {
-        "mape": mape(predicted, measured),
-        "max_error_pct": max_abs_error_pct(predicted, measured),
-        "within_5pct": within(predicted, measured, 0.05),
-        "within_10pct": within(predicted, measured, 0.10),
-        "kendall_tau": kendall_tau(predicted, measured),
-        "spearman": spearman(predicted, measured),
-    }
+#: Independent measurement runs of the validation networks (their agreement is the report's noise floor).
+RUNS = 2
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One network measured end to end in independent runs: each run's passes, all of them combined."""
+
+    runs: tuple[tuple[TimingStats, ...], ...]
+    protocol: Protocol
+
+    @property
+    def passes(self) -> list[TimingStats]:
+        """Every pass of every run, in order."""
+        return [p for run in self.runs for p in run]
+
+    @property
+    def stats(self) -> TimingStats:
+        """All passes combined (median, CV over every run)."""
+        return TimingStats.combine(self.passes)
+
+    @property
+    def latency_ms(self) -> float:
+        """The table's statistic over every pass."""
+        return item_latency(self.passes, self.protocol)
+
+    @property
+    def runs_ms(self) -> tuple[float, ...]:
+        """The table's statistic of each run."""
+        return tuple(item_latency(run, self.protocol) for run in self.runs)
+
+
+def measure_networks(table: LatencyTable, archs: list[Arch], settings: ProfileSettings,
+                     progress: bool, runs: int = RUNS) -> list[Measured]:
+    """Build every arch, then time them all as the table's entries were timed, in ``runs`` independent runs."""
+    targets = [network_target(a) for a in archs]
+    protocol = settings.protocol
+    with progress_bar(progress) as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurement)
+        build = bar.add_task("build", total=len(targets))
+        sources = prepare_sources(table.space, targets, settings, lambda: bar.advance(build))
+        timing = bar.add_task("time", total=len(targets) * protocol.fewest_rounds * runs)
+
+        def timed(_name: str, passes: list[TimingStats]) -> None:
+            bar.advance(timing)
+            if needs_pass(passes, protocol) and len(passes) >= protocol.fewest_rounds:
+                bar.update(timing, total=bar.tasks[timing].total + 1)
+
+        measured = [time_until_stable({t.name: sources[t.name] for t in targets}, settings, on_pass=timed)
+                    for _ in range(runs)]
+    return [Measured(tuple(tuple(run[t.name]) for run in measured), protocol) for t in targets]
+
+
+def macs_linear(archs: list[Arch], table: LatencyTable, measured: list[float]) -> PredictionErrors:
+    """A two-parameter model ``latency = a * MACs + b`` fitted on the even-numbered networks, judged on the
+    odd-numbered ones: the FLOPs interpolation a user without a measured table would use."""
+    macs = [arch_cost(a, table.space).macs for a in archs]
+    fit_idx, test_idx = range(0, len(archs), 2), range(1, len(archs), 2)
+    slope, intercept = np.polyfit([macs[i] for i in fit_idx], [measured[i] for i in fit_idx], 1)
+    return PredictionErrors.of([slope * macs[i] + intercept for i in test_idx], [measured[i] for i in test_idx])
+
+
+def fit_on_half(table: LatencyTable, archs: list[Arch], measured: list[float]) -> Correction:
+    """The correction fitted on the even-numbered networks (their entry sums against their measurements)."""
+    fit_idx = range(0, len(archs), 2)
+    adjusted = [predict(table, archs[i]).adjusted_sum_ms for i in fit_idx]
+    return fit_correction(adjusted, [measured[i] for i in fit_idx], table.correction.per_call_ms)
+
+
+def judge_on_half(table: LatencyTable, archs: list[Arch], networks: list[Measured], correction: Correction,
+                  seed: int) -> ValidationReport:
+    """The report of ``correction`` on the odd-numbered networks (and of no correction, beside it)."""
+    uncalibrated = Correction(offset_ms=correction.per_call_ms, per_call_ms=correction.per_call_ms)
+    fitted = replace(table, correction=correction)  # adjusted sums are the fit's own: it keeps per_call_ms
+    preds = [predict(fitted, a) for a in archs]
+    measured = [n.latency_ms for n in networks]
+    test_idx = range(1, len(archs), 2)
+    test_measured = [measured[i] for i in test_idx]
+    rows = tuple(ValidationRow(
+        index=i, split="fit" if i % 2 == 0 else "test", hash=a.hash, arch=a.short(), entries=p.entries,
+        sum_ms=p.sum_ms, predicted_ms=p.latency_ms, measured_ms=measured[i],
+        error_pct=100 * (p.latency_ms - measured[i]) / measured[i], cv=networks[i].stats.cv,
+        pass_medians_ms=tuple(s.median_ms for s in networks[i].passes), parts_ms=p.parts_ms,
+        runs_ms=networks[i].runs_ms, macs=arch_cost(a, table.space).macs,
+    ) for i, (a, p) in enumerate(zip(archs, preds)))
+    cvs = [n.stats.cv for n in networks]
+    runs = [n.runs_ms for n in networks]
+    return ValidationReport(
+        errors=PredictionErrors.of([preds[i].latency_ms for i in test_idx], test_measured),
+        samples=len(archs), seed=seed, fit_samples=len(archs) - len(test_idx), test_samples=len(test_idx),
+        noise_cv_median=median(cvs), noise_cv_max=max(cvs),
+        entry_cv_median=median([e.stats.cv for e in table.entries.values()]),
+        uncalibrated=PredictionErrors.of([uncalibrated.apply(preds[i].adjusted_sum_ms) for i in test_idx],
+                                         test_measured),
+        correction=correction, date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        protocol=table.meta.protocol, rows=rows,
+        repeatability=Repeatability.of([r[0] for r in runs], [r[1] for r in runs]) if len(runs[0]) > 1 else None,
+        macs_linear=macs_linear(archs, table, measured),
+        margin=under_prediction_margin([preds[i].latency_ms for i in test_idx], test_measured))
 
 
 def validate_table(
@@ -65,69 +168,24 @@ def validate_table(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     save: bool = True,
-) -> dict[str, Any]:
+) -> ValidationReport:
     """Measure ``samples`` random networks, fit the correction on half, report on the other half.
 
     The fitted correction and the report are stored in the table (saved atomically when ``save``).
-    Returns the report; its keys include ``mape`` (%), ``within_10pct`` (a fraction) and ``kendall_tau``.
     """
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
     table.require_complete()
-    if samples < 4:
-        raise ProfileError("--samples must be at least 4: half fit the correction, half are reported")
+    if samples < MIN_SAMPLES:
+        raise SettingsError(f"samples {samples} must be at least {MIN_SAMPLES}: half fit the correction, half are "
+                            "reported", field="samples")
     settings = ProfileSettings.from_table(table, workers=workers,
                                           cache_dir=Path(cache_dir) if cache_dir is not None else None)
     archs = sample_archs(table, samples, seed)
-    targets = [network_target(a) for a in archs]
-    measured: list[float] = []
-    cvs: list[float] = []
-    pass_medians: list[list[float]] = []
-    with progress_bar(progress) as bar, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoisyMeasurement)
-        build = bar.add_task("build", total=len(targets))
-        sources = prepare_sources(table.space, targets, settings, lambda: bar.advance(build))
-        timing = bar.add_task("time", total=len(targets) * settings.protocol.rounds)
-        passes = time_in_passes({t.name: sources[t.name] for t in targets}, settings,
-                                on_pass=lambda *_: bar.advance(timing))
-        for t in targets:
-            stats = TimingStats.combine(passes[t.name])
-            measured.append(stats.median_ms)
-            cvs.append(stats.cv)
-            pass_medians.append([p.median_ms for p in passes[t.name]])
-
-    preds = [predict(table, a) for a in archs]
-    adjusted = [p.adjusted_sum_ms for p in preds]
-    fit_idx, test_idx = list(range(0, samples, 2)), list(range(1, samples, 2))
-    per_call = table.correction.per_call_ms
-    correction = fit_correction([adjusted[i] for i in fit_idx], [measured[i] for i in fit_idx], per_call)
-    uncalibrated = Correction(offset_ms=per_call, per_call_ms=per_call)
-    test_measured = [measured[i] for i in test_idx]
-    table.correction = correction
-    preds = [predict(table, a) for a in archs]  # parts_ms with the fitted scale
-    predicted = [p.latency_ms for p in preds]
-    rows = [{
-        "index": i, "split": "fit" if i % 2 == 0 else "test", "hash": a.hash, "arch": a.short(),
-        "entries": p.entries, "sum_ms": p.sum_ms, "predicted_ms": predicted[i], "measured_ms": measured[i],
-        "error_pct": 100 * (predicted[i] - measured[i]) / measured[i], "cv": cvs[i], "pass_medians_ms": pass_medians[i],
-        "parts_ms": p.parts_ms,
-    } for i, (a, p) in enumerate(zip(archs, preds))]
-    report: dict[str, Any] = {
-        **accuracy([predicted[i] for i in test_idx], test_measured),
-        "samples": samples,
-        "seed": seed,
-        "fit_samples": len(fit_idx),
-        "test_samples": len(test_idx),
-        "noise_cv_median": median(cvs),
-        "noise_cv_max": max(cvs),
-        "entry_cv_median": median([e.stats.cv for e in table.entries.values()]),
-        "uncalibrated": accuracy([uncalibrated.apply(adjusted[i]) for i in test_idx], test_measured),
-        "correction": correction.to_dict(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "protocol": table.meta.protocol.to_dict(),
-        "rows": rows,
-    }
-    table.validation = report
+    networks = measure_networks(table, archs, settings, progress)
+    correction = fit_on_half(table, archs, [n.latency_ms for n in networks])
+    report = judge_on_half(table, archs, networks, correction, seed)
+    table.correction, table.validation = correction, report
     if save:
         table.save()
     return report

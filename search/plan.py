@@ -1,0 +1,80 @@
+"""The settings of a search and its pre-flight: everything checked before the data is read or anything written.
+
+:func:`plan_search` turns a checkpoint, a latency table and :class:`SearchOptions` into a
+:class:`SearchPlan`: the constraints of every budget, the cost model (the table must be of the supernet's
+space and complete), the achievable latency range (budgets and caps no arch can meet are refused here,
+naming the range) and the identities of the table and supernet that the outputs record.
+:func:`~vitres_deploy.search.run.run_search` carries a plan out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import Checkpoint
+from ..errors import SettingsError
+from ..latency import LatencyRange, LatencyTable
+from .constraints import Constraint, CostModel, check_budgets
+from .evolution import EvolutionConfig
+from .outputs import supernet_identity, table_identity
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Every setting of a search; field names are those of the ``search`` command's parameters.
+
+    ``budgets_ms``: one or several latency budgets, searched together (sharing their evaluations);
+    ``alpha``: the latency window is ``[alpha*B, B]``; ``max_macs``/``max_params``: optional caps;
+    ``resume``: continue the search in ``out_dir``; ``eval_limit``: evaluate on the first N hold-out
+    images only (quick runs). Out-of-range settings raise :class:`SettingsError` naming the field.
+    """
+
+    budgets_ms: tuple[float, ...]
+    out_dir: Path
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    alpha: float = 0.9
+    max_macs: int | None = None
+    max_params: int | None = None
+    resume: bool = False
+    eval_limit: int | None = None
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if not self.budgets_ms:
+            raise SettingsError("budgets_ms: give at least one latency budget", field="budgets_ms")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise SettingsError(f"eval_limit {self.eval_limit} must be >= 1", field="eval_limit")
+        if self.batch_size < 1:
+            raise SettingsError(f"batch_size {self.batch_size} must be >= 1", field="batch_size")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A search ready to run: its options, one constraint per budget (lowest first) and what they are met on."""
+
+    checkpoint: Checkpoint
+    table: LatencyTable
+    options: SearchOptions
+    constraints: tuple[Constraint, ...]
+    cost: CostModel
+    achievable: LatencyRange
+    table_id: dict[str, Any]
+    supernet_id: dict[str, Any]
+
+
+def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOptions) -> SearchPlan:
+    """Check ``options`` against the supernet's space and the latency table, before any data is read.
+
+    A table of another space or an incomplete one is a :class:`~vitres_deploy.errors.ProfileError`; a budget
+    or cap that no arch of the space can meet is a :class:`~vitres_deploy.errors.BudgetError`.
+    """
+    constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params)
+                        for b in sorted(set(options.budgets_ms)))
+    cost = CostModel(table, checkpoint.space)
+    achievable = check_budgets(constraints, cost)
+    return SearchPlan(checkpoint, table, options, constraints, cost, achievable, table_identity(table),
+                      supernet_identity(checkpoint))
