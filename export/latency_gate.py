@@ -17,6 +17,7 @@ from torch import nn
 
 from ..arch import Arch
 from ..errors import ProfileError
+from ..latency.drift import DriftReport, trusted_table
 from ..latency.predict import predict
 from ..latency.table import LatencyTable
 from ..latency.timing import Measurement, ProfileSettings, measure_like, measure_module, measure_onnx
@@ -30,15 +31,19 @@ from .checks import CheckResult
 
 @dataclass(frozen=True)
 class LatencyGate:
-    """A loaded table that fits the export (space, precision, batch range), ready to gate."""
+    """A loaded table that fits the export (space, precision, batch range) and this machine, ready to gate."""
 
     table: LatencyTable
     predicted_ms: float
+    drift: DriftReport | None = None
 
 
 def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
-                      batch_range: tuple[int, int, int], formats: tuple[str, ...]) -> LatencyGate:
-    """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here."""
+                      batch_range: tuple[int, int, int], formats: tuple[str, ...], *, drift_check: bool = True,
+                      rescale: bool = False, allow_other_device: bool = False) -> LatencyGate:
+    """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here:
+    its space, precision and batch, its device fingerprint and (unless ``drift_check`` is off) its drift
+    (:func:`~vitres_deploy.latency.drift.trusted_table`)."""
     table = LatencyTable.load(table_path)
     meta = table.meta
     if meta.space != space.name:
@@ -52,7 +57,9 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
     if meta.backend == "tensorrt" and "tensorrt" in formats and not batch_range[0] <= meta.batch <= batch_range[2]:
         raise ProfileError(f"latency table {table_path} is measured at batch {meta.batch}, outside batch_range "
                            f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine", field="batch_range")
-    return LatencyGate(table, predict(table, arch).latency_ms)
+    table, drift = trusted_table(table, drift_check=drift_check, rescale=rescale,
+                                 allow_other_device=allow_other_device)
+    return LatencyGate(table, predict(table, arch).latency_ms, drift)
 
 
 def measure_export(gate: LatencyGate, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
@@ -117,6 +124,8 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         "spread": measurement.to_dict()["spread"], "stats": stats.to_dict(), "budget_ms": budget_ms,
         "tolerance": tolerance,
         "allow_over_budget": allow_over_budget, "artifact": artifact,
+        "drift_check": gate.drift.to_dict(items=False) if gate.drift else None,
+        "rescaled_by": gate.table.correction.details.get("rescaled_by"),
     }
     values = {"measured_ms": measured, "predicted_ms": gate.predicted_ms, "cv": stats.cv, "budget_ms": budget_ms}
     return CheckResult(artifact, meta.backend, "latency", passed, summary, values, limits, failure), record

@@ -81,8 +81,11 @@ class ExportOptions:
     force: bool = False
     table_path: str | Path | None = None
     budget_ms: float | None = None
-    latency_tolerance: float = 0.1
+    latency_tolerance: float = 0.05
     allow_over_budget: bool = False
+    drift_check: bool = True
+    rescale: bool = False
+    allow_other_device: bool = False
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]

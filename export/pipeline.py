@@ -177,7 +177,8 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint, arch: Arch | ArchFil
     gate = None
     if opts.table_path is not None:
         gate = plan_latency_gate(opts.table_path, chosen, space, opts.precision, opts.batch_range.as_tuple(),
-                                 opts.all_formats)
+                                 opts.all_formats, drift_check=opts.drift_check, rescale=opts.rescale,
+                                 allow_other_device=opts.allow_other_device)
     return ExportPlan(checkpoint, chosen, setup.target, opts, setup.onnx_runtime, budget, gate)
 
 

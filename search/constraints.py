@@ -1,4 +1,8 @@
-"""What a candidate must satisfy: predicted latency in ``[alpha*B, B]`` plus optional MAC and parameter caps.
+"""What a candidate must satisfy: predicted latency in ``[alpha*L, L]`` plus optional MAC and parameter caps.
+
+``L = B / (1 + margin)`` is the budget ``B`` less the table's validated under-prediction ``margin``
+(:attr:`~vitres_deploy.latency.report.ValidationReport.margin`): networks the table under-predicts by up
+to that much still measure within ``B``.
 
 Latency comes from the latency table (:func:`vitres_deploy.latency.predict`), MACs and parameters
 from the closed form (:func:`vitres_deploy.macs.arch_cost`); both are memoised per arch. Budgets the
@@ -53,21 +57,28 @@ class CostModel:
 
 @dataclass(frozen=True)
 class Constraint:
-    """Predicted latency within ``[alpha * budget_ms, budget_ms]``, MACs <= ``max_macs``, params <= ``max_params``."""
+    """Predicted latency within ``[alpha * limit_ms, limit_ms]`` (``limit_ms = budget_ms / (1 + margin)``),
+    MACs <= ``max_macs``, params <= ``max_params``."""
 
     budget_ms: float
     alpha: float = 0.9
     max_macs: int | None = None
     max_params: int | None = None
+    margin: float = 0.0
+
+    @property
+    def limit_ms(self) -> float:
+        """Upper end of the latency window: the budget less the margin."""
+        return self.budget_ms / (1 + self.margin)
 
     @property
     def low_ms(self) -> float:
         """Lower end of the latency window."""
-        return self.alpha * self.budget_ms
+        return self.alpha * self.limit_ms
 
     def violation(self, m: Metrics) -> float:
         """How far ``m`` is from satisfying the constraint (relative excesses summed); 0 exactly when satisfied."""
-        v = max(0.0, self.low_ms - m.latency_ms, m.latency_ms - self.budget_ms) / self.budget_ms
+        v = max(0.0, self.low_ms - m.latency_ms, m.latency_ms - self.limit_ms) / self.budget_ms
         if self.max_macs is not None:
             v += max(0, m.macs - self.max_macs) / self.max_macs
         if self.max_params is not None:
@@ -80,7 +91,7 @@ class Constraint:
 
     def describe(self) -> str:
         """E.g. ``latency in [0.9, 1] ms, MACs <= 12,000,000``."""
-        parts = [f"latency in [{self.low_ms:.4g}, {self.budget_ms:.4g}] ms"]
+        parts = [f"latency in [{self.low_ms:.4g}, {self.limit_ms:.4g}] ms"]
         if self.max_macs is not None:
             parts.append(f"MACs <= {self.max_macs:,}")
         if self.max_params is not None:
@@ -100,9 +111,10 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
     for c in constraints:
         if not c.budget_ms > 0:
             raise BudgetError(f"budget {c.budget_ms:g} ms must be positive")
-        if c.budget_ms < fast or c.budget_ms > slow:
-            side = "below the fastest" if c.budget_ms < fast else "above the slowest"
-            raise BudgetError(f"budget {c.budget_ms:g} ms is {side} architecture of space {cost.space.name!r}: "
+        if c.limit_ms < fast or c.budget_ms > slow * (1 + c.margin):
+            side = "below the fastest" if c.limit_ms < fast else "above the slowest"
+            kept = f" with the table's {c.margin:.1%} margin" if c.margin and c.limit_ms < fast else ""
+            raise BudgetError(f"budget {c.budget_ms:g} ms is {side} architecture of space {cost.space.name!r}{kept}: "
                               f"the achievable range is {fast:.4g} .. {slow:.4g} ms{where}")
         if not 0.0 < c.alpha <= 1.0:
             raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]", field="alpha")

@@ -37,7 +37,7 @@ def table_identity(table: LatencyTable) -> dict[str, Any]:
     return {"path": str(table.path) if table.path else None, "sha256": digest, "space": m.space,
             "backend": m.backend, "backend_version": m.backend_version, "precision": m.precision, "batch": m.batch,
             "threads": m.threads, "device": m.device, "date": m.date, "correction": table.correction.model,
-            "validated": table.validation is not None}
+            "validated": table.validation is not None, "rescaled_by": table.correction.details.get("rescaled_by")}
 
 
 def supernet_identity(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -74,8 +74,9 @@ def best_file(record: Record, constraint: Constraint, records: Sequence[Record],
         hash=record.hash, latency_ms=record.latency_ms, macs=record.macs, params=record.params,
         holdout_top1=record.holdout_top1, holdout_top5=record.holdout_top5, holdout_images=record.images,
         holdout_top1_ci95=(low, high), within_ci95=within, alpha=constraint.alpha,
-        window_ms=(constraint.low_ms, constraint.budget_ms), max_macs=constraint.max_macs,
-        max_params=constraint.max_params, evaluated=len(records), table=table, supernet=supernet)
+        window_ms=(constraint.low_ms, constraint.limit_ms), max_macs=constraint.max_macs,
+        max_params=constraint.max_params, evaluated=len(records), table=table, supernet=supernet,
+        margin=constraint.margin)
     return ArchFile(record.arch, constraint.budget_ms, searched)
 
 

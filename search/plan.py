@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
-from ..errors import SettingsError
+from ..distributed import Ranks
+from ..errors import SettingsError, VitresError
 from ..latency import LatencyRange, LatencyTable
+from ..latency.drift import DriftReport, trusted_table
 from .constraints import Constraint, CostModel, check_budgets
 from .evolution import EvolutionConfig
 from .outputs import supernet_identity, table_identity
@@ -26,9 +28,13 @@ class SearchOptions:
     """Every setting of a search; field names are those of the ``search`` command's parameters.
 
     ``budgets_ms``: one or several latency budgets, searched together (sharing their evaluations);
-    ``alpha``: the latency window is ``[alpha*B, B]``; ``max_macs``/``max_params``: optional caps;
-    ``resume``: continue the search in ``out_dir``; ``eval_limit``: evaluate on the first N hold-out
-    images only (quick runs). Out-of-range settings raise :class:`SettingsError` naming the field.
+    ``alpha``: the latency window is ``[alpha*L, L]`` with ``L = B / (1 + margin)``; ``margin``: None for
+    the table's validated under-prediction (:attr:`ValidationReport.search_margin`, 0 for a table not
+    validated); ``max_macs``/``max_params``: optional caps; ``resume``: continue the search in ``out_dir``;
+    ``eval_limit``: evaluate on the first N hold-out images only (quick runs); ``drift_check``: re-time a
+    handful of the table's entries and networks first and stop if the table no longer describes this
+    machine, unless ``rescale`` (apply the measured ratio); ``allow_other_device``: use a table of another
+    device fingerprint. Out-of-range settings raise :class:`SettingsError` naming the field.
     """
 
     budgets_ms: tuple[float, ...]
@@ -40,6 +46,10 @@ class SearchOptions:
     resume: bool = False
     eval_limit: int | None = None
     batch_size: int = 500
+    margin: float | None = None
+    drift_check: bool = True
+    rescale: bool = False
+    allow_other_device: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
@@ -50,6 +60,8 @@ class SearchOptions:
             raise SettingsError(f"eval_limit {self.eval_limit} must be >= 1", field="eval_limit")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size {self.batch_size} must be >= 1", field="batch_size")
+        if self.margin is not None and not 0 <= self.margin < 1:
+            raise SettingsError(f"margin {self.margin} must be in [0, 1)", field="margin")
 
 
 @dataclass(frozen=True)
@@ -64,17 +76,40 @@ class SearchPlan:
     achievable: LatencyRange
     table_id: dict[str, Any]
     supernet_id: dict[str, Any]
+    drift: DriftReport | None = None
 
 
-def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOptions) -> SearchPlan:
+def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOptions,
+                ranks: Ranks | None = None) -> SearchPlan:
     """Check ``options`` against the supernet's space and the latency table, before any data is read.
 
     A table of another space or an incomplete one is a :class:`~vitres_deploy.errors.ProfileError`; a budget
-    or cap that no arch of the space can meet is a :class:`~vitres_deploy.errors.BudgetError`.
+    or cap that no arch of the space can meet is a :class:`~vitres_deploy.errors.BudgetError`. The table's
+    fingerprint and drift are checked (:func:`~vitres_deploy.latency.drift.trusted_table`) on rank 0 alone,
+    so that no other rank's work disturbs the timing, and the outcome is shared with every rank.
     """
-    constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params)
+    ranks = ranks or Ranks()
+    # what can be refused without timing anything first: a table of another space, budgets out of range
+    check_budgets([Constraint(b, options.alpha, options.max_macs, options.max_params) for b in options.budgets_ms],
+                  CostModel(table, checkpoint.space))
+    trusted = ranks.broadcast(_trust(table, options) if ranks.main else None)
+    if isinstance(trusted, VitresError):
+        raise trusted
+    table, drift = trusted
+    margin = options.margin if options.margin is not None else (
+        table.validation.search_margin if table.validation is not None else 0.0)
+    constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params, margin)
                         for b in sorted(set(options.budgets_ms)))
     cost = CostModel(table, checkpoint.space)
     achievable = check_budgets(constraints, cost)
-    return SearchPlan(checkpoint, table, options, constraints, cost, achievable, table_identity(table),
-                      supernet_identity(checkpoint))
+    table_id = {**table_identity(table), "drift_check": drift.to_dict(items=False) if drift else None}
+    return SearchPlan(checkpoint, table, options, constraints, cost, achievable, table_id,
+                      supernet_identity(checkpoint), drift)
+
+
+def _trust(table: LatencyTable, options: SearchOptions) -> tuple[LatencyTable, DriftReport | None] | VitresError:
+    try:
+        return trusted_table(table, drift_check=options.drift_check, rescale=options.rescale,
+                             allow_other_device=options.allow_other_device)
+    except VitresError as e:  # raised on every rank, not only the one that checked
+        return e

@@ -29,7 +29,7 @@ def plot_search(path: Path, records: Sequence[Record], front: Sequence[Record], 
                 where="post", color="black", linewidth=1.2, label="Pareto frontier")
         for i, (c, best) in enumerate(zip(constraints, bests)):
             color = colors(i % 10)
-            ax.axvspan(c.low_ms, c.budget_ms, color=color, alpha=0.12, linewidth=0)
+            ax.axvspan(c.low_ms, c.limit_ms, color=color, alpha=0.12, linewidth=0)
             ax.axvline(c.budget_ms, color=color, linestyle="--", linewidth=1.2, label=f"budget {c.budget_ms:g} ms")
             ax.scatter([best.latency_ms], [100 * best.holdout_top1], marker="*", s=220, color=color,
                        edgecolors="black", linewidths=0.8, zorder=5,

@@ -28,6 +28,7 @@ from vitres_deploy.cli import main
 from vitres_deploy.data import open_checkpoint_data
 from vitres_deploy.errors import BudgetError, RunDirError, SettingsError, VitresError
 from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, profile_space
+from vitres_deploy.latency.report import PredictionErrors, ValidationReport, ValidationRow
 from vitres_deploy.macs import arch_cost
 from vitres_deploy.runtime import Protocol
 from vitres_deploy.search import Constraint, CostModel, EvolutionConfig, SearchOptions, plan_search, run_search
@@ -50,7 +51,7 @@ SPACE = {
 TINY = EvolutionConfig(population=6, iterations=2, parents=3, mutations=3, crossovers=3, seed=1)
 LIMIT = 100
 TINY_FLAGS = ["--population", "6", "--iterations", "2", "--parents", "3", "--mutations", "3", "--crossovers", "3",
-              "--seed", "1", "--eval-limit", str(LIMIT)]
+              "--seed", "1", "--eval-limit", str(LIMIT), "--no-drift-check"]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,7 @@ def budget_at(table: LatencyTable, fraction: float) -> float:
 def search(checkpoint: Checkpoint, data: Any, table: LatencyTable, budgets: list[float], out: Path,
            on_record: Any = None, **options: Any) -> Any:
     options.setdefault("evolution", TINY)
+    options.setdefault("drift_check", False)  # the drift check has tests of its own (test_drift.py)
     plan = plan_search(checkpoint, table, SearchOptions(budgets_ms=tuple(budgets), out_dir=out, eval_limit=LIMIT,
                                                         **options))
     return run_search(plan, data, on_record=on_record)
@@ -177,6 +179,37 @@ def test_every_evaluation_satisfies_the_window_and_caps(checkpoint: Checkpoint, 
     # most accurate, then fastest, then the smaller hash: archs with the same blocks in another order tie
     assert best["hash"] == min(records, key=lambda r: (-r.holdout_top1, r.latency_ms, r.hash)).hash
     assert best["max_macs"] == max_macs and best["max_params"] == max_params
+
+
+def test_the_validated_margin_keeps_searched_archs_under_the_budget(checkpoint: Checkpoint, data: Any,
+                                                                   table: LatencyTable, tmp_path: Path) -> None:
+    """A table known to under-predict by 8% (its validation's held-out networks measured 1.08x their prediction):
+    the search keeps predicted latency 8% below the budget, so every arch it evaluates in the window, the best
+    among them, measures within the budget at the table's known error; without the margin the best would not."""
+    error = 1.08
+    predicted = [0.2 + 0.01 * i for i in range(10)]
+    rows = tuple(ValidationRow(index=i, split="test", hash=f"{i}", arch="-", entries=1, sum_ms=p, predicted_ms=p,
+                               measured_ms=p * error, error_pct=100 * (1 / error - 1), cv=0.01, pass_medians_ms=None,
+                               parts_ms={}) for i, p in enumerate(predicted))
+    measured = [p * error for p in predicted]
+    report = ValidationReport(
+        errors=PredictionErrors.of(predicted, measured), samples=10, seed=0, fit_samples=0, test_samples=10,
+        noise_cv_median=0.01, noise_cv_max=0.01, entry_cv_median=0.01,
+        uncalibrated=PredictionErrors.of(predicted, measured), correction=table.correction, date="-",
+        protocol=table.meta.protocol, rows=rows)
+    known = dataclasses.replace(table, validation=report)
+    assert report.search_margin == pytest.approx(error - 1)
+    budget = budget_at(table, 0.6)
+    result = search(checkpoint, data, known, [budget], tmp_path / "margin")
+    constraint = result.constraints[0]
+    assert constraint.margin == pytest.approx(error - 1)
+    in_window = [r for r in result.records if constraint.satisfied(r.metrics)]
+    assert in_window and all(r.latency_ms * error <= budget * (1 + 1e-9) for r in in_window)
+    best = json.loads((tmp_path / "margin" / "best.json").read_text())
+    assert best["margin"] == pytest.approx(error - 1) and best["latency_ms"] * error <= budget * (1 + 1e-9)
+    assert best["window_ms"][1] == pytest.approx(budget / error)
+    unguarded = search(checkpoint, data, known, [budget], tmp_path / "no-margin", margin=0.0)
+    assert unguarded.bests[0].latency_ms * error > budget  # the top of the window is over the budget in fact
 
 
 def test_infeasible_budgets_fail_at_once_with_the_range(table: LatencyTable, checkpoint: Checkpoint,
@@ -322,7 +355,7 @@ def test_cli_prints_a_summary_and_json(reference: Any, checkpoint: Checkpoint, t
 
 def test_bad_settings_are_one_line_errors(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
     base = ["search", "--supernet", str(checkpoint.path), "--profile", str(table.path), "--out", str(tmp_path),
-            "--budget-ms", f"{budget_at(table, 0.5):.6g}"]
+            "--budget-ms", f"{budget_at(table, 0.5):.6g}", "--no-drift-check"]
     result = CliRunner().invoke(main, [*base, "--parents", "0"])
     assert result.exit_code == 2 and result.output.strip() == "error: --parents 0 must be >= 1"
     result = CliRunner().invoke(main, [*base, "--mutation-prob", "1.5"])

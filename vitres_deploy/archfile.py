@@ -19,6 +19,9 @@ from .arch import Arch, max_arch, min_arch, random_arch
 from .errors import ArchError
 from .space import SearchSpace
 
+#: Fields of a search's record that files written by earlier versions lack (their defaults apply).
+OPTIONAL = ("margin",)
+
 
 @dataclass(frozen=True)
 class SearchedRecord:
@@ -26,7 +29,8 @@ class SearchedRecord:
 
     ``holdout_top1_ci95`` is the Wilson 95% interval of ``holdout_top1`` on ``holdout_images`` images;
     ``within_ci95`` counts the other archs of the budget's window that score inside it. ``table`` and
-    ``supernet`` identify the latency table and the supernet (path, sha256, what they hold).
+    ``supernet`` identify the latency table and the supernet (path, sha256, what they hold, the drift check);
+    ``margin`` is how far below the budget the window ended (the table's validated under-prediction).
     """
 
     hash: str
@@ -45,6 +49,7 @@ class SearchedRecord:
     evaluated: int
     table: dict[str, Any]
     supernet: dict[str, Any]
+    margin: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the fields beside ``space`` and ``stages`` in ``best.json``)."""
@@ -56,10 +61,10 @@ class SearchedRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchedRecord:
         """Inverse of :meth:`to_dict`; a missing or mistyped field is an :class:`ArchError`."""
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in OPTIONAL]
         if missing:
             raise ArchError(f"a search's architecture file needs {', '.join(missing)}")
-        values = {f.name: data[f.name] for f in fields(cls)}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         try:
             values["holdout_top1_ci95"] = tuple(float(v) for v in values["holdout_top1_ci95"])
             values["window_ms"] = tuple(float(v) for v in values["window_ms"])

@@ -84,6 +84,14 @@ class DemoSummary:
     holdout_top1_ci95: tuple[float, float]
     within_ci95: int
     eval_limit: int | None
+    margin: float = 0.0
+    validated: bool = False
+    repeat_p90_change_pct: float | None = None
+
+    @property
+    def over_budget(self) -> float | None:
+        """How far the measured latency is above the budget (a fraction; negative below it)."""
+        return None if self.measured_ms is None else self.measured_ms / self.budget_ms - 1
 
     def to_dict(self) -> dict[str, Any]:
         """The ``summary`` of ``summary.json`` (the validation's sample count inside its ``validation``)."""
@@ -95,7 +103,9 @@ class DemoSummary:
             "test_top1_onnxruntime": self.test_top1_onnxruntime,
             "validation": {"samples": self.validation_samples, **self.validation.to_dict()},
             "search_evaluations": self.search_evaluations, "holdout_top1_ci95": list(self.holdout_top1_ci95),
-            "within_ci95": self.within_ci95, "eval_limit": self.eval_limit,
+            "within_ci95": self.within_ci95, "eval_limit": self.eval_limit, "margin": self.margin,
+            "validated": self.validated, "repeat_p90_change_pct": self.repeat_p90_change_pct,
+            "over_budget": self.over_budget,
         }
 
 
@@ -152,14 +162,18 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     data = open_checkpoint_data(checkpoint, opts.data_dir)
     span = latency_range(table)
     budget = opts.budget_ms or round(span.fastest_ms + opts.budget_fraction * (span.slowest_ms - span.fastest_ms), 4)
+    # the table was validated a moment ago: its correction is fitted to this machine as it is now, so the
+    # search and the export skip their drift checks
     search_options = SearchOptions(budgets_ms=(budget,), out_dir=out / "search",
-                                   evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit)
+                                   evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit,
+                                   drift_check=False)
     search = step(f"search under {budget:.4f} ms",
                   lambda: run_search(plan_search(checkpoint, table, search_options), data))
     arch, searched = search.best_files[0].arch.validate(checkpoint.space), search.searched[0]
     export = step("export ONNX with every check", lambda: export_bundle(
         checkpoint, arch, data, out / "bundle",
-        ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit)))
+        ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit,
+                      drift_check=False)))
     export.raise_for_failures()
     test = step("test-split accuracy of PyTorch and ONNX Runtime",
                 lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
@@ -176,7 +190,9 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         test_top1_pytorch=test["pytorch"], test_top1_onnxruntime=test["onnxruntime"],
         validation_samples=validation.samples, validation=validation.errors,
         search_evaluations=len(search.records), holdout_top1_ci95=searched.holdout_top1_ci95,
-        within_ci95=searched.within_ci95, eval_limit=opts.eval_limit,
+        within_ci95=searched.within_ci95, eval_limit=opts.eval_limit, margin=searched.margin,
+        validated=validation.validated,
+        repeat_p90_change_pct=validation.repeatability.p90_change_pct if validation.repeatability else None,
     )
     paths.update({
         "out": str(out), "table": str(table_path), "table_plot": str(out / "profile" / "latency.png"),

@@ -40,14 +40,19 @@ def demo(out_dir: str | None, reuse_profile: bool, budget_ms: float | None, budg
     s, v = result.summary, result.summary.validation
     print_table(f"vitres-deploy demo: {supernet} on ort-cpu", ["", "value"], [
         ("latency budget", f"{s.budget_ms:.4f} ms (space: {s.achievable_ms[0]:.4f}-{s.achievable_ms[1]:.4f})"),
-        ("predicted latency", f"{s.predicted_ms:.4f} ms"),
-        ("measured latency (ONNX Runtime)", f"{s.measured_ms:.4f} ms" if s.measured_ms else "n/a"),
+        ("predicted latency", f"{s.predicted_ms:.4f} ms (window kept {s.margin:.1%} below the budget)"),
+        ("measured latency (ONNX Runtime)",
+         f"{s.measured_ms:.4f} ms: {'within' if s.over_budget <= 0 else 'OVER'} the budget ({s.over_budget:+.1%})"
+         if s.measured_ms is not None and s.over_budget is not None else "n/a"),
         ("MACs / params", f"{s.macs / 1e6:.2f}M / {s.params / 1e6:.3f}M"),
         ("arch", s.arch),
         ("hold-out top-1 PyTorch / ONNX Runtime", f"{s.holdout_top1_pytorch:.2%} / {s.holdout_top1_onnxruntime:.2%}"),
         ("test top-1 PyTorch / ONNX Runtime", f"{s.test_top1_pytorch:.2%} / {s.test_top1_onnxruntime:.2%}"),
         ("table validation", f"MAPE {v.mape:.2f}%, within ±10% {v.within_10pct:.0%}, "
-                             f"Kendall τ {v.kendall_tau:.3f} ({s.validation_samples} sub-networks)"),
+                             f"Kendall τ {v.kendall_tau:.3f} ({s.validation_samples} sub-networks, "
+                             + ("validated" if s.validated else "NOT validated")
+                             + (f"; repeatability p90 {s.repeat_p90_change_pct:.1f}%)"
+                                if s.repeat_p90_change_pct is not None else ")")),
         ("search", f"{s.search_evaluations} sub-networks evaluated"),
         ("hold-out 95% interval of the best", f"{s.holdout_top1_ci95[0]:.2%}-{s.holdout_top1_ci95[1]:.2%}, "
                                               f"{s.within_ci95} other archs score inside it"),

@@ -49,9 +49,16 @@ def _limits(c: CheckResult) -> str:
 @click.option("--profile", "table_path", default=None,
               help="Latency table: measure the export with its backend and protocol and gate on the budget.")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: budget_ms of a best.json).")
-@click.option("--latency-tolerance", type=float, default=0.1, show_default=True,
+@click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
               help="Measured latency may exceed the budget by this fraction.")
 @click.option("--allow-over-budget", is_flag=True, help="Write the bundle even if measured latency is over budget.")
+@click.option("--no-drift-check", "no_drift_check", is_flag=True,
+              help="With --profile: skip re-timing a handful of the table's entries and networks before exporting.")
+@click.option("--rescale", is_flag=True,
+              help="With --profile: if the drift check finds the machine faster or slower than the table, scale "
+                   "the table's predictions by the measured ratio instead of stopping.")
+@click.option("--allow-other-device", is_flag=True,
+              help="With --profile: use a table whose device fingerprint differs from this machine's.")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--eval-split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True,
               help="Split of the accuracy check.")
@@ -75,7 +82,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
            eval_split: str, eval_limit: int | None, atol: float | None, rtol: float | None,
            min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
            no_simplify: bool, opset: int, seed: int, threads: int, name: str | None, force: bool, out: str,
-           as_json: bool) -> None:
+           as_json: bool, no_drift_check: bool, rescale: bool, allow_other_device: bool) -> None:
     """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
     import dataclasses
 
@@ -95,7 +102,8 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
         eval_limit=eval_limit, seed=seed,
         tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
         max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, table_path=table_path,
-        budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget)
+        budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
+        drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device)
     setup = check_setup(out, options)
     checkpoint = load_checkpoint(ckpt)
     plan = plan_export(setup, checkpoint, resolve_arch_file(arch_spec, checkpoint.space))

@@ -68,7 +68,18 @@ def _preset_help() -> str:
 @click.option("--crossovers", type=int, help="Uniform crossovers per iteration and budget.")
 @click.option("--mutation-prob", type=float, help="Per-gene mutation probability.")
 @click.option("--alpha", type=float, default=0.9, show_default=True,
-              help="Latency window [alpha*B, B]: candidates faster than alpha*B are left out.")
+              help="Latency window [alpha*L, L] with L = B / (1 + margin): candidates faster than alpha*L are left "
+                   "out.")
+@click.option("--margin", type=float,
+              help="Keep predicted latency this fraction below the budget (default: the table's validated "
+                   "under-prediction, 90th percentile of its held-out networks; 0 for a table not validated).")
+@click.option("--no-drift-check", "no_drift_check", is_flag=True,
+              help="Skip re-timing a handful of the table's entries and networks (about 10-30 s) before searching.")
+@click.option("--rescale", is_flag=True,
+              help="If the drift check finds the machine faster or slower than the table, scale the table's "
+                   "predictions by the measured ratio (recorded in best.json) instead of stopping.")
+@click.option("--allow-other-device", is_flag=True,
+              help="Use a table whose device fingerprint (CPU/GPU model, flags, clock, cores) differs from here.")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on the first N hold-out images (quick runs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -79,8 +90,8 @@ def _preset_help() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print best.json (a list for several budgets).")
 def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, max_params: str | None,
            data_dir: str | None, out_dir: Path, seed: int, preset: str, alpha: float, eval_limit: int | None,
-           batch_size: int, threads: int, device: str | None, resume: bool, as_json: bool,
-           **overrides: float | None) -> None:
+           batch_size: int, threads: int, device: str | None, resume: bool, as_json: bool, margin: float | None,
+           no_drift_check: bool, rescale: bool, allow_other_device: bool, **overrides: float | None) -> None:
     """Evolutionary search for the most accurate sub-network under a latency budget (works under torchrun)."""
     import dataclasses
 
@@ -96,11 +107,13 @@ def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, m
     caps = parse_count(max_macs, "max_macs"), parse_count(max_params, "max_params")
     evolution = dataclasses.replace(PRESETS[preset], seed=seed, **{k: v for k, v in overrides.items() if v is not None})
     options = SearchOptions(budgets_ms=budgets, out_dir=out_dir, evolution=evolution, alpha=alpha, max_macs=caps[0],
-                            max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size)
+                            max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size,
+                            margin=margin, drift_check=not no_drift_check, rescale=rescale,
+                            allow_other_device=allow_other_device)
     torch.set_num_threads(threads)
     table = LatencyTable.load(table_path)
     with join_ranks(device) as ranks:
-        plan = plan_search(load_checkpoint(ckpt, map_location=ranks.device), table, options)
+        plan = plan_search(load_checkpoint(ckpt, map_location=ranks.device), table, options, ranks)
         result = run_search(plan, open_checkpoint_data(plan.checkpoint, data_dir), ranks=ranks, progress=not as_json)
         if not ranks.main:
             return
@@ -109,15 +122,20 @@ def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, m
         print_json(files[0] if len(files) == 1 else files)
         return
     if table.validation is None:
-        click.echo(f"note: {table_path} is not validated yet (`vitres-deploy profile validate`)", err=True)
+        click.echo(f"note: {table_path} is not validated yet (`vitres-deploy profile validate`): no margin is "
+                   "kept below the budget", err=True)
+    if plan.drift is not None:
+        scaled = " (predictions rescaled by it)" if plan.drift.drifted else ""
+        click.echo(f"drift check: {plan.drift.describe()}{scaled} in {plan.drift.seconds:.1f} s", err=True)
     rows = []
     for c, best in zip(result.constraints, result.bests):
         feasible = sum(c.satisfied(r.metrics) for r in result.records)
-        rows.append((f"{c.budget_ms:g}", f"{c.low_ms:.4g}-{c.budget_ms:.4g}", best.hash, f"{best.latency_ms:.4g}",
+        rows.append((f"{c.budget_ms:g}", f"{c.low_ms:.4g}-{c.limit_ms:.4g}", best.hash, f"{best.latency_ms:.4g}",
                      f"{100 * best.holdout_top1:.2f}%", human(best.macs), human(best.params), feasible))
     print_table(f"search on {table.meta.device} ({table.meta.backend}, {table.meta.precision}, batch "
                 f"{table.meta.batch})", ["budget (ms)", "window (ms)", "arch", "latency (ms)", "hold-out top-1",
                                          "MACs", "params", "in window"], rows)
+    click.echo(f"  margin kept below each budget: {result.constraints[0].margin:.1%} of predicted latency")
     for best, s in zip(result.bests, result.searched):
         low, high = s.holdout_top1_ci95
         click.echo(f"  {best.hash}: {best.arch.short()}\n    hold-out top-1 95% interval {100 * low:.2f}-"

@@ -76,12 +76,14 @@ class DriftReport:
         return (f"measured {self.ratio:.3f}x the table (95% interval {self.low:.3f}-{self.high:.3f}, "
                 f"{len(self.items)} items)")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return {"ratio": self.ratio, "interval": [self.low, self.high], "tolerance": self.tolerance,
-                "drifted": self.drifted, "seconds": self.seconds,
-                "fingerprint_differences": list(self.fingerprint_differences),
-                "items": [{**asdict(i), "ratio": i.ratio} for i in self.items]}
+    def to_dict(self, *, items: bool = True) -> dict[str, Any]:
+        """Plain-JSON form (without ``items``, the summary alone)."""
+        out: dict[str, Any] = {"ratio": self.ratio, "interval": [self.low, self.high], "tolerance": self.tolerance,
+                               "drifted": self.drifted, "seconds": self.seconds,
+                               "fingerprint_differences": list(self.fingerprint_differences)}
+        if items:
+            out["items"] = [{**asdict(i), "ratio": i.ratio} for i in self.items]
+        return out
 
 
 def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -176,7 +178,8 @@ def rescaled(table: LatencyTable, ratio: float) -> LatencyTable:
 
 
 def trusted_table(table: LatencyTable, *, drift_check: bool = True, rescale: bool = False,
-                  allow_other_device: bool = False, workers: int = 2) -> tuple[LatencyTable, DriftReport | None]:
+                  allow_other_device: bool = False, workers: int = 2,
+                  cache_dir: Any = None) -> tuple[LatencyTable, DriftReport | None]:
     """The table a search or an export may trust here: fingerprint checked, drift checked (unless opted out).
 
     A drifted table is refused with a one-line error naming the fix, or with ``rescale`` its predictions
@@ -185,7 +188,7 @@ def trusted_table(table: LatencyTable, *, drift_check: bool = True, rescale: boo
     check_fingerprint(table, allow_other_device)
     if not drift_check:
         return table, None
-    report = check_drift(table, workers=workers)
+    report = check_drift(table, workers=workers, cache_dir=cache_dir)
     if not report.drifted:
         return table, report
     if rescale:

@@ -169,6 +169,15 @@ class ValidationReport:
         return "noise" if self.repeatability.p90_change_pct > NOISE_P90_CHANGE_PCT else "model"
 
     @property
+    def search_margin(self) -> float:
+        """The margin a search keeps below its budget: :attr:`margin`, or for a report written before it was
+        recorded, the same statistic of its held-out rows."""
+        if self.margin is not None:
+            return self.margin
+        rows = self.test_rows
+        return under_prediction_margin([r.predicted_ms for r in rows], [r.measured_ms for r in rows])
+
+    @property
     def test_rows(self) -> list[ValidationRow]:
         """The rows of the held-out half, the ones ``errors`` is computed on."""
         return [r for r in self.rows if r.split == "test"]

@@ -100,9 +100,10 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
     passes = {name: list((done or {}).get(name, ())) for name in sources}
     for r in range(protocol.rounds):
-        order = [name for name in sources if len(passes[name]) <= r and needs_pass(passes[name], protocol)]
-        if not order:
+        pending = [name for name in sources if needs_pass(passes[name], protocol)]
+        if not pending:
             break
+        order = [name for name in pending if len(passes[name]) <= r]
         for name in reversed(order) if r % 2 else order:
             passes[name].append(timer(sources[name], settings))
             if on_pass is not None:

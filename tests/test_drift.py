@@ -1,0 +1,195 @@
+"""The timing core's statistic and stopping rule, the device fingerprint and the drift check.
+
+Timing itself is tested with real runners: a Runner whose runs take a known time (with injected slow
+stretches), and real ONNX Runtime sessions of a small space's entries and networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.cli import main
+from vitres_deploy.errors import ProfileError
+from vitres_deploy.latency import LatencyTable, latency_range, profile_space
+from vitres_deploy.latency.drift import check_drift, check_fingerprint, median_interval, rescaled, trusted_table
+from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_difference, fingerprint_id
+from vitres_deploy.latency.timing import ProfileSettings, time_until_stable
+from vitres_deploy.runtime import Protocol, Runner, RunnerOptions, TensorSpec, TimingStats, measure
+from vitres_deploy.runtime.statistics import Settled, window_floor
+from vitres_deploy.space import SearchSpace
+
+pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
+              pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
+
+MINI = {
+    "name": "mini", "image_size": 16, "in_chans": 1, "num_classes": 4, "patch_size": 4, "stem_channels": 8,
+    "stages": [
+        {"embed_dims": [24, 16], "heads": [1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
+        {"embed_dims": [32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [1]},
+    ],
+}
+FLOOR = Protocol(warmup_s=0.005, min_iterations=20, min_seconds=0.05, rounds=4, min_rounds=2, stable_within=0.05,
+                 window_s=0.005, statistic="window_floor")
+
+
+class SpinRunner(Runner):
+    """A runner whose runs busy-wait a set time: ``slow_ms`` for the first ``slow_runs`` runs after binding (a
+    neighbour's burst), ``fast_ms`` after them."""
+
+    backend = "spin"
+
+    def __init__(self, fast_ms: float, slow_ms: float, slow_runs: int) -> None:
+        super().__init__(RunnerOptions())
+        self.fast_ms, self.slow_ms, self.slow_runs = fast_ms, slow_ms, slow_runs
+        self.count = 0
+
+    def _activate(self) -> None:
+        self.input_specs = [TensorSpec("input", (1,), "float32")]
+
+    def _deactivate(self) -> None:
+        self.input_specs = []
+
+    def _bind(self, inputs: dict[str, np.ndarray]) -> None:
+        self.count = 0
+
+    def run(self) -> None:
+        slow = self.count < self.slow_runs
+        end = time.perf_counter() + (self.slow_ms if slow else self.fast_ms) / 1e3
+        self.count += 1
+        while time.perf_counter() < end:
+            pass
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {"output": np.zeros(1, np.float32)}
+
+
+def test_window_floor_is_the_quietest_windows_median() -> None:
+    samples = [2.0] * 60 + [1.0] * 40 + [5.0]  # a slow stretch, a quiet one, one outlier
+    assert window_floor(samples, seconds=0.101, window_s=0.01) == pytest.approx(1.0)
+    assert float(np.median(samples)) == pytest.approx(2.0)  # the median is the neighbours'
+    assert window_floor([3.0, 1.0, 2.0], seconds=1.0, window_s=0.01) == 2.0  # too short for two windows: median
+
+
+def test_injected_slow_stretches_move_the_median_not_the_window_floor() -> None:
+    """The first 200 runs of the pass (about 60% of them) take 3x (a neighbour's burst): the median follows the
+    burst, the window floor does not."""
+    protocol = dataclasses.replace(FLOOR, min_seconds=0.0, min_iterations=300, warmup_s=0.0)
+    with SpinRunner(fast_ms=0.2, slow_ms=0.6, slow_runs=200) as runner:
+        stats = measure(runner, protocol)
+    assert stats.median_ms == pytest.approx(0.6, rel=0.15)
+    assert stats.floor_ms == pytest.approx(0.2, rel=0.15)
+    assert stats.value("window_floor") == stats.floor_ms and stats.value("median") == stats.median_ms
+
+
+def _stats(value: float) -> TimingStats:
+    return dataclasses.replace(TimingStats.from_samples([value] * 3, 0.01), floor_ms=value)
+
+
+def test_items_are_timed_until_their_two_best_passes_agree() -> None:
+    """A settled item stops after min_rounds; one whose passes keep disagreeing runs to rounds."""
+    values: Mapping[str, list[float]] = {"steady": [1.0, 1.01, 1.0, 1.0], "restless": [1.0, 1.5, 2.0, 3.0]}
+    calls = {name: 0 for name in values}
+
+    def fake_pass(source: str, settings: ProfileSettings) -> TimingStats:
+        calls[source] += 1
+        return _stats(values[source][calls[source] - 1])
+
+    passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=FLOOR), measure_pass=fake_pass)
+    assert len(passes["steady"]) == 2 and len(passes["restless"]) == FLOOR.rounds
+    assert Settled.of(passes["steady"], FLOOR).done(FLOOR)
+    settled = Settled.of(passes["restless"], FLOOR)
+    assert settled.value_ms == 1.0 and settled.spread == pytest.approx(0.5)
+
+
+def test_median_interval_is_the_order_statistic_interval() -> None:
+    mid, low, high = median_interval(list(range(1, 13)))  # n = 12: [x(3), x(10)] covers the median at >= 95%
+    assert (mid, low, high) == (6.5, 3, 10)
+    assert median_interval([2.0]) == (2.0, 2.0, 2.0)
+
+
+# ------------------------------------------------------------------ real tables, real ONNX Runtime sessions
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for the module: every ONNX file is exported once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> LatencyTable:
+    folder = tmp_path_factory.mktemp("drift")
+    settings = ProfileSettings(protocol=FLOOR, workers=1, cache_dir=cache)
+    return profile_space(SearchSpace.from_dict(MINI), settings, folder / "mini.json", progress=False)
+
+
+def _scaled_file(table: LatencyTable, factor: float, path: Path) -> LatencyTable:
+    """A copy of ``table`` whose every latency is ``factor`` times the measured one (a machine 1/factor as fast)."""
+    data = table.to_dict()
+    for entry in data["entries"].values():
+        entry["latency_ms"] *= factor
+    data["correction"]["offset_ms"] *= factor
+    data["correction"]["per_call_ms"] *= factor
+    path.write_text(json.dumps(data))
+    return LatencyTable.load(path)
+
+
+def test_a_table_of_a_machine_twice_as_fast_fails_the_drift_check(table: LatencyTable, cache: Path,
+                                                                   tmp_path: Path) -> None:
+    halved = _scaled_file(table, 0.5, tmp_path / "halved.json")
+    report = check_drift(halved, workers=1, cache_dir=cache)
+    assert report.drifted and report.ratio == pytest.approx(2.0, rel=0.35) and report.low <= report.ratio
+    kinds = {i.kind for i in report.items}
+    assert kinds == {"entry", "network"} and len(report.items) >= 8
+    with pytest.raises(ProfileError, match="no longer describes this machine") as error:
+        trusted_table(halved, workers=1, cache_dir=cache)
+    assert error.value.field == "rescale"
+    fixed, again = trusted_table(halved, rescale=True, workers=1, cache_dir=cache)
+    assert again is not None and fixed.correction.details["rescaled_by"] == pytest.approx(again.ratio)
+    assert latency_range(fixed).slowest_ms == pytest.approx(latency_range(halved).slowest_ms * again.ratio)
+
+
+def test_the_cli_check_reports_a_ratio_and_fails_on_drift(table: LatencyTable, cache: Path, tmp_path: Path) -> None:
+    halved = _scaled_file(table, 0.5, tmp_path / "halved.json")
+    runner = CliRunner(env={"VITRES_DEPLOY_CACHE": str(cache)})
+    result = runner.invoke(main, ["profile", "check", "--profile", str(halved.path), "--workers", "1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert "DRIFTED" in result.output and lines[-1].startswith("error: ") and "--rescale" in lines[-1]
+    result = runner.invoke(main, ["profile", "check", "--profile", str(table.path), "--workers", "1",
+                                  "--tolerance", "0.6", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert not report["drifted"] and 0.4 < report["ratio"] < 1.6 and len(report["items"]) >= 8
+
+
+def test_a_table_of_another_fingerprint_is_refused(table: LatencyTable, tmp_path: Path) -> None:
+    here = device_fingerprint("cpu")
+    assert here["id"] == fingerprint_id(here) and here["cpus"] >= 1 and table.meta.fingerprint == here
+    other = dataclasses.replace(table, meta=dataclasses.replace(
+        table.meta, fingerprint={**here, "cpu_model": "Other CPU 9000", "cpu_mhz": 1200}))
+    assert fingerprint_difference(other.meta.fingerprint, here)[0].startswith("cpu_model: Other CPU 9000 -> ")
+    with pytest.raises(ProfileError, match="measured on other hardware") as error:
+        check_fingerprint(other)
+    assert error.value.field == "allow_other_device"
+    assert len(check_fingerprint(other, allow_other_device=True)) == 2
+    path = other.save(tmp_path / "other.json")
+    result = CliRunner().invoke(main, ["profile", "check", "--profile", str(path)])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: latency table ")
+    assert "--allow-other-device" in result.output
+
+
+def test_rescaled_tables_scale_every_prediction(table: LatencyTable) -> None:
+    from vitres_deploy.arch import max_arch
+    from vitres_deploy.latency import predict
+
+    arch = max_arch(table.space)
+    assert predict(rescaled(table, 1.25), arch).latency_ms == pytest.approx(1.25 * predict(table, arch).latency_ms)
