@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vitres_deploy.files import (
+    append_json_line,
     atomic_write,
     atomic_write_bytes,
     atomic_write_json,
@@ -56,3 +57,18 @@ def test_sha256_file_matches_hashlib_across_blocks(tmp_path: Path) -> None:
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
     assert sha256_file(str(path)) == sha256_file(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_json_writes_are_strict_and_write_nothing_on_nan(tmp_path: Path, value: float) -> None:
+    """NaN and infinity are not JSON: refused before a file or a line is written."""
+    target, log = tmp_path / "best.json", tmp_path / "evaluated.jsonl"
+    atomic_write_json(target, {"latency_ms": 1.0})
+    append_json_line(log, {"latency_ms": 1.0})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        atomic_write_json(target, {"latency_ms": value})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        append_json_line(log, {"latency_ms": value})
+    assert json.loads(target.read_text()) == {"latency_ms": 1.0}
+    assert log.read_text() == '{"latency_ms":1.0}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "evaluated.jsonl"]

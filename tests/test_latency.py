@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -329,6 +330,45 @@ def test_bad_table_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"space": "fmnist"}))
     with pytest.raises(ProfileError, match="is not a vitres-deploy latency table"):
         LatencyTable.load(tmp_path / "other.json")
+
+
+SHIPPED_TABLE = "amd-epyc/fmnist-ort-cpu-fp32-b1.json"
+
+
+def shipped_table_data() -> dict:
+    """The plain form of the shipped fmnist table (a complete, validated table to tamper with)."""
+    return json.loads((shipped_profiles() / SHIPPED_TABLE).read_text())
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda d: d["entries"]["stem/64"].update(latency_ms=float("nan")), "entry stem/64 latency_ms is nan"),
+    (lambda d: d["entries"]["stem/64"].update(latency_ms=-14.6), "entry stem/64 latency_ms is -14.6"),
+    (lambda d: d["entries"]["stem/64"].update(latency_ms=float("inf")), "entry stem/64 latency_ms is inf"),
+    (lambda d: d["entries"]["stem/64"]["stats"].update(median_ms=float("nan")), "entry stem/64 median_ms is nan"),
+    (lambda d: d["entries"]["stem/64"].update(latency_ms=None), "malformed"),
+    (lambda d: d["entries"]["stem/64"]["stats"].update(median_ms="0.1"), "median_ms is '0.1'"),
+    (lambda d: d["entries"]["stem/64"]["stats"].update(iterations=0), "iterations is 0"),
+    (lambda d: d["entries"].update({"stem/999": d["entries"]["stem/64"]}), "stem/999 is not a choice of space"),
+    (lambda d: d.update(entries=[]), "malformed"),
+    (lambda d: d["overhead"].update(median_ms=-1.0), "overhead median_ms is -1.0"),
+    (lambda d: d["correction"].update(scale="x"), "correction scale is 'x'"),
+    (lambda d: d["correction"].update(offset_ms=float("nan")), "correction offset_ms is nan"),
+])
+def test_tables_with_impossible_values_are_refused_on_load(tmp_path: Path, edit, message: str) -> None:
+    """NaN, infinite, negative, mistyped values and unknown entries: one-line errors, on load and in the CLI."""
+    data = shipped_table_data()
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=re.escape(message)):
+        LatencyTable.load(path)
+    r = CliRunner().invoke(main, ["predict", "--profile", str(path), "--arch", "max"])
+    assert r.exit_code == 2 and r.output.startswith("error: latency table") and len(r.output.splitlines()) == 1
+
+
+def test_shipped_tables_pass_the_value_checks() -> None:
+    for path in shipped_profiles().glob("*/*.json"):
+        assert LatencyTable.load(path).complete
 
 
 def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:

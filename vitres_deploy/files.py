@@ -61,17 +61,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any, *, indent: int = 2, fsync: bool = False) -> Path:
-    """Write ``data`` as indented JSON with a final newline to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=indent) + "\n", fsync=fsync)
+    """Write ``data`` as indented strict JSON (no NaN or infinity) with a final newline to ``path`` atomically.
+
+    Data that strict JSON cannot hold raises ``ValueError`` before anything is written.
+    """
+    return atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n", fsync=fsync)
 
 
 def append_json_line(path: str | Path, data: Any) -> None:
     """Append ``data`` as one compact JSON line to ``path`` and flush it to disk (logs that jobs resume from).
 
-    An interruption can tear at most the line being written; readers drop a torn last line.
+    An interruption can tear at most the line being written; readers drop a torn last line. The line is
+    strict JSON: NaN or infinity raises ``ValueError`` before anything is written.
     """
+    line = json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n"
     with open(path, "a") as f:
-        f.write(json.dumps(data, separators=(",", ":")) + "\n")
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 

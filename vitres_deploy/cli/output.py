@@ -13,8 +13,8 @@ from rich.table import Table
 
 
 def print_json(data: Any) -> None:
-    """Print ``data`` as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    """Print ``data`` as indented strict JSON (no NaN or infinity) on stdout."""
+    click.echo(json.dumps(data, indent=2, sort_keys=False, allow_nan=False))
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -17,6 +17,7 @@ On disk it is one JSON file, rewritten atomically (temporary file in the same di
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -213,8 +214,9 @@ class LatencyTable:
             )
         except ProfileError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"{source} is malformed: {type(e).__name__}: {e}") from None
+        check_values(table, source)
         return table
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -237,6 +239,51 @@ class LatencyTable:
         table = cls.from_dict(data, source=f"latency table {path}")
         table.path = path
         return table
+
+
+POSITIVE_STATS = ("median_ms", "mean_ms", "min_ms", "p90_ms", "p99_ms")
+NON_NEGATIVE_STATS = ("std_ms", "cv", "seconds")
+
+
+def check_number(value: Any, where: str, *, low: float = 0.0, strict: bool = True) -> None:
+    """Raise :class:`ProfileError` unless ``value`` is a finite number above ``low`` (or at it, without ``strict``)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < low or (strict and value == low):
+        bound = f"{'above' if strict else 'at least'} {low:g}"
+        raise ProfileError(f"{where} is {value!r}: it must be a finite number {bound}")
+
+
+def check_stats(stats: TimingStats, where: str, *, strict: bool = True) -> None:
+    """Check every number of ``stats``: latencies finite and positive (non-negative without ``strict``)."""
+    for name in POSITIVE_STATS:
+        check_number(getattr(stats, name), f"{where} {name}", strict=strict)
+    for name in NON_NEGATIVE_STATS:
+        check_number(getattr(stats, name), f"{where} {name}", strict=False)
+    if stats.floor_ms is not None:
+        check_number(stats.floor_ms, f"{where} floor_ms", strict=strict)
+    if isinstance(stats.iterations, bool) or not isinstance(stats.iterations, int) or stats.iterations < 1:
+        raise ProfileError(f"{where} iterations is {stats.iterations!r}: it must be a whole number of at least 1")
+
+
+def check_values(table: LatencyTable, source: str = "latency table") -> None:
+    """Raise :class:`ProfileError` on a value no measurement gives: NaN, infinite, negative, of the wrong type,
+    or an entry the space does not have."""
+    expected = set(table.expected_keys())
+    for key, entry in table.entries.items():
+        where = f"{source} entry {key}"
+        if key not in expected:
+            raise ProfileError(f"{where} is not a choice of space {table.space.name!r}")
+        check_number(entry.latency_ms, f"{where} latency_ms")
+        for i, stats in enumerate(entry.pass_stats()):
+            check_stats(stats, f"{where} pass {i + 1}" if entry.passes else where)
+        if entry.passes:
+            check_stats(entry.stats, where)
+    if table.overhead is not None:
+        check_stats(table.overhead, f"{source} overhead", strict=False)
+    correction = table.correction
+    check_number(correction.scale, f"{source} correction scale")
+    check_number(correction.offset_ms, f"{source} correction offset_ms", low=-math.inf)
+    check_number(correction.per_call_ms, f"{source} correction per_call_ms", strict=False)
 
 
 def shipped_profiles() -> Path:
