@@ -371,6 +371,26 @@ def test_shipped_tables_pass_the_value_checks() -> None:
         assert LatencyTable.load(path).complete
 
 
+def test_validating_a_shipped_table_writes_a_copy_in_the_current_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shipped table is a read-only input: validation writes (and names) a copy; the package is untouched."""
+    shipped = shipped_profiles() / SHIPPED_TABLE
+    before = shipped.read_bytes()
+    with pytest.raises(ProfileError, match="is shipped with vitres-deploy and is read-only"):
+        LatencyTable.load(shipped).save()
+    monkeypatch.chdir(shipped_profiles().parent)  # here profiles/ is the shipped folder itself: --out is needed
+    r = CliRunner().invoke(main, ["profile", "validate", "--profile", f"profiles/{SHIPPED_TABLE}", "--samples", "4"])
+    assert r.exit_code == 2 and r.output.startswith("error: latency table") and "pass --out" in r.output
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["profile", "validate", "--profile", f"profiles/{SHIPPED_TABLE}", "--samples", "4",
+                                  "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert f"validated table written to profiles/{SHIPPED_TABLE}" in r.output
+    assert shipped.read_bytes() == before
+    copy = LatencyTable.load(tmp_path / "profiles" / SHIPPED_TABLE)
+    assert copy.validation is not None and len(copy.validation.rows) == 4
+
+
 def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:
     """The table's protocol, not a default one: its rounds (one pass each), its CV limit and its timed seconds."""
     spec = enumerate_entries(mini)[0]

@@ -171,13 +171,17 @@ def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sub-networks.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes exporting the networks before timing.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the validated table here instead [default: the table itself; a shipped table, which is "
+                   "read-only, is copied to profiles/<device>/<file> in the current folder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(table_path: Path, samples: int, seed: int, workers: int, as_json: bool) -> None:
+def validate(table_path: Path, samples: int, seed: int, workers: int, out: Path | None, as_json: bool) -> None:
     """Measure random sub-networks end to end, fit the correction on half, report on the other half."""
     from ..latency import LatencyTable, TableSummary, validate_table
 
     table = LatencyTable.load(table_path)
-    report = validate_table(table, samples=samples, seed=seed, workers=workers, progress=True)
+    report = validate_table(table, samples=samples, seed=seed, workers=workers, progress=True, out=out)
+    click.echo(f"validated table written to {table.path}", err=True)
     if as_json:
         print_json(report.to_dict())
         return

@@ -220,10 +220,16 @@ class LatencyTable:
         return table
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the table atomically to ``path`` (default: where it was loaded from); returns the path."""
+        """Write the table atomically to ``path`` (default: where it was loaded from); returns the path.
+
+        A table shipped with the package is a read-only input: saving over it is refused.
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ProfileError("latency table has no path to save to")
+        if is_shipped(target):
+            raise ProfileError(f"latency table {target} is shipped with vitres-deploy and is read-only: write a "
+                               "copy elsewhere")
         atomic_write_json(target, self.to_dict(), indent=1, fsync=True)
         self.path = target
         return target
@@ -303,6 +309,24 @@ def resolve_table_path(path: str | Path) -> Path:
     if not path.is_absolute() and shipped.is_file():
         return shipped
     raise ProfileError(f"latency table {path} does not exist: build it with `vitres-deploy profile`")
+
+
+def is_shipped(path: str | Path) -> bool:
+    """True when ``path`` is (or would be) a file in the package's folder of shipped tables."""
+    return Path(path).resolve().is_relative_to(shipped_profiles().resolve())
+
+
+def user_copy_path(path: str | Path, root: str | Path = "profiles") -> Path:
+    """Where a changed table read from ``path`` is written: ``path`` itself, or for a shipped table its copy
+    ``<root>/<device>/<file>`` in the current folder (refused when that is the shipped file itself)."""
+    path = Path(path)
+    if not is_shipped(path):
+        return path
+    copy = Path(root) / path.resolve().relative_to(shipped_profiles().resolve())
+    if is_shipped(copy):
+        raise ProfileError(f"latency table {path} is shipped with vitres-deploy and is read-only, and {copy} is that "
+                           "same file here: pass out to write the changed table elsewhere", field="out")
+    return copy
 
 
 def default_table_path(space: SearchSpace, backend: str, precision: str, batch: int, device_slug: str,

@@ -36,7 +36,7 @@ from .metrics import median
 from .predict import predict
 from .profiler import network_target, prepare_sources
 from .report import PredictionErrors, Repeatability, ValidationReport, ValidationRow, under_prediction_margin
-from .table import LatencyTable
+from .table import LatencyTable, user_copy_path
 from .timing import ProfileSettings, time_until_stable
 
 DEFAULT_SAMPLES = 40
@@ -168,14 +168,18 @@ def validate_table(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     save: bool = True,
+    out: str | Path | None = None,
 ) -> ValidationReport:
     """Measure ``samples`` random networks, fit the correction on half, report on the other half.
 
-    The fitted correction and the report are stored in the table (saved atomically when ``save``).
+    The fitted correction and the report are stored in the table, saved atomically when ``save``: to ``out``,
+    by default where it was read from, or for a shipped table (read-only) to its copy in the current folder
+    (:func:`~.table.user_copy_path`); ``table.path`` then says where.
     """
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
     table.require_complete()
+    target = Path(out) if out is not None else user_copy_path(table.path) if table.path is not None else None
     if samples < MIN_SAMPLES:
         raise SettingsError(f"samples {samples} must be at least {MIN_SAMPLES}: half fit the correction, half are "
                             "reported", field="samples")
@@ -187,5 +191,5 @@ def validate_table(
     report = judge_on_half(table, archs, networks, correction, seed)
     table.correction, table.validation = correction, report
     if save:
-        table.save()
+        table.save(target)
     return report
