@@ -129,7 +129,8 @@ def check_artifacts(artifacts: list[Artifact], reference: Predict | None, ref_ru
                     out = predictor(small, min_batch)(inputs[:min_batch])
                 results.append(numerics_check(a.name, a.runtime, ref_logits[:min_batch], out, tolerances))
             results.append(top1_drop_check(a.name, a.runtime, split, reference_top1, evaluation.top1(a.name),
-                                           evaluation.images, evaluation.agreement(a.name), max_drop))
+                                           evaluation.images, evaluation.agreement(a.name), max_drop,
+                                           two_sided=reference is None))
     record = {"split": split, "limit": limit, "images": evaluation.images, "seed": seed,
               "reference_runtime": ref_runtime, "reference_top1": reference_top1,
               "top1": {name: evaluation.top1(name) for name in predictors}}

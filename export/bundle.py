@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,22 @@ def read_manifest(bundle: str | Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleCorrupt(f"{path} is not valid JSON ({e}): the bundle is corrupt; re-export it") from None
     return Manifest.from_dict(data, str(path))
+
+
+def check_listing(bundle: str | Path, files: Mapping[str, str], required: Iterable[str]) -> None:
+    """Raise :class:`BundleCorrupt` when a file of the bundle (other than the manifest) is not in ``files``,
+    or one of ``required`` (the model files) has no hash there."""
+    root = Path(bundle)
+    unhashed = sorted(set(required) - set(files))
+    if unhashed:
+        raise BundleCorrupt(f"{MANIFEST} has no sha256 for {', '.join(unhashed)}: nothing vouches for the model "
+                            "files; re-export the bundle")
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    unlisted = [rel for rel in on_disk if rel != MANIFEST and rel not in files]
+    if unlisted:
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise BundleCorrupt(f"{unlisted[0]}{more} is in the bundle but not in {MANIFEST}: a file was added, or "
+                            "removed from the manifest; re-export the bundle")
 
 
 def verify_hashes(bundle: str | Path, files: Mapping[str, str]) -> dict[str, str]:

@@ -119,17 +119,27 @@ def numerics_check(artifact: str, runtime: str, reference: np.ndarray, actual: n
 
 
 def top1_drop_check(artifact: str, runtime: str, split: str, reference_top1: float, top1: float, images: int,
-                    agreement: float | None, max_drop_points: float) -> CheckResult:
-    """Top-1 of one artifact against PyTorch fp32's on the same ``images`` of ``split``."""
+                    agreement: float | None, max_drop_points: float, *, two_sided: bool = False) -> CheckResult:
+    """Top-1 of one artifact against PyTorch fp32's on the same ``images`` of ``split``.
+
+    With ``two_sided`` (a reference read from a file, not measured here) a rise of more than the limit fails
+    too: it means the recorded reference does not belong to this artifact.
+    """
     drop = (reference_top1 - top1) * 100.0
-    passed = drop <= max_drop_points + 1e-9
+    rose = two_sided and -drop > max_drop_points + 1e-9
+    passed = drop <= max_drop_points + 1e-9 and not rose
     agree = f", top-1 agree {agreement:.2%}" if agreement is not None else ""
     summary = (f"{split} ({images} images): top-1 {top1:.2%} vs PyTorch {reference_top1:.2%}, "
                f"drop {drop:+.2f} points{agree}")
     values = {"split": split, "images": images, "top1": top1, "reference_top1": reference_top1,
               "drop_points": drop, "top1_agreement": agreement}
-    failure = "" if passed else (f"top-1 dropped {drop:.2f} points ({reference_top1:.2%} -> {top1:.2%}), "
-                                 f"{drop - max_drop_points:.2f} points over the {max_drop_points:g}-point limit")
+    if rose:
+        failure = (f"top-1 is {-drop:.2f} points above the recorded reference ({reference_top1:.2%} -> {top1:.2%}), "
+                   f"beyond the {max_drop_points:g}-point limit: the recorded reference_top1 does not belong to "
+                   "this artifact")
+    else:
+        failure = "" if passed else (f"top-1 dropped {drop:.2f} points ({reference_top1:.2%} -> {top1:.2%}), "
+                                     f"{drop - max_drop_points:.2f} points over the {max_drop_points:g}-point limit")
     return CheckResult(artifact, runtime, TOP1_DROP_CHECK, passed, summary, values,
                        {"max_drop_points": max_drop_points}, failure)
 

@@ -9,7 +9,8 @@ skipped with the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from ..data import open_data
 from ..errors import BackendUnavailable, DataError, VitresError, first_line
 from ..runtime.registry import get_backend
 from .artifacts import Artifact, check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact
-from .bundle import MANIFEST, REFERENCE, read_manifest, read_reference, verify_hashes
-from .checks import CheckResult, raise_for_failures
+from .bundle import MANIFEST, REFERENCE, check_listing, read_manifest, read_reference, verify_hashes
+from .checks import DEFAULT_MAX_DROP, CheckResult, raise_for_failures
+from .compare import DEFAULT_TOLERANCES
 from .manifest import BundleCorrupt, Manifest
 from .triton import PLATFORMS, PbtxtError, TensorConfig, parse_pbtxt, tensors_of
 
@@ -119,15 +121,28 @@ def _artifacts_here(bundle: Path, manifest: Manifest, threads: int) -> tuple[lis
     return artifacts, skipped
 
 
-def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, threads: int = 1,
-                  progress: bool = False) -> VerifyReport:
-    """Verify ``bundle``: hashes and configurations (raising :class:`BundleCorrupt`), then the runtime checks.
+def model_files(manifest: Manifest) -> list[str]:
+    """The files a bundle's behaviour depends on, each of which must have a hash in its manifest."""
+    return ["model.onnx", REFERENCE, *manifest.artifacts]
 
+
+def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, threads: int = 1,
+                  tolerances: Mapping[str, float] | None = None, max_drop: float | None = None,
+                  progress: bool = False) -> VerifyReport:
+    """Verify ``bundle``: listing, hashes and configurations (raising :class:`BundleCorrupt`), then the runtime
+    checks.
+
+    The limits come from the caller, never from the manifest under test: the precision's default
+    tolerances with ``tolerances`` (e.g. ``{"atol": 1e-3}``) in place of some, and ``max_drop`` (top-1 points,
+    either way: the recorded reference top-1 is checked too; default: the precision's).
     Runtime check failures are in the report (:meth:`VerifyReport.raise_for_failures`).
     """
     root = Path(bundle)
     manifest = read_manifest(root)
     try:
+        if manifest.precision not in DEFAULT_TOLERANCES:
+            raise KeyError(f"precision {manifest.precision!r}")
+        check_listing(root, manifest.files, model_files(manifest))
         files = verify_hashes(root, manifest.files)
         check_triton(root, manifest)
         _check_onnx_io(root / "model.onnx", manifest)
@@ -149,7 +164,9 @@ def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, thr
     evaluation = manifest.evaluation
     report.checks, _ = check_artifacts(
         artifacts, None, evaluation.reference_runtime, data, split=evaluation.split, limit=evaluation.limit,
-        min_batch=manifest.batch_range.min, max_batch=manifest.batch_range.max, tolerances=manifest.tolerances,
-        max_drop=manifest.max_accuracy_drop_points, seed=evaluation.seed, sample=read_reference(root / REFERENCE),
+        min_batch=manifest.batch_range.min, max_batch=manifest.batch_range.max,
+        tolerances=replace(DEFAULT_TOLERANCES[manifest.precision], **(tolerances or {})),
+        max_drop=DEFAULT_MAX_DROP[manifest.precision] if max_drop is None else max_drop, seed=evaluation.seed,
+        sample=read_reference(root / REFERENCE),
         reference_top1=evaluation.reference_top1, progress=progress)
     return report

@@ -234,6 +234,58 @@ def test_verify_names_a_damaged_manifest_in_one_line(exported, tmp_path, key):
     assert "manifest is corrupt" in _error_line(result) and "Traceback" not in result.output
 
 
+def _tampered_copy(exported, tmp_path: Path, edit) -> Path:
+    """A copy of the shared bundle with ``edit(manifest dict, bundle dir)`` applied and the manifest rewritten."""
+    out, _ = exported
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    manifest = read_manifest(copy).to_dict()
+    edit(manifest, copy)
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
+def _loosen_limits(m: dict, _: Path) -> None:
+    m["max_accuracy_drop_points"] = 9.1
+    m["tolerances"]["atol"] = 1e9
+    m["evaluation"]["reference_top1"] -= 0.4
+
+
+def _add_model(m: dict, root: Path) -> None:
+    (root / "triton" / "evil_model" / "1").mkdir(parents=True)
+    shutil.copy(root / "model.onnx", root / "triton" / "evil_model" / "1" / "model.onnx")
+
+
+def _unlist(m: dict, _: Path) -> None:
+    del m["files"][f"triton/{m['name']}/config.pbtxt"]
+
+
+def _unhash_models(m: dict, root: Path) -> None:
+    for rel in ("model.onnx", REFERENCE):
+        del m["files"][rel]
+        (root / rel).unlink()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (_loosen_limits, "the recorded reference_top1 does not belong to this artifact"),
+    (_add_model, "triton/evil_model/1/model.onnx is in the bundle but not in manifest.json"),
+    (_unlist, "config.pbtxt is in the bundle but not in manifest.json"),
+    (_unhash_models, "manifest.json has no sha256 for model.onnx, reference.npz"),
+])
+def test_verify_does_not_trust_the_manifest_under_test(exported, tmp_path, edit, message):
+    """Limits from defaults, not the manifest; every file listed; every model file hashed."""
+    result = _invoke("verify", _tampered_copy(exported, tmp_path, edit))
+    assert result.exit_code == 1 and message in _error_line(result), result.output
+
+
+def test_verify_limits_come_from_flags(exported):
+    out, _ = exported
+    result = _invoke("verify", out, "--max-accuracy-drop", "0", "--atol", "1e-4", "--json")
+    assert result.exit_code in (0, 1)
+    checks = json.loads(result.stdout)["checks"]
+    assert {c["limits"].get("max_drop_points") for c in checks if c["check"] == "accuracy"} == {0.0}
+
+
 def test_verify_rejects_a_directory_without_manifest(tmp_path):
     result = _invoke("verify", tmp_path)
     assert result.exit_code == 1 and "no manifest.json" in _error_line(result)

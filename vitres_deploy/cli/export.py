@@ -135,12 +135,23 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
 @click.argument("bundle")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")
+@click.option("--atol", type=float, default=None,
+              help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2; never the manifest's own).")
+@click.option("--rtol", type=float, default=None,
+              help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2; never the manifest's own).")
+@click.option("--max-accuracy-drop", type=float, default=None,
+              help="Maximum top-1 difference from the recorded PyTorch fp32 top-1, in points, either way "
+                   "(fp32 0.1, fp16 0.5; never the manifest's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def verify(bundle: str, data_dir: str | None, threads: int, as_json: bool) -> None:
-    """Re-check a bundle: file hashes, Triton configurations, then the accuracy checks on this machine."""
+def verify(bundle: str, data_dir: str | None, threads: int, atol: float | None, rtol: float | None,
+           max_accuracy_drop: float | None, as_json: bool) -> None:
+    """Re-check a bundle: file list and hashes, Triton configurations, then the accuracy checks on this machine,
+    against limits given here (or the defaults), not the manifest's."""
     from ..export.verify import verify_bundle
 
-    report = verify_bundle(bundle, data_dir=data_dir, threads=threads, progress=not as_json)
+    given = {k: v for k, v in {"atol": atol, "rtol": rtol}.items() if v is not None}
+    report = verify_bundle(bundle, data_dir=data_dir, threads=threads, tolerances=given,
+                           max_drop=max_accuracy_drop, progress=not as_json)
     if as_json:
         print_json(report.to_dict())
     else:
