@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BundleError, SettingsError
 from ..files import atomic_write_json, current_umask, sha256_file
+from ..rundir import hold_output
 from .manifest import BundleCorrupt, Manifest
 
 MANIFEST = "manifest.json"
@@ -68,17 +69,18 @@ class Stage:
 def staging(target: str | Path, *, force: bool = False) -> Iterator[Stage]:
     """A fresh directory beside ``target`` to build a bundle in; whatever is not committed is removed on exit.
 
-    An existing ``target`` is an error unless ``force`` (then :meth:`Stage.commit` replaces it).
+    An existing ``target`` is an error unless ``force`` (then :meth:`Stage.commit` replaces it); the target's
+    lock is held meanwhile (a second process is refused).
     """
     target = Path(target)
-    check_target(target, force)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Stage(target, Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
-    try:
-        yield stage
-    finally:
-        if not stage.committed:
-            shutil.rmtree(stage.path, ignore_errors=True)
+    with hold_output(target):  # one process writes the bundle
+        check_target(target, force)
+        stage = Stage(target, Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
+        try:
+            yield stage
+        finally:
+            if not stage.committed:
+                shutil.rmtree(stage.path, ignore_errors=True)
 
 
 def check_target(target: Path, force: bool) -> None:

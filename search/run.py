@@ -9,6 +9,7 @@ rank 0 alone writes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -24,6 +25,7 @@ from ..distributed import Ranks
 from ..errors import BudgetError, RunDirError, VitresError
 from ..latency import LatencyRange
 from ..progress import progress_bar
+from ..rundir import hold_output
 from .constraints import Constraint
 from .evolution import Candidate, Evolution
 from .fitness import Fitness
@@ -63,16 +65,23 @@ def run_search(plan: SearchPlan, data: ImageData, *, ranks: Ranks | None = None,
     ranks = ranks or Ranks()
     out = plan.options.out_dir
     settings, info = search_settings(plan, data), run_info(plan)
-    saved = _broadcast_call(ranks, lambda: open_run_dir(out, settings, info, plan.options.resume))
-    evolution, new = evolve(plan, data, saved, ranks, progress, on_record)
-    bests = best_records(evolution)
-    files = [best_file(b, c, evolution.records, plan.table_id, plan.supernet_id)
-             for c, b in zip(plan.constraints, bests)]
-    if ranks.main:
-        m = plan.table.meta
-        title = (f"{plan.checkpoint.space.name}: {len(evolution.records)} archs evaluated, {m.backend} "
-                 f"{m.precision} b{m.batch} on {m.device}")
-        write_outputs(out, files, evolution.records, plan.constraints, bests, plan.table_id, plan.supernet_id, title)
+    with contextlib.ExitStack() as held:
+        def claim() -> list[Record]:
+            """On the main rank: lock the folder (one process writes it), then open it."""
+            held.enter_context(hold_output(out, field="out_dir"))
+            return open_run_dir(out, settings, info, plan.options.resume)
+
+        saved = _broadcast_call(ranks, claim)
+        evolution, new = evolve(plan, data, saved, ranks, progress, on_record)
+        bests = best_records(evolution)
+        files = [best_file(b, c, evolution.records, plan.table_id, plan.supernet_id)
+                 for c, b in zip(plan.constraints, bests)]
+        if ranks.main:
+            m = plan.table.meta
+            title = (f"{plan.checkpoint.space.name}: {len(evolution.records)} archs evaluated, {m.backend} "
+                     f"{m.precision} b{m.batch} on {m.device}")
+            write_outputs(out, files, evolution.records, plan.constraints, bests, plan.table_id, plan.supernet_id,
+                          title)
     return SearchResult(out, list(plan.constraints), bests, files, evolution.records, new, time.perf_counter() - t0,
                         plan.achievable)
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
+from vitres_deploy.cli import main
 from vitres_deploy.cli.boundary import Command
 from vitres_deploy.errors import ProfileError, RunDirError
-from vitres_deploy.rundir import check_same_settings, check_start, first_difference
+from vitres_deploy.rundir import check_same_settings, check_start, first_difference, hold_output
 
 
 def test_a_run_is_not_started_over_and_resume_needs_one(tmp_path: Path) -> None:
@@ -58,3 +61,61 @@ def test_the_cli_boundary_shows_the_fields_as_flags(tmp_path: Path) -> None:
     result = CliRunner().invoke(run, ["--out", str(tmp_path), "--alpha", "0.8", "--resume"])
     assert result.output == (f"error: cannot resume {tmp_path}: it was made with --alpha=0.9, now alpha=0.8: use the "
                              "same settings, or start afresh elsewhere\n")
+
+
+HOLDER = """
+import sys, time
+from vitres_deploy.rundir import hold_output
+with hold_output(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def held(tmp_path: Path):
+    """Output paths whose locks another process holds (a real second process), by name."""
+    holders = []
+
+    def hold(name: str) -> Path:
+        target = tmp_path / name
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        return target
+
+    yield hold
+    for proc in holders:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_output_held_by_another_process_is_refused_and_freed_when_it_dies(tmp_path: Path, held) -> None:
+    target = held("d")
+    with pytest.raises(RunDirError, match=r"out_dir .*/d is in use by another vitres-deploy process \(pid \d+\)"):
+        with hold_output(target, field="out_dir"):
+            pass
+    with hold_output(tmp_path / "other"):  # other outputs are free
+        pass
+    assert not (tmp_path / ".other.lock").exists()
+
+
+SHIPPED = "profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json"
+
+
+@pytest.mark.parametrize("args", [
+    ["search", "--supernet", "fmnist-demo", "--profile", SHIPPED, "--budget-ms", "0.3", "--no-drift-check",
+     "--preset", "demo", "--eval-limit", "10", "--out"],
+    ["train", "--space", "fmnist", "--epochs", "1", "--out"],
+    ["profile", "--space", "fmnist", "--backend", "ort-cpu", "--out"],
+    ["export", "--supernet", "fmnist-demo", "--arch", "min", "--eval-limit", "10", "--out"],
+], ids=["search", "train", "profile", "export"])
+def test_commands_refuse_an_output_another_process_writes(held, args: list[str]) -> None:
+    """Two processes in one output folder (or table, or bundle): the second gets one line, the first's files
+    are untouched."""
+    target = held("out.json" if args[0] == "profile" else "out")
+    r = CliRunner().invoke(main, [*args, str(target)])
+    assert r.exit_code == 2, r.output
+    assert re.fullmatch(r"error: --out .*/out(\.json)? is in use by another vitres-deploy process \(pid \d+\): "
+                        r"wait for it to end, or choose another folder", r.output.splitlines()[-1])
+    assert not target.exists()

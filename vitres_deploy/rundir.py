@@ -5,14 +5,18 @@ same for every kind of run:
 
 * starting without ``resume`` where a run already is, is refused: nothing is overwritten;
 * resuming where no run is, is refused;
-* resuming with settings other than the stored ones is refused, naming the first setting that differs.
+* resuming with settings other than the stored ones is refused, naming the first setting that differs;
+* one process at a time writes an output (:func:`hold_output`): a second one is refused.
 
 Errors name their field (``resume``, or the setting that differs), so the command line shows the flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +66,60 @@ def check_same_settings(where: Path, stored: Mapping[str, Any], wanted: Mapping[
         name, old, new = diff
         raise error(f"cannot resume {where}: it was {made} with {name}={old!r}, now {name}={new!r}: use the same "
                     "settings, or start afresh elsewhere", field=name)
+
+
+def lock_path(target: Path) -> Path:
+    """The lock file of output ``target`` (a folder or a file): ``.<name>.lock`` beside it."""
+    return target.parent / f".{target.name}.lock"
+
+
+def _lock(lock: Path) -> int | None:
+    """Open and lock ``lock`` without waiting; the descriptor, or None when another process holds it.
+
+    A lock file that was removed (or replaced) while we waited for it is opened again, so two processes
+    never hold locks on two different files of one name.
+    """
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_output(target: str | Path, *, field: str = "out") -> Iterator[Path]:
+    """Hold the lock of output ``target`` (a run folder, a table file, a bundle) while the block runs.
+
+    The lock is a ``flock`` on :func:`lock_path` (released by the system when the process dies, however it
+    dies; the file is removed on a normal exit). A second process is refused with a :class:`RunDirError`
+    naming the holder's pid; ``field`` names the setting of ``target``. ``target``'s parent is created.
+    """
+    target = Path(target)
+    lock = lock_path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = _lock(lock)
+    except OSError as e:
+        raise RunDirError(f"{field} {target} cannot be written: {e.strerror or e}", field=field) from None
+    if fd is None:
+        try:
+            holder = f" (pid {int(lock.read_text())})"
+        except (OSError, ValueError):
+            holder = ""
+        raise RunDirError(f"{field} {target} is in use by another vitres-deploy process{holder}: wait for it to "
+                          "end, or choose another folder", field=field)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield target
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)

@@ -13,6 +13,7 @@ because every random stream is derived from (seed, epoch, step, rank) by :mod:`v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -36,7 +37,7 @@ from .errors import DataError, RuntimeFailure, SettingsError
 from .evaluate import evaluate_arch
 from .files import append_json_line, atomic_write_text
 from .progress import progress_bar
-from .rundir import check_start
+from .rundir import check_start, hold_output
 from .seeding import drop_path_seed, stream_rng
 from .space import load_space
 from .supernet import ViTResNASSupernet
@@ -137,7 +138,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
     ``on_epoch(record)`` on rank 0), and write the final checkpoint.
     """
     out = Path(out_dir)
-    with join_ranks() as ranks:
+    with join_ranks() as ranks, contextlib.ExitStack() as held:
+        if ranks.main:  # one process writes the folder
+            held.enter_context(hold_output(out, field="out_dir"))
         resumed = _resume_from(out, resume, ranks)
         run = _set_up(cfg, resumed, data_dir, ranks)
         if ranks.main:

@@ -41,6 +41,7 @@ from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
 from ..macs import arch_cost
 from ..progress import progress_bar
+from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
 from ..runtime.cache import cache_root
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
@@ -264,13 +265,25 @@ def profile_space(
 
     With ``resume``, an existing table at ``out`` made with the same settings is completed; without it
     an existing file is an error (nothing is overwritten). ``on_entry`` is called after each entry is saved.
-    Steps: decide the cache state, open the table, build the missing entries, time the per-call overhead
-    (once per table), time the entries.
+    Steps: decide the cache state, lock and open the table (a second process on one table is refused), fill
+    it (:func:`fill_table`).
     """
     backend = get_backend(settings.backend)
     backend.check(settings.precision)
     settings, cache_decision = resolve_cache_state(space, settings, backend.device)
-    table = open_table(space, new_meta(space, settings, backend, cache_decision), out, resume=resume)
+    meta = new_meta(space, settings, backend, cache_decision)
+    path = Path(out) if out is not None else default_table_path(space, meta.backend, meta.precision, meta.batch,
+                                                                 meta.device_slug)
+    with hold_output(path):  # one process writes the table
+        table = open_table(space, meta, path, resume=resume)
+        fill_table(table, settings, progress, on_entry)
+    return table
+
+
+def fill_table(table: LatencyTable, settings: ProfileSettings, progress: bool,
+               on_entry: Callable[[Entry], None] | None) -> None:
+    """Build the entries ``table`` misses, time the per-call overhead (once per table), time the entries."""
+    space = table.space
     missing = set(table.missing())
     todo = [s for s in enumerate_entries(space) if s.key in missing]
     done = {s.key: table.entries[s.key].pass_stats() for s in todo if s.key in table.entries}
@@ -291,14 +304,11 @@ def profile_space(
                 on_entry(entry)
 
         time_entries(table, todo, sources, settings, done, timed)
-    return table
 
 
-def open_table(space: SearchSpace, meta: TableMeta, out: str | Path | None, *, resume: bool) -> LatencyTable:
-    """The table to fill at ``out`` (default under ``profiles/``): a new one, saved at once, or with ``resume``
-    the unfinished one found there, if it was made for the same space and settings."""
-    path = Path(out) if out is not None else default_table_path(space, meta.backend, meta.precision, meta.batch,
-                                                                 meta.device_slug)
+def open_table(space: SearchSpace, meta: TableMeta, path: Path, *, resume: bool) -> LatencyTable:
+    """The table to fill at ``path``: a new one, saved at once, or with ``resume`` the unfinished one found
+    there, if it was made for the same space and settings."""
     if not path.exists():
         table = LatencyTable(space, meta)
         table.save(path)
