@@ -18,7 +18,6 @@ so a failed or interrupted export leaves nothing at the target.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError, SettingsError
-from ..files import atomic_write_json, current_umask, sha256_file
+from ..files import JSONError, atomic_write_json, current_umask, loads_json, sha256_file
 from ..rundir import hold_output
 from .manifest import BundleCorrupt, Manifest
 
@@ -124,8 +123,8 @@ def read_manifest(bundle: str | Path) -> Manifest:
     if not path.is_file():
         raise BundleCorrupt(f"{root} has no {MANIFEST}: not a vitres-deploy bundle, or an incomplete copy")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = loads_json(path.read_text())
+    except (JSONError, UnicodeDecodeError) as e:
         raise BundleCorrupt(f"{path} is not valid JSON ({e}): the bundle is corrupt; re-export it") from None
     return Manifest.from_dict(data, str(path))
 

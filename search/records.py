@@ -14,7 +14,7 @@ from typing import Any
 
 from ..arch import Arch
 from ..errors import ArchError, RunDirError
-from ..files import append_json_line, atomic_write_json, atomic_write_text
+from ..files import JSONError, append_json_line, atomic_write_json, atomic_write_text, loads_json
 from ..rundir import check_same_settings, check_start
 from .constraints import Metrics
 
@@ -83,8 +83,8 @@ def read_records(path: Path) -> list[Record]:
         if not line.strip():
             continue
         try:
-            records.append(Record.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, ArchError) as e:
+            records.append(Record.from_dict(loads_json(line)))
+        except (KeyError, TypeError, ValueError, ArchError) as e:
             if n < len(lines):
                 raise RunDirError(f"{path} line {n} is corrupt ({type(e).__name__}): remove that line or start a "
                                   "new search in another out_dir", field="out_dir") from None
@@ -113,8 +113,8 @@ def open_run_dir(out: Path, settings: dict[str, Any], info: dict[str, Any], resu
 def read_settings(path: Path) -> dict[str, Any]:
     """The settings stored in ``search.json``."""
     try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        stored = loads_json(path.read_text())
+    except (JSONError, UnicodeDecodeError):
         raise RunDirError(f"{path} is not valid JSON: start a new search in another out_dir", field="out_dir") from None
     return stored.get("settings", {}) if isinstance(stored, dict) else {}
 

@@ -127,3 +127,51 @@ def test_console_script_error_has_no_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: {fragment}"]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+HOSTILE_JSON = {"huge int": "1" * 5000, "deep nesting": "[" * 100_000 + "]" * 100_000}
+SHIPPED_TABLE = "profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json"
+
+
+def _hostile_inputs(tmp_path: Path, text: str) -> dict[str, list[str]]:
+    """One command per kind of JSON file the tool reads, each reading ``text``."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "arch.json").write_text(text)
+    (tmp_path / "space.json").write_text(text)
+    (tmp_path / "table.json").write_text(text)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "manifest.json").write_text(text)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "ckpt.safetensors"), metadata={"vitres_deploy": text})
+    return {
+        "arch": ["info", "--space", "fmnist", "--arch", str(tmp_path / "arch.json")],
+        "space": ["info", "--space", str(tmp_path / "space.json"), "--arch", "max"],
+        "table": ["predict", "--profile", str(tmp_path / "table.json"), "--arch", "max"],
+        "manifest": ["verify", str(tmp_path / "bundle")],
+        "checkpoint": ["evaluate", "--supernet", str(tmp_path / "ckpt.safetensors"), "--arch", "max"],
+    }
+
+
+@pytest.mark.parametrize("payload", list(HOSTILE_JSON))
+def test_hostile_json_in_any_file_read_is_one_error_line(tmp_path, payload: str) -> None:
+    """A JSON integer of 5,000 digits or 100,000 levels of nesting: one `error:` line, never a traceback."""
+    for what, args in _hostile_inputs(tmp_path, HOSTILE_JSON[payload]).items():
+        result = run(*args)
+        assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), (what, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (what, result.output)
+
+
+@pytest.mark.parametrize("payload", list(HOSTILE_JSON))
+def test_hostile_json_in_run_logs_is_one_error(tmp_path, payload: str) -> None:
+    """``evaluated.jsonl`` and ``search.json`` of a search folder, read on resume."""
+    from vitres_deploy.errors import RunDirError
+    from vitres_deploy.search.records import read_records, read_settings
+
+    (tmp_path / "evaluated.jsonl").write_text(HOSTILE_JSON[payload] + "\n{}\n")
+    with pytest.raises(RunDirError, match="line 1 is corrupt"):
+        read_records(tmp_path / "evaluated.jsonl")
+    (tmp_path / "search.json").write_text(HOSTILE_JSON[payload])
+    with pytest.raises(RunDirError, match="is not valid JSON"):
+        read_settings(tmp_path / "search.json")

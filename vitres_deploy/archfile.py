@@ -8,7 +8,6 @@ level, so a ``best.json`` is accepted wherever an architecture file is.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -17,6 +16,7 @@ from typing import Any
 
 from .arch import Arch, max_arch, min_arch, random_arch
 from .errors import ArchError
+from .files import JSONError, loads_json
 from .space import SearchSpace
 
 #: Fields of a search's record that files written by earlier versions lack (their defaults apply).
@@ -116,10 +116,10 @@ def read_arch_file(path: str | Path) -> ArchFile:
     """Read an architecture file (``arch.json`` or ``best.json``); bad JSON is an :class:`ArchError`."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise ArchError(f"cannot read arch file {path}: {e}") from None
-    except json.JSONDecodeError as e:
+    except JSONError as e:
         raise ArchError(f"arch file {path} is not valid JSON: {e}") from None
     return ArchFile.from_dict(data)
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import atomic_write
+from .files import JSONError, atomic_write, loads_json
 from .space import PRESETS, SearchSpace, space_difference
 from .supernet import ViTResNASSupernet
 
@@ -100,11 +100,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     if raw is None:
         raise CheckpointError(f"{path} has no vitres-deploy metadata: it was not written by vitres-deploy")
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path} has corrupt metadata (not JSON)") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = loads_json(raw)
+    except JSONError as e:
+        raise CheckpointError(f"{path} has corrupt metadata (not JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT!r}")
     return meta
 
 

@@ -81,6 +81,26 @@ def append_json_line(path: str | Path, data: Any) -> None:
         os.fsync(f.fileno())
 
 
+class JSONError(ValueError):
+    """Text that is not JSON this program can read (see :func:`loads_json`); the message says why."""
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Parse JSON text; whatever makes it unreadable is a :class:`JSONError` with a one-line message.
+
+    Besides malformed JSON: an integer of more digits than Python converts (``ValueError``) and nesting
+    deeper than the parser's recursion (``RecursionError``), which ``json.loads`` raises as other types.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JSONError(str(e)) from None
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits; bad bytes
+        raise JSONError(str(e).strip().splitlines()[0]) from None
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

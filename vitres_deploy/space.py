@@ -17,13 +17,13 @@ Compatibility, the one rule (:func:`space_difference`, :meth:`SearchSpace.holds_
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import SpaceError, first_line
+from .files import loads_json
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = loads_json(text)
     except Exception as e:
         raise SpaceError(f"search space file {key} is not valid {path.suffix[1:].upper()}: {first_line(e)}") from None
     try:

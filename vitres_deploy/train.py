@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import time
 import warnings
@@ -35,7 +34,7 @@ from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .distributed import Ranks, join_ranks
 from .errors import DataError, RuntimeFailure, SettingsError
 from .evaluate import evaluate_arch
-from .files import append_json_line, atomic_write_text
+from .files import JSONError, append_json_line, atomic_write_text, loads_json
 from .progress import progress_bar
 from .rundir import check_start, hold_output
 from .seeding import drop_path_seed, stream_rng
@@ -292,8 +291,8 @@ def _trim_log(path: Path, epochs_kept: int) -> None:
     kept = []
     for ln in path.read_text().splitlines():
         try:
-            if json.loads(ln)["epoch"] <= epochs_kept:
+            if loads_json(ln)["epoch"] <= epochs_kept:
                 kept.append(ln)
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (JSONError, KeyError, TypeError):
             continue  # a line torn by the interruption: that epoch is trained again
     atomic_write_text(path, "".join(ln + "\n" for ln in kept))

@@ -16,15 +16,15 @@ On disk it is one JSON file, rewritten atomically (temporary file in the same di
 
 from __future__ import annotations
 
-import json
 import math
+import reprlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import ProfileError
-from ..files import atomic_write_json
+from ..files import JSONError, atomic_write_json, loads_json
 from ..rundir import check_same_settings
 from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
 from ..space import SearchSpace
@@ -239,8 +239,8 @@ class LatencyTable:
         """Read a table written by :meth:`save` (``profiles/...`` paths fall back to the shipped tables)."""
         path = resolve_table_path(path)
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = loads_json(path.read_text())
+        except (JSONError, UnicodeDecodeError) as e:
             raise ProfileError(f"latency table {path} is not valid JSON: {e}") from None
         table = cls.from_dict(data, source=f"latency table {path}")
         table.path = path
@@ -253,10 +253,13 @@ NON_NEGATIVE_STATS = ("std_ms", "cv", "seconds")
 
 def check_number(value: Any, where: str, *, low: float = 0.0, strict: bool = True) -> None:
     """Raise :class:`ProfileError` unless ``value`` is a finite number above ``low`` (or at it, without ``strict``)."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not is_number or not math.isfinite(value) or value < low or (strict and value == low):
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer too large for a float
+        number = math.inf
+    if not math.isfinite(number) or number < low or (strict and number == low):
         bound = f"{'above' if strict else 'at least'} {low:g}"
-        raise ProfileError(f"{where} is {value!r}: it must be a finite number {bound}")
+        raise ProfileError(f"{where} is {reprlib.repr(value)}: it must be a finite number {bound}")
 
 
 def check_stats(stats: TimingStats, where: str, *, strict: bool = True) -> None:
