@@ -21,6 +21,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def read_reference(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return z["inputs"], z["labels"], z["logits"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise BundleCorrupt(f"{path.name} is unreadable ({type(e).__name__}): the bundle is corrupt; "
                             "re-export") from None
 

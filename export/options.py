@@ -5,11 +5,12 @@ Errors name the settings' fields (``batch_range``, ``opset``); the command line 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..convert.to_onnx import DEFAULT_OPSET
+from ..convert.to_onnx import DEFAULT_OPSET, max_opset
 from ..data import SPLITS
 from ..errors import SettingsError
 from .checks import DEFAULT_MAX_DROP
@@ -95,19 +96,33 @@ class ExportOptions:
             raise SettingsError(f"precision {self.precision!r}: use fp32 or fp16", field="precision")
         if self.opset < 18:
             raise SettingsError(f"opset {self.opset}: the dynamo exporter needs opset 18 or newer", field="opset")
+        if self.opset > max_opset():
+            raise SettingsError(f"opset {self.opset}: the installed onnx knows opsets up to {max_opset()}",
+                                field="opset")
         if self.eval_split not in SPLITS:
             raise SettingsError(f"eval_split {self.eval_split!r}: use one of {', '.join(SPLITS)}", field="eval_split")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise SettingsError(f"eval_limit {self.eval_limit}: must be at least 1", field="eval_limit")
         if self.threads < 1:
             raise SettingsError(f"threads {self.threads}: must be at least 1", field="threads")
-        if self.budget_ms is not None and self.budget_ms <= 0:
-            raise SettingsError(f"budget_ms {self.budget_ms}: must be positive", field="budget_ms")
+        if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise SettingsError(f"budget_ms {self.budget_ms}: must be a finite positive number", field="budget_ms")
+        if self.budget_ms is not None and self.table_path is None:
+            raise SettingsError(f"table_path is needed with a latency budget ({self.budget_ms} ms): the gate holds "
+                                "the bundle to the budget with the table's protocol", field="table_path")
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
             raise SettingsError(f"name {self.name!r}: use letters, digits, '-' and '_' (a Triton model name)",
                                 field="name")
-        if self.latency_tolerance < 0:
-            raise SettingsError(f"latency_tolerance {self.latency_tolerance}: must be >= 0", field="latency_tolerance")
+        if not (math.isfinite(self.latency_tolerance) and self.latency_tolerance >= 0):
+            raise SettingsError(f"latency_tolerance {self.latency_tolerance}: must be a finite number >= 0",
+                                field="latency_tolerance")
+        if self.max_accuracy_drop is not None and not (math.isfinite(self.max_accuracy_drop)
+                                                       and self.max_accuracy_drop >= 0):
+            raise SettingsError(f"max_accuracy_drop {self.max_accuracy_drop}: must be a finite number >= 0",
+                                field="max_accuracy_drop")
+        for name, value in (self.tolerances.to_dict() if self.tolerances else {}).items():
+            if not (math.isfinite(value) and value >= 0):
+                raise SettingsError(f"{name} {value}: must be a finite number >= 0", field=name)
 
     @property
     def all_formats(self) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from vitres_deploy.arch import random_arch
 from vitres_deploy.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from vitres_deploy.errors import CheckpointError
+from vitres_deploy.errors import CheckpointError, SpaceError
 from vitres_deploy.space import PRESETS, SearchSpace
 from vitres_deploy.supernet import build_supernet
 
@@ -70,3 +70,38 @@ def test_wrong_tensors_are_named(tmp_path):
     save_file(tensors, str(tmp_path / "b.safetensors"), metadata={"vitres_deploy": json.dumps(meta)})
     with pytest.raises(CheckpointError, match=r"head\.weight"):
         load_checkpoint(tmp_path / "b.safetensors")
+
+
+def _crafted(tmp_path, edit_meta=None, edit_tensors=None, raw_meta=None):
+    """A copy of a real fmnist checkpoint with its metadata and/or tensors edited."""
+    net = build_supernet(PRESETS["fmnist"])
+    meta = read_meta(save_checkpoint(tmp_path / "real.safetensors", net, {}))
+    tensors = dict(net.state_dict())
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    path = tmp_path / "crafted.safetensors"
+    save_file(tensors, str(path), metadata={"vitres_deploy": raw_meta if raw_meta is not None else json.dumps(meta)})
+    return path
+
+
+def test_a_crafted_header_is_refused_before_anything_is_built(tmp_path):
+    """A stage width of 10^6 in the metadata: refused by the space's limits; a width the limits allow but the
+    tensors do not have: refused from the header's shapes (nothing the size of the declared space is built)."""
+    wide = _crafted(tmp_path, lambda m: m["space"]["stages"][0].update(embed_dims=[10**6]))
+    with pytest.raises(SpaceError, match="embed_dims 1000000 is above the limit"):
+        load_checkpoint(wide)
+    def widen(meta):
+        meta["space"].update(name="crafted")
+        meta["space"]["stages"][2].update(embed_dims=[4096])
+
+    with pytest.raises(CheckpointError, match=r"has shape \[.*the supernet of crafted needs \[.*4096"):
+        load_checkpoint(_crafted(tmp_path, widen))
+
+
+def test_bad_checkpoint_metadata_and_tensors_are_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="has format 'list'"):
+        load_checkpoint(_crafted(tmp_path, raw_meta="[1,2,3]"))
+    with pytest.raises(CheckpointError, match=r"tensor head.weight has shape \[3, 3\]"):
+        load_checkpoint(_crafted(tmp_path, edit_tensors=lambda t: t.update({"head.weight": torch.zeros(3, 3)})))

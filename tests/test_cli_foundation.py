@@ -175,3 +175,50 @@ def test_hostile_json_in_run_logs_is_one_error(tmp_path, payload: str) -> None:
     (tmp_path / "search.json").write_text(HOSTILE_JSON[payload])
     with pytest.raises(RunDirError, match="is not valid JSON"):
         read_settings(tmp_path / "search.json")
+
+
+BAD_VALUES = {
+    "train batch-size 0": (["train", "--batch-size", "0"], "--batch-size 0 must be"),
+    "train batch-size -5": (["train", "--batch-size", "-5"], "--batch-size -5 must be"),
+    "train lr nan": (["train", "--lr", "nan"], "--lr nan must be a finite number > 0"),
+    "train drop-path 5": (["train", "--drop-path", "5"], "--drop-path 5.0 must be a finite number >= 0 and < 1"),
+    "train label-smoothing 2": (["train", "--label-smoothing", "2"], "--label-smoothing 2.0 must be"),
+    "train steps-per-epoch 0": (["train", "--steps-per-epoch", "0"], "--steps-per-epoch 0 must be"),
+    "train epochs 0": (["train", "--epochs", "0"], "--epochs 0 must be"),
+    "train eval-limit 0": (["train", "--eval-limit", "0"], "--eval-limit 0 must be"),
+    "evaluate batch-size 0": (["evaluate", "--supernet", "fmnist-demo", "--arch", "min", "--batch-size", "0"],
+                              "--batch-size 0 must be at least 1"),
+    "evaluate batch-size -5": (["evaluate", "--supernet", "fmnist-demo", "--arch", "min", "--batch-size", "-5"],
+                               "--batch-size -5 must be at least 1"),
+    "show plot x.xyz": (["profile", "show", SHIPPED_TABLE, "--plot", "{tmp}/x.xyz"],
+                        "--plot {tmp}/x.xyz: unknown image"),
+    "show plot no folder": (["profile", "show", SHIPPED_TABLE, "--plot", "{tmp}/no/dir/x.png"], "does not exist"),
+    "export opset 99": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--opset", "99"],
+                        "--opset 99: the installed onnx knows opsets up to"),
+    "export atol nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--atol", "nan"], "--atol nan"),
+    "export latency-tolerance nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--latency-tolerance",
+                                      "nan", "--profile", SHIPPED_TABLE], "--latency-tolerance nan"),
+    "export budget nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--budget-ms", "nan", "--profile",
+                           SHIPPED_TABLE], "--budget-ms nan"),
+    "export budget without profile": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--budget-ms", "1"],
+                                      "--profile is needed with a latency budget (1.0 ms)"),
+    "usage: unknown option": (["search", "--foo"], "No such option '--foo'"),
+    "usage: missing option": (["predict", "--arch", "max"], "Missing option '--profile'"),
+    "out under a file": (["train", "--out", "{tmp}/file/run"], "file is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_values_are_one_error_line_naming_the_flag(tmp_path, case: str) -> None:
+    """Values no run can use: `error:` and one line naming the flag, exit 2, nothing written."""
+    args, message = BAD_VALUES[case]
+    (tmp_path / "file").write_text("")
+    args = [a.format(tmp=tmp_path) for a in args]
+    if args[0] in ("train", "export") and "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    result = run(*args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert lines[-1].startswith("error: ") and message.format(tmp=tmp_path) in lines[-1], result.output
+    assert not any(line.startswith(("Usage", "Error", "Traceback")) for line in lines), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -278,6 +278,15 @@ def test_verify_does_not_trust_the_manifest_under_test(exported, tmp_path, edit,
     assert result.exit_code == 1 and message in _error_line(result), result.output
 
 
+def test_verify_names_a_corrupt_reference_whose_hash_was_updated(exported, tmp_path):
+    def garble(m: dict, root: Path) -> None:
+        (root / REFERENCE).write_bytes(b"PK\x03\x04 not a zip archive")
+        m["files"][REFERENCE] = sha256_file(root / REFERENCE)
+
+    result = _invoke("verify", _tampered_copy(exported, tmp_path, garble))
+    assert result.exit_code == 1 and "reference.npz is unreadable" in _error_line(result)
+
+
 def test_verify_limits_come_from_flags(exported):
     out, _ = exported
     result = _invoke("verify", out, "--max-accuracy-drop", "0", "--atol", "1e-4", "--json")

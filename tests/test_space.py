@@ -185,3 +185,24 @@ def test_malformed_yaml_fails_clearly(tmp_path) -> None:
 def test_unknown_spaces_fail_clearly(spec: str, message: str) -> None:
     with pytest.raises(SpaceError, match=message):
         load_space(spec)
+
+
+@pytest.mark.parametrize("name", ["../../../escaped-space", "/tmp/abs-space", ".hidden", "a/b", ""])
+def test_space_names_that_would_leave_the_profiles_folder_are_refused(tmp_path, name):
+    """A space's name becomes a table's file name: path separators, a leading dot, absolute paths are refused
+    where the space is read, so `profile` writes nothing outside profiles/."""
+    from click.testing import CliRunner
+
+    from vitres_deploy.cli import main
+
+    data = PRESETS["fmnist"].to_dict()
+    data["name"] = name
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SpaceError, match="space name"):
+        load_space(str(path))
+    work = tmp_path / "work"
+    work.mkdir()
+    r = CliRunner().invoke(main, ["profile", "--space", str(path), "--backend", "ort-cpu"])
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "space name" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.json", "work"]

@@ -127,13 +127,39 @@ def load_checkpoint(name_or_path: str | Path, expect_space: SearchSpace | None =
     if preset is not None and (differs := space_difference(space, preset)):
         raise CheckpointError(f"checkpoint {path.name} has a space named {space.name!r} that differs from the "
                               f"preset ({differs}); rename it or use its space file")
+    check_shapes(path, space)  # from the header, before anything the size of the space is allocated
     tensors = load_file(str(path), device=str(map_location))
     optimizer = {k[len(OPTIMIZER_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
     supernet = ViTResNASSupernet(space).to(map_location)
-    missing, unexpected = supernet.load_state_dict(weights, strict=False)
+    supernet.load_state_dict(weights)
+    return Checkpoint(supernet.eval(), meta, path, optimizer)
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight tensor of a checkpoint, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not k.startswith(OPTIMIZER_PREFIX)}
+
+
+def supernet_shapes(space: SearchSpace) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight of ``space``'s supernet, built on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in ViTResNASSupernet(space).state_dict().items()}
+
+
+def check_shapes(path: Path, space: SearchSpace) -> None:
+    """Raise :class:`CheckpointError` unless the header's weights are exactly those of ``space``'s supernet."""
+    found, expected = header_shapes(path), supernet_shapes(space)
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{path.name}: tensor {k} has shape {list(found[k])}, the supernet of {space.name} "
+                              f"needs {list(expected[k])} ({len(wrong)} tensors of the wrong shape)")
     if missing or unexpected:
         raise CheckpointError(f"{path.name} does not match the supernet of {space.name}: "
                               f"{len(missing)} missing and {len(unexpected)} unexpected tensors "
                               f"(e.g. {(missing or unexpected)[0]})")
-    return Checkpoint(supernet.eval(), meta, path, optimizer)

@@ -10,6 +10,7 @@ from torch import nn
 
 from .arch import Arch
 from .data import Batch, ImageData
+from .errors import SettingsError
 from .supernet import ViTResNASSupernet
 
 
@@ -44,6 +45,10 @@ def topk_accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.devi
 def evaluate_arch(supernet: ViTResNASSupernet, arch: Arch, data: ImageData, split: str = "holdout",
                   batch_size: int = 500, limit: int | None = None) -> TopKAccuracy:
     """Top-1/top-5 accuracy of ``arch`` through its extracted static sub-network, in inference mode."""
+    if batch_size < 1:
+        raise SettingsError(f"batch_size {batch_size} must be at least 1", field="batch_size")
+    if limit is not None and limit < 1:
+        raise SettingsError(f"limit {limit} must be at least 1", field="limit")
     device = supernet.cls_token.device
     model = supernet.extract(arch).eval()
     return topk_accuracy(model, data.eval_batches(split, batch_size, limit), device)

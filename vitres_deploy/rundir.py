@@ -104,6 +104,9 @@ def hold_output(target: str | Path, *, field: str = "out") -> Iterator[Path]:
     """
     target = Path(target)
     lock = lock_path(target)
+    blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise RunDirError(f"{field} {target} cannot be written: {blocked} is a file, not a folder", field=field)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd = _lock(lock)

@@ -18,12 +18,20 @@ Compatibility, the one rule (:func:`space_difference`, :meth:`SearchSpace.holds_
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import SpaceError, first_line
 from .files import loads_json
+
+#: The largest value of each field a space may have: far above any real ViT-ResNAS space, low enough that a
+#: crafted space (or checkpoint) cannot make the supernet's size exhaust memory before anything is checked.
+LIMITS = {"embed_dims": 8192, "heads": 128, "head_dim": 1024, "mlp_hidden": 32768, "depths": 64, "stages": 8,
+          "image_size": 4096, "in_chans": 64, "num_classes": 100_000, "stem_channels": 8192}
+#: A space's name: it becomes part of file names (latency tables), so no path separators and no leading dot.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,11 @@ class StageSpace:
             values = tuple(sorted({int(v) for v in getattr(self, name)}, reverse=True))
             if not values or values[-1] <= 0:
                 raise SpaceError(f"{name} must be a non-empty list of positive integers")
+            if values[0] > LIMITS[name]:
+                raise SpaceError(f"{name} {values[0]} is above the limit of {LIMITS[name]}")
             object.__setattr__(self, name, values)
-        if self.head_dim <= 0:
-            raise SpaceError("head_dim must be a positive integer")
+        if not 0 < self.head_dim <= LIMITS["head_dim"]:
+            raise SpaceError(f"head_dim must be a positive integer of at most {LIMITS['head_dim']}")
 
     @property
     def max_depth(self) -> int:
@@ -70,11 +80,19 @@ class SearchSpace:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if not NAME.fullmatch(self.name):
+            raise SpaceError(f"space name {self.name!r} must be 1 to 64 letters, digits, '.', '_', '-', '+' or '@', "
+                             "starting with a letter or digit (it becomes part of file names)")
         if len(self.stages) < 1:
             raise SpaceError(f"space {self.name!r}: needs at least one stage")
+        if len(self.stages) > LIMITS["stages"]:
+            raise SpaceError(f"space {self.name!r}: {len(self.stages)} stages, above the limit of {LIMITS['stages']}")
         for name in ("image_size", "in_chans", "num_classes", "stem_channels"):
             if getattr(self, name) <= 0:
                 raise SpaceError(f"space {self.name!r}: {name} must be a positive integer, got {getattr(self, name)}")
+            if getattr(self, name) > LIMITS[name]:
+                raise SpaceError(f"space {self.name!r}: {name} {getattr(self, name)} is above the limit of "
+                                 f"{LIMITS[name]}")
         if self.patch_size % 2 or self.patch_size < 2:
             raise SpaceError(f"space {self.name!r}: patch_size must be even (the stem halves first)")
         if self.image_size % self.patch_size:

@@ -44,6 +44,26 @@ from .supernet import ViTResNASSupernet
 LAST, FINAL, LOG = "last.safetensors", "supernet.safetensors", "log.jsonl"
 
 
+def check_count(name: str, value: int) -> None:
+    """Raise :class:`SettingsError` (field ``name``) unless ``value`` is a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SettingsError(f"{name} {value!r} must be a whole number of at least 1", field=name)
+
+
+def check_real(name: str, value: float, *, low: float | None = None, low_open: float | None = None,
+               high_open: float | None = None) -> None:
+    """Raise :class:`SettingsError` (field ``name``) unless ``value`` is a finite number in the given range:
+    at least ``low``, above ``low_open``, below ``high_open``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or value >= low) and (low_open is None or value > low_open)
+    ok = ok and (high_open is None or value < high_open)
+    if not ok:
+        bounds = [f">= {low:g}" if low is not None else "", f"> {low_open:g}" if low_open is not None else "",
+                  f"< {high_open:g}" if high_open is not None else ""]
+        raise SettingsError(f"{name} {value!r} must be a finite number {' and '.join(b for b in bounds if b)}",
+                            field=name)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; recorded in its checkpoints."""
@@ -66,6 +86,19 @@ class TrainConfig:
     holdout_per_class: int | None = None
     steps_per_epoch: int | None = None
     eval_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can use, naming the field (:class:`SettingsError`)."""
+        for name in ("epochs", "batch_size", "archs_per_batch"):
+            check_count(name, getattr(self, name))
+        for name in ("steps_per_epoch", "eval_limit", "holdout_per_class"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name))
+        check_real("lr", self.lr, low_open=0.0)
+        for name in ("min_lr", "weight_decay", "warmup_epochs", "lr_warmup_epochs"):
+            check_real(name, getattr(self, name), low=0.0)
+        for name in ("label_smoothing", "drop_path"):
+            check_real(name, getattr(self, name), low=0.0, high_open=1.0)
 
     def holdout(self) -> HoldoutSpec | None:
         """The hold-out spec asked for, or None for the data set's default."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -37,31 +37,67 @@ def cli_message(error: VitresError, command: click.Command | None) -> str:
     return message
 
 
-def _fail(error: VitresError, command: click.Command | None) -> None:
+def _fail(error: VitresError, command: click.Command | None) -> NoReturn:
     click.echo(f"error: {cli_message(error, command)}", err=True)
     sys.exit(error.exit_code)
 
 
+def _usage_failed(error: click.ClickException) -> NoReturn:
+    """A usage error (unknown option, missing or bad value) as one ``error:`` line, with where to look; a
+    group called without a command shows its help, as click does."""
+    ctx = getattr(error, "ctx", None)
+    if isinstance(error, getattr(click.exceptions, "NoArgsIsHelpError", ())) and ctx is not None:
+        click.echo(ctx.get_help(), err=True)
+        sys.exit(error.exit_code)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    click.echo(f"error: {error.format_message()}{hint}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _system_failed(error: OSError) -> NoReturn:
+    """An error of the file system (read-only, full, a file where a folder should be) as one line."""
+    where = f"{error.filename}: " if error.filename else ""
+    click.echo(f"error: {where}{error.strerror or first_line(error)}", err=True)
+    sys.exit(2)
+
+
 class Command(click.Command):
-    """A command whose :class:`VitresError` becomes one line naming its flags."""
+    """A command whose :class:`VitresError` becomes one line naming its flags, and whose usage and file system
+    errors are one ``error:`` line too."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VitresError as e:
             _fail(e, self)
+        except click.ClickException as e:
+            _usage_failed(e)
+        except OSError as e:
+            _system_failed(e)
 
 
 class Group(click.Group):
-    """A group with the same boundary, for its own callback and for commands that are not :class:`Command`."""
+    """A group with the same boundary, for its own callback and for commands that are not :class:`Command`,
+    and for the usage errors of parsing its arguments and its commands' (click's "Usage: ... Error:")."""
 
     command_class = Command
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as e:
+            _usage_failed(e)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VitresError as e:
             _fail(e, self)
+        except click.ClickException as e:
+            _usage_failed(e)
+        except OSError as e:
+            _system_failed(e)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

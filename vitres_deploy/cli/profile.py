@@ -153,11 +153,13 @@ def _show(s: TableSummary, as_json: bool) -> None:
 def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
     """Summarise a latency table (and optionally plot it)."""
     from ..latency import LatencyTable, TableSummary
+    from ..latency.plot import check_plot_path, plot_table
 
+    if plot_path is not None:
+        check_plot_path(plot_path)
     table = LatencyTable.load(table_path)
     _show(TableSummary.of(table), as_json)
     if plot_path is not None:
-        from ..latency.plot import plot_table
 
         plot_table(table, plot_path)
         click.echo(f"plot written to {plot_path}", err=True)

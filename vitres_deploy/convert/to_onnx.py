@@ -66,6 +66,13 @@ def export_onnx(
     return path
 
 
+def max_opset() -> int:
+    """The newest ONNX opset the installed ``onnx`` package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost explicit cause of ``error``: the exporter wraps the reason in its own step errors."""
     while error.__cause__ is not None:

@@ -8,9 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import SettingsError
 from ..files import atomic_write
 from .entries import EntrySpec
 from .table import LatencyTable
+
+
+def check_plot_path(out: Path) -> None:
+    """Raise :class:`SettingsError` (field ``plot_path``) unless ``out`` has an image format matplotlib writes
+    and its folder exists (no folder is created for a plot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        raise SettingsError(f"plot_path {out}: unknown image format {out.suffix or '(none)'!r}; use one of "
+                            f"{', '.join('.' + f for f in sorted(formats))}", field="plot_path")
+    if not out.parent.is_dir():
+        raise SettingsError(f"plot_path {out}: folder {out.parent} does not exist", field="plot_path")
 
 
 def plot_table(table: LatencyTable, out: str | Path) -> Path:
@@ -19,6 +34,7 @@ def plot_table(table: LatencyTable, out: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     out = Path(out)
+    check_plot_path(out)
     space = table.space
     n_stages = len(space.stages)
     panels = n_stages + 1 + (table.validation is not None)
