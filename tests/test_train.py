@@ -73,6 +73,20 @@ def test_a_run_is_not_overwritten_and_resume_needs_a_run(tmp_path):
         train(cfg, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_resume_refuses_changed_settings_naming_the_flag(tmp_path):
+    """`train --resume` with another --lr (or any setting but --epochs) is refused, as `search --resume` is."""
+    train(TrainConfig(epochs=1, **QUICK), tmp_path, progress=False)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--epochs", "1", *flags,
+                                       "--lr", "0.5"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot resume {tmp_path}: it was trained with --lr=0.002, now lr=0.5")
+    with pytest.raises(RunDirError, match="it was trained with batch_size=") as error:
+        train(TrainConfig(epochs=2, **{**QUICK, "batch_size": QUICK["batch_size"] * 2}), tmp_path, resume=True,
+              progress=False)
+    assert error.value.field == "batch_size"
+
+
 def test_a_batch_larger_than_the_data_names_the_setting(tmp_path):
     with pytest.raises(SettingsError, match=r"batch_size 60000 x 1 ranks exceeds the 54000 training images") as error:
         train(TrainConfig(epochs=1, batch_size=60_000), tmp_path, progress=False)

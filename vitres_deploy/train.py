@@ -36,7 +36,7 @@ from .errors import DataError, RuntimeFailure, SettingsError
 from .evaluate import evaluate_arch
 from .files import JSONError, append_json_line, atomic_write_text, loads_json
 from .progress import progress_bar
-from .rundir import check_start, hold_output
+from .rundir import check_same_settings, check_start, hold_output
 from .seeding import drop_path_seed, stream_rng
 from .space import load_space
 from .supernet import ViTResNASSupernet
@@ -174,6 +174,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
         if ranks.main:  # one process writes the folder
             held.enter_context(hold_output(out, field="out_dir"))
         resumed = _resume_from(out, resume, ranks)
+        if resumed is not None:
+            check_resume_settings(out, resumed, cfg)
         run = _set_up(cfg, resumed, data_dir, ranks)
         if ranks.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +188,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
                     on_epoch(record)
             ranks.barrier()
         return _write_final(out, run.supernet, ranks)
+
+
+def check_resume_settings(out: Path, resumed: Checkpoint, cfg: TrainConfig) -> None:
+    """Refuse to resume the run in ``out`` with settings other than its checkpoint's, naming the first that
+    differs (:func:`~vitres_deploy.rundir.check_same_settings`); only ``epochs`` may grow."""
+    stored = dataclasses.asdict(TrainConfig(**resumed.meta["train_config"]))
+    wanted = dataclasses.asdict(cfg)
+    for settings in (stored, wanted):
+        del settings["epochs"]
+    check_same_settings(out, stored, wanted, made="trained")
 
 
 def _set_up(cfg: TrainConfig, resumed: Checkpoint | None, data_dir: str | Path | None, ranks: Ranks) -> _Run:
