@@ -545,3 +545,48 @@ def test_gpu_profile_and_validate(backend: str, mini: SearchSpace, cache: Path, 
     assert report.errors.within_10pct == sum(abs(r.error_pct) <= 10 for r in test_rows) / len(test_rows)
     assert report.errors.mape == pytest.approx(sum(abs(r.error_pct) for r in test_rows) / len(test_rows))
     assert LatencyTable.load(table.path).validation == report
+
+
+def _children(pid: int) -> set[int]:
+    """Pids of the live children of ``pid`` (from /proc)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found |= {int(c) for c in task.read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_build_workers_die_with_a_killed_profile(mini_file: Path, tmp_path: Path, signal_name: str) -> None:
+    """SIGKILL or SIGTERM of `profile` while its workers build: no worker outlives it; SIGTERM is an interrupt."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "VITRES_DEPLOY_CACHE": str(tmp_path / "cache")}
+    cli = Path(sys.executable).with_name("vitres-deploy")
+    proc = subprocess.Popen([str(cli), "profile", "--space", str(mini_file), "--backend", "ort-cpu", "--workers", "2",
+                             "--out", str(tmp_path / "t.json"), *QUICK_FLAGS[:-2]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, "the build workers never started"
+    proc.send_signal(getattr(signal, signal_name))
+    _, err = proc.communicate(timeout=30)
+    if signal_name == "SIGTERM":
+        assert proc.returncode == 130 and "interrupted" in err.splitlines(), err
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)]

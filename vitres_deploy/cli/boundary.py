@@ -9,7 +9,9 @@ on the command line. Only this module prints errors.
 from __future__ import annotations
 
 import re
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 import click
@@ -61,6 +63,17 @@ def _system_failed(error: OSError) -> NoReturn:
     sys.exit(2)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """Handle SIGTERM as SIGINT (a :class:`KeyboardInterrupt`): the same cleanup (temporary files, partial
+    tables saved, worker pools shut down), then ``interrupted`` and exit 130. Only the main thread can."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 class Command(click.Command):
     """A command whose :class:`VitresError` becomes one line naming its flags, and whose usage and file system
     errors are one ``error:`` line too."""
@@ -90,6 +103,7 @@ class Group(click.Group):
             _usage_failed(e)
 
     def invoke(self, ctx: click.Context) -> Any:
+        interrupt_on_sigterm()
         try:
             return super().invoke(ctx)
         except VitresError as e:

@@ -21,6 +21,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import random
 import time
 import warnings
@@ -186,9 +187,28 @@ def _build(job: _BuildJob) -> str:
     return job.path
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """Set up a build worker: one thread, quiet, and dying with its parent ``parent`` (pid), however it dies."""
+    die_with_parent(parent)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``); exit at once if
+    the parent ``parent`` is already gone. Elsewhere a no-op: the pool's own shutdown is all there is."""
+    import ctypes
+    import ctypes.util
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings,
@@ -218,7 +238,8 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
             if advance:
                 advance()
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
+        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                                   initargs=(os.getpid(),))
         try:
             futures = [pool.submit(_build, job) for job in todo]
             for fut in as_completed(futures):
