@@ -18,6 +18,7 @@ so a failed or interrupted export leaves nothing at the target.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -75,12 +76,27 @@ def staging(target: str | Path, *, force: bool = False) -> Iterator[Stage]:
     target = Path(target)
     with hold_output(target):  # one process writes the bundle
         check_target(target, force)
+        remove_stale(target)
         stage = Stage(target, Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)))
         try:
             yield stage
         finally:
             if not stage.committed:
                 shutil.rmtree(stage.path, ignore_errors=True)
+
+
+#: Folders an export makes beside its target (``.<name>.<kind>-*``): the staging bundle, the replaced one, the
+#: build's scratch files. A killed export leaves them; the next export to that target removes them.
+SCRATCH_KINDS = ("tmp", "old", "work")
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Remove what a killed export to ``target`` left beside it; call with the target's lock held (then no
+    other process is using them). Returns what was removed."""
+    stale = [p for kind in SCRATCH_KINDS for p in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*")]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def check_target(target: Path, force: bool) -> None:

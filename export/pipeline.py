@@ -428,7 +428,8 @@ def run_export(plan: ExportPlan, data: ImageData, *, progress: bool = False) -> 
     """
     clock = Stopwatch()
     with staging(plan.target, force=plan.options.force) as stage, \
-            tempfile.TemporaryDirectory(prefix="vitres-export-") as tmp, torch_fp32(plan.options.threads):
+            tempfile.TemporaryDirectory(prefix=f".{plan.target.name}.work-", dir=plan.target.parent) as tmp, \
+            torch_fp32(plan.options.threads):
         root = stage.path
         built = build(plan, data, Path(tmp), root, clock)
         results, evaluation = check(plan, built, data, progress=progress)

@@ -203,6 +203,8 @@ BAD_VALUES = {
     "export budget without profile": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--budget-ms", "1"],
                                       "--profile is needed with a latency budget (1.0 ms)"),
     "usage: unknown option": (["search", "--foo"], "No such option '--foo'"),
+    "demo validate-samples 3": (["demo", "--validate-samples", "3", "--out", "{tmp}/demo"],
+                                "--validate-samples 3 must be at least 4"),
     "usage: missing option": (["predict", "--arch", "max"], "Missing option '--profile'"),
     "out under a file": (["train", "--out", "{tmp}/file/run"], "file is a file, not a folder"),
 }

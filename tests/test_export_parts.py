@@ -289,3 +289,20 @@ def test_an_engine_record_reads_back_to_the_same_keys_in_the_same_order():
     record = ArtifactRecord.from_dict(engine)
     assert record.details == {k: engine[k] for k in ("tensorrt", "device", "profile", "fp16_via", "tf32")}
     assert list(record.to_dict().items()) == list(engine.items())
+
+
+def test_the_next_export_removes_what_a_killed_one_left(tmp_path):
+    """Staging, replaced and scratch folders of a killed export (beside the target, never in the system temp
+    folder) are removed by the next export to that target, once it holds the target's lock."""
+    target = tmp_path / "bundle"
+    stale = [tmp_path / ".bundle.tmp-abc", tmp_path / ".bundle.old-def", tmp_path / ".bundle.work-ghi"]
+    for folder in stale:
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "model.onnx").write_bytes(b"x" * 10)
+    other = tmp_path / ".other.tmp-abc"
+    other.mkdir()
+    with staging(target) as stage:
+        assert not any(p.exists() for p in stale) and other.is_dir()
+        (stage.path / "manifest.json").write_text("{}")
+        stage.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-abc", "bundle"]

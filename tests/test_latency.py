@@ -590,3 +590,24 @@ def test_build_workers_die_with_a_killed_profile(mini_file: Path, tmp_path: Path
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [w for w in workers if _alive(w)]
+
+
+def test_incomplete_tables_say_what_is_missing(tmp_path: Path) -> None:
+    data = shipped_table_data()
+    data["overhead"] = None
+    path = tmp_path / "no-overhead.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=r"184 of 184 entries finished; only the per-call overhead is not measured"):
+        LatencyTable.load(path).require_complete()
+
+
+@pytest.mark.skipif(get_backend("tensorrt").unavailable_reason() is None, reason="TensorRT is usable here")
+def test_validating_a_table_of_a_missing_backend_fails_before_building(tmp_path: Path) -> None:
+    data = shipped_table_data()
+    data["meta"]["backend"] = "tensorrt"
+    path = tmp_path / "trt.json"
+    path.write_text(json.dumps(data))
+    r = CliRunner().invoke(main, ["profile", "validate", "--profile", str(path), "--samples", "4",
+                                  "--workers", "1"], env={"VITRES_DEPLOY_CACHE": str(tmp_path / "cache")})
+    assert r.exit_code == 2 and r.output.startswith("error: backend tensorrt is not usable here"), r.output
+    assert not (tmp_path / "cache").exists()

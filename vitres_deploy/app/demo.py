@@ -20,7 +20,7 @@ import torch
 from ..arch import Arch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import ImageData, open_checkpoint_data
-from ..errors import ProfileError
+from ..errors import ProfileError, SettingsError
 from ..export.artifacts import onnx_artifact, predictor
 from ..export.pipeline import ExportOptions, export_bundle
 from ..files import atomic_write_json
@@ -35,6 +35,7 @@ from ..latency import (
 )
 from ..latency.plot import plot_table
 from ..latency.table import shipped_profiles
+from ..latency.validate import MIN_SAMPLES
 from ..macs import arch_cost
 from ..search import PRESETS as SEARCH_PRESETS
 from ..search import SearchOptions, plan_search, run_search
@@ -59,6 +60,12 @@ class DemoOptions:
     data_dir: str | None = None
     threads: int = 1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse settings a step would refuse later, naming the demo's own field."""
+        if self.validate_samples < MIN_SAMPLES:
+            raise SettingsError(f"validate_samples {self.validate_samples} must be at least {MIN_SAMPLES}: half fit "
+                                "the correction, half are reported", field="validate_samples")
 
 
 @dataclass(frozen=True)

@@ -173,9 +173,11 @@ class LatencyTable:
         missing = self.missing()
         if missing or self.overhead is None:
             where = f" {self.path}" if self.path else ""
+            overhead = "" if self.overhead is not None else (", and the per-call overhead not measured" if missing
+                                                             else "; only the per-call overhead is not measured")
             raise ProfileError(
                 f"latency table{where} is incomplete ({len(self.expected_keys()) - len(missing)} of "
-                f"{len(self.expected_keys())} entries finished): "
+                f"{len(self.expected_keys())} entries finished{overhead}): "
                 "finish it with `vitres-deploy profile ... --resume`"
             )
 

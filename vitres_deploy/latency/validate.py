@@ -30,6 +30,7 @@ from ..errors import SettingsError
 from ..macs import arch_cost
 from ..progress import progress_bar
 from ..runtime.base import NoisyMeasurement
+from ..runtime.registry import get_backend
 from ..runtime.statistics import Protocol, TimingStats, item_latency, needs_pass
 from .correction import Correction, fit_correction
 from .metrics import median
@@ -179,6 +180,7 @@ def validate_table(
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
     table.require_complete()
+    get_backend(table.meta.backend).check(table.meta.precision)  # before building anything
     target = Path(out) if out is not None else user_copy_path(table.path) if table.path is not None else None
     if samples < MIN_SAMPLES:
         raise SettingsError(f"samples {samples} must be at least {MIN_SAMPLES}: half fit the correction, half are "
