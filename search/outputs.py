@@ -92,15 +92,17 @@ def pareto_front(records: Sequence[Record]) -> list[Record]:
 def write_outputs(out: Path, files: Sequence[ArchFile], records: Sequence[Record],
                   constraints: Sequence[Constraint], bests: Sequence[Record], table: dict[str, Any],
                   supernet: dict[str, Any], title: str) -> None:
-    """Write the best file(s) (``files``, one per constraint), ``pareto.json`` and ``search.png`` into ``out``."""
-    several = len(constraints) > 1
-    for c, f in zip(constraints, files):
-        atomic_write_json(out / best_filename(c.budget_ms, several), f.to_dict())
+    """Write ``pareto.json``, ``search.png`` and then the best file(s) (``files``, one per constraint) into
+    ``out``: a best file is there only when every output is (a full disk leaves no best file; resume redoes them).
+    """
+    from .plot import plot_search
+
     front = pareto_front(records)
     atomic_write_json(out / PARETO, {"table": table, "supernet": supernet, "evaluated": len(records),
                                      "front": [{"hash": r.hash, "latency_ms": r.latency_ms,
                                                 "holdout_top1": r.holdout_top1, "macs": r.macs, "params": r.params,
                                                 "arch": r.arch.to_dict()} for r in front]})
-    from .plot import plot_search
-
     plot_search(out / PLOT, records, front, constraints, bests, title)
+    several = len(constraints) > 1
+    for c, f in zip(constraints, files):
+        atomic_write_json(out / best_filename(c.budget_ms, several), f.to_dict())

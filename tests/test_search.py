@@ -420,3 +420,13 @@ def test_resume_rules_name_the_field_and_the_flag(reference: Any, checkpoint: Ch
         assert result.output.strip() == line, name
     assert (out / "evaluated.jsonl").read_bytes() == before  # every refusal came before anything was written
     assert not (tmp_path / "none").exists()
+
+
+def test_a_failed_output_write_leaves_no_best_file(checkpoint: Checkpoint, data: Any, table: LatencyTable,
+                                                  tmp_path: Path) -> None:
+    """The outputs are written best file last: when one cannot be written (here search.png is a folder; on a
+    full disk any of them), there is no best.json that looks like a finished search."""
+    (tmp_path / "search.png").mkdir(parents=True)
+    with pytest.raises(OSError):
+        search(checkpoint, data, table, [budget_at(table, 0.5)], tmp_path)
+    assert not (tmp_path / "best.json").exists() and (tmp_path / "evaluated.jsonl").is_file()
