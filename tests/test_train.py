@@ -87,6 +87,15 @@ def test_resume_refuses_changed_settings_naming_the_flag(tmp_path):
     assert error.value.field == "batch_size"
 
 
+def test_train_json_prints_the_supernet_and_its_epochs(tmp_path):
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in QUICK.items()]
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "run"), "--epochs", "1", *flags, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["supernet"] == str(tmp_path / "run" / "supernet.safetensors")
+    assert [e["epoch"] for e in report["epochs"]] == [1] and "loss" in report["epochs"][0]
+
+
 def test_a_batch_larger_than_the_data_names_the_setting(tmp_path):
     with pytest.raises(SettingsError, match=r"batch_size 60000 x 1 ranks exceeds the 54000 training images") as error:
         train(TrainConfig(epochs=1, batch_size=60_000), tmp_path, progress=False)

@@ -39,16 +39,26 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 @click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (quick runs).")
 @click.option("--eval-limit", type=int, default=None, help="Hold-out images evaluated per epoch (default: all).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
-def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, **options) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the supernet's path and the epochs' records as JSON (the epoch lines go to stderr).")
+def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, as_json: bool, **options) -> None:
     """Train a supernet with multi-architectural sampling (works under torchrun)."""
     from ..train import train as run
 
     cfg = TrainConfig(data=data_kind, **options)
-    final = run(cfg, out_dir, resume=resume, data_dir=data_dir,
-                on_epoch=lambda r: click.echo(
-                    f"epoch {r['epoch']}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s  "
-                    f"hold-out top-1 max {r['holdout_top1_max']:.4f} min {r['holdout_top1_min']:.4f}"))
-    if int(os.environ.get("RANK", "0")) == 0:
+    epochs: list[dict] = []
+
+    def on_epoch(r: dict) -> None:
+        epochs.append(r)
+        click.echo(f"epoch {r['epoch']}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s  "
+                   f"hold-out top-1 max {r['holdout_top1_max']:.4f} min {r['holdout_top1_min']:.4f}", err=as_json)
+
+    final = run(cfg, out_dir, resume=resume, data_dir=data_dir, on_epoch=on_epoch)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        print_json({"supernet": str(final), "epochs": epochs})
+    else:
         click.echo(f"supernet written to {final}")
 
 
