@@ -420,3 +420,16 @@ def test_resume_rules_name_the_field_and_the_flag(reference: Any, checkpoint: Ch
         assert result.output.strip() == line, name
     assert (out / "evaluated.jsonl").read_bytes() == before  # every refusal came before anything was written
     assert not (tmp_path / "none").exists()
+
+
+def test_budgets_as_a_share_of_the_range(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
+    """``--budget-ms 40%`` is 40% of the way from the fastest to the slowest arch the table predicts."""
+    from vitres_deploy.cli.search import parse_budgets
+
+    assert parse_budgets("1.5,40%, 10%") == ((1.5,), (0.4, 0.1))
+    with pytest.raises(SettingsError, match="a share of the range is 0% to 100%"):
+        parse_budgets("140%")
+    r = latency_range(table)
+    plan = plan_search(checkpoint, table, SearchOptions(budgets_ms=(), budget_shares=(0.4,), out_dir=tmp_path,
+                                                        drift_check=False))
+    assert [c.budget_ms for c in plan.constraints] == [round(r.fastest_ms + 0.4 * (r.slowest_ms - r.fastest_ms), 4)]
