@@ -10,6 +10,7 @@ from ..errors import SettingsError
 from ..search.evolution import PRESETS
 from .boundary import Command
 from .output import human, print_json, print_table
+from .table_options import trust_options
 
 _SCALES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -80,13 +81,7 @@ def _preset_help() -> str:
 @click.option("--margin", type=float,
               help="Keep predicted latency this fraction below the budget (default: the table's validated "
                    "under-prediction, 90th percentile of its held-out networks; 0 for a table not validated).")
-@click.option("--no-drift-check", "no_drift_check", is_flag=True,
-              help="Skip re-timing a handful of the table's entries and networks (about 10-30 s) before searching.")
-@click.option("--rescale", is_flag=True,
-              help="If the drift check finds the machine faster or slower than the table, scale the table's "
-                   "predictions by the measured ratio (recorded in best.json) instead of stopping.")
-@click.option("--allow-other-device", is_flag=True,
-              help="Use a table whose device fingerprint (CPU/GPU model, flags, clock, cores) differs from here.")
+@trust_options("searching")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on the first N hold-out images (quick runs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
