@@ -171,7 +171,7 @@ def test_interrupted_profile_resumes_where_it_stopped(mini: SearchSpace, cache: 
     assert sorted(partial.entries) == sorted(done) and not partial.complete
     with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries finished\\)"):
         latency_range(partial)
-    with pytest.raises(ProfileError, match="exists: pass --resume"):
+    with pytest.raises(ProfileError, match="exists: pass resume to finish it"):
         profile_space(mini, quick(cache), out, progress=False)
     with pytest.raises(ProfileError, match="threads=1, now threads=2"):
         profile_space(mini, quick(cache, threads=2), out, resume=True, progress=False)
