@@ -16,7 +16,7 @@ from typing import Any
 from ..checkpoint import Checkpoint
 from ..distributed import Ranks
 from ..errors import SettingsError, VitresError
-from ..latency import LatencyRange, LatencyTable
+from ..latency import LatencyRange, LatencyTable, latency_range
 from ..latency.drift import DriftReport, trusted_table
 from .constraints import Constraint, CostModel, check_budgets
 from .evolution import EvolutionConfig
@@ -28,6 +28,8 @@ class SearchOptions:
     """Every setting of a search; field names are those of the ``search`` command's parameters.
 
     ``budgets_ms``: one or several latency budgets, searched together (sharing their evaluations);
+    ``budget_shares``: more budgets, each a share of the way from the fastest to the slowest arch the
+    (drift-checked) table predicts;
     ``alpha``: the latency window is ``[alpha*L, L]`` with ``L = B / (1 + margin)``; ``margin``: None for
     the table's validated under-prediction (:attr:`ValidationReport.search_margin`, 0 for a table not
     validated); ``max_macs``/``max_params``: optional caps; ``resume``: continue the search in ``out_dir``;
@@ -39,6 +41,7 @@ class SearchOptions:
 
     budgets_ms: tuple[float, ...]
     out_dir: Path
+    budget_shares: tuple[float, ...] = ()
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     alpha: float = 0.9
     max_macs: int | None = None
@@ -54,8 +57,11 @@ class SearchOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
-        if not self.budgets_ms:
+        object.__setattr__(self, "budget_shares", tuple(float(f) for f in self.budget_shares))
+        if not self.budgets_ms and not self.budget_shares:
             raise SettingsError("budgets_ms: give at least one latency budget", field="budgets_ms")
+        if any(not 0 <= f <= 1 for f in self.budget_shares):
+            raise SettingsError(f"budget_shares {self.budget_shares}: each in [0, 1]", field="budgets_ms")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise SettingsError(f"eval_limit {self.eval_limit} must be >= 1", field="eval_limit")
         if self.batch_size < 1:
@@ -98,8 +104,10 @@ def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOpti
     table, drift = trusted
     margin = options.margin if options.margin is not None else (
         table.validation.search_margin if table.validation is not None else 0.0)
+    span = latency_range(table)
+    shared = (round(span.fastest_ms + f * (span.slowest_ms - span.fastest_ms), 4) for f in options.budget_shares)
     constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params, margin)
-                        for b in sorted(set(options.budgets_ms)))
+                        for b in sorted({*options.budgets_ms, *shared}))
     cost = CostModel(table, checkpoint.space)
     achievable = check_budgets(constraints, cost)
     table_id = {**table_identity(table), "drift_check": drift.to_dict(items=False) if drift else None}

@@ -29,6 +29,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+#: A space of a few small entries, for profiling and validation tests that run in seconds.
+MINI_SPACE = {
+    "name": "mini", "image_size": 16, "in_chans": 1, "num_classes": 4, "patch_size": 4, "stem_channels": 8,
+    "stages": [
+        {"embed_dims": [24, 16], "heads": [1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
+        {"embed_dims": [32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [1]},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def mini() -> SearchSpace:
+    """The ``mini`` space (:data:`MINI_SPACE`)."""
+    return SearchSpace.from_dict(MINI_SPACE)
+
+
 @pytest.fixture(scope="session")
 def fmnist() -> SearchSpace:
     """The demo search space (Fashion-MNIST, 28x28x1): small enough for every test."""

@@ -29,13 +29,6 @@ from vitres_deploy.space import SearchSpace
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
 
-MINI = {
-    "name": "mini", "image_size": 16, "in_chans": 1, "num_classes": 4, "patch_size": 4, "stem_channels": 8,
-    "stages": [
-        {"embed_dims": [24, 16], "heads": [1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
-        {"embed_dims": [32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [1]},
-    ],
-}
 FLOOR = Protocol(warmup_s=0.005, min_iterations=20, min_seconds=0.05, rounds=4, min_rounds=2, stable_within=0.05,
                  window_s=0.005, statistic="window_floor")
 
@@ -125,10 +118,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> LatencyTable:
+def table(tmp_path_factory: pytest.TempPathFactory, cache: Path, mini: SearchSpace) -> LatencyTable:
     folder = tmp_path_factory.mktemp("drift")
     settings = ProfileSettings(protocol=FLOOR, workers=1, cache_dir=cache)
-    return profile_space(SearchSpace.from_dict(MINI), settings, folder / "mini.json", progress=False)
+    return profile_space(mini, settings, folder / "mini.json", progress=False)
 
 
 def _scaled_file(table: LatencyTable, factor: float, path: Path) -> LatencyTable:

@@ -155,11 +155,15 @@ def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_ta
     # Without --allow-over-budget, the same measurement fails the gate, naming by how much.
     from vitres_deploy.export.latency_gate import LatencyGate, latency_check
     from vitres_deploy.latency.table import LatencyTable
+    from vitres_deploy.latency.timing import Measurement
     from vitres_deploy.runtime import TimingStats
 
+    assert latency["statistic"] == "median" and latency["passes"] >= 1  # the table's protocol and statistic
     latency_gate = LatencyGate(LatencyTable.load(latency_table), latency["predicted_ms"])
-    result, _ = latency_check(latency_gate, "onnx", TimingStats.from_dict(latency["stats"]), 1e-4, 0.1, False)
-    assert not result.passed
+    stats = TimingStats.from_dict(latency["stats"])
+    measured = Measurement(latency["measured_ms"], float("inf"), (stats,), latency["statistic"])
+    result, record = latency_check(latency_gate, "onnx", measured, 1e-4, 0.1, False)
+    assert not result.passed and record["measured_ms"] == latency["measured_ms"]
     with pytest.raises(LatencyCheckFailed, match=r"latency check of onnx on ort-cpu failed: measured .* over the"):
         raise_for_failures([CheckResult.from_dict(gate), result])
 

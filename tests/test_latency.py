@@ -52,27 +52,15 @@ from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
 
-MINI = {
-    "name": "mini", "image_size": 16, "in_chans": 1, "num_classes": 4, "patch_size": 4, "stem_channels": 8,
-    "stages": [
-        {"embed_dims": [24, 16], "heads": [1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
-        {"embed_dims": [32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [1]},
-    ],
-}
 QUICK = Protocol(warmup_s=0.005, min_iterations=20, min_seconds=0.01)
 QUICK_FLAGS = ["--warmup", "0.005", "--min-seconds", "0.01", "--min-iterations", "20", "--workers", "1"]
 
 
 @pytest.fixture(scope="module")
-def mini_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mini_file(tmp_path_factory: pytest.TempPathFactory, mini: SearchSpace) -> Path:
     path = tmp_path_factory.mktemp("space") / "mini.json"
-    path.write_text(json.dumps(MINI))
+    path.write_text(json.dumps(mini.to_dict()))
     return path
-
-
-@pytest.fixture(scope="module")
-def mini() -> SearchSpace:
-    return SearchSpace.from_dict(MINI)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +172,7 @@ def test_interrupted_profile_resumes_where_it_stopped(mini: SearchSpace, cache: 
     assert sorted(partial.entries) == sorted(done) and not partial.complete
     with pytest.raises(ProfileError, match="incomplete \\(3 of 9 entries finished\\)"):
         latency_range(partial)
-    with pytest.raises(ProfileError, match="exists: pass --resume"):
+    with pytest.raises(ProfileError, match="exists: pass resume to finish it"):
         profile_space(mini, quick(cache), out, progress=False)
     with pytest.raises(ProfileError, match="threads=1, now threads=2"):
         profile_space(mini, quick(cache, threads=2), out, resume=True, progress=False)
@@ -290,9 +278,9 @@ def synthetic_table(space: SearchSpace, seed: int) -> LatencyTable:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_latency_range_is_exact(seed: int) -> None:
+def test_latency_range_is_exact(seed: int, mini: SearchSpace) -> None:
     space = SearchSpace.from_dict({
-        **MINI, "stages": [
+        **mini.to_dict(), "stages": [
             {"embed_dims": [24, 16], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [32, 16], "depths": [2, 1]},
             {"embed_dims": [40, 32], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [48], "depths": [2, 1]},
             {"embed_dims": [48, 40], "heads": [1], "head_dim": 8, "mlp_hidden": [64], "depths": [1]},

@@ -170,17 +170,17 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     span = latency_range(table)
     budget = opts.budget_ms or round(span.fastest_ms + opts.budget_fraction * (span.slowest_ms - span.fastest_ms), 4)
     # the table was validated a moment ago: its correction is fitted to this machine as it is now, so the
-    # search and the export skip their drift checks
+    # search and the export skip their drift checks (and a reused shipped table may be of another device)
     search_options = SearchOptions(budgets_ms=(budget,), out_dir=out / "search",
                                    evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit,
-                                   drift_check=False)
+                                   drift_check=False, allow_other_device=opts.reuse_profile)
     search = step(f"search under {budget:.4f} ms",
                   lambda: run_search(plan_search(checkpoint, table, search_options), data))
     arch, searched = search.best_files[0].arch.validate(checkpoint.space), search.searched[0]
     export = step("export ONNX with every check", lambda: export_bundle(
         checkpoint, arch, data, out / "bundle",
         ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit,
-                      drift_check=False)))
+                      drift_check=False, allow_other_device=opts.reuse_profile)))
     export.raise_for_failures()
     test = step("test-split accuracy of PyTorch and ONNX Runtime",
                 lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,

@@ -9,6 +9,7 @@ import click
 
 from .boundary import Command
 from .output import print_json, print_table
+from .table_options import trust_options
 
 if TYPE_CHECKING:
     from ..export.checks import CheckResult
@@ -52,13 +53,7 @@ def _limits(c: CheckResult) -> str:
 @click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
               help="Measured latency may exceed the budget by this fraction.")
 @click.option("--allow-over-budget", is_flag=True, help="Write the bundle even if measured latency is over budget.")
-@click.option("--no-drift-check", "no_drift_check", is_flag=True,
-              help="With --profile: skip re-timing a handful of the table's entries and networks before exporting.")
-@click.option("--rescale", is_flag=True,
-              help="With --profile: if the drift check finds the machine faster or slower than the table, scale "
-                   "the table's predictions by the measured ratio instead of stopping.")
-@click.option("--allow-other-device", is_flag=True,
-              help="With --profile: use a table whose device fingerprint differs from this machine's.")
+@trust_options("the latency gate (with --profile)")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--eval-split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True,
               help="Split of the accuracy check.")

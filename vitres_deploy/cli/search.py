@@ -10,20 +10,27 @@ from ..errors import SettingsError
 from ..search.evolution import PRESETS
 from .boundary import Command
 from .output import human, print_json, print_table
+from .table_options import trust_options
 
 _SCALES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
-def parse_budgets(text: str) -> tuple[float, ...]:
-    """``"1.0,1.5,2"`` -> ``(1.0, 1.5, 2.0)``; anything else is a one-line :class:`SettingsError`."""
+def parse_budgets(text: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``"1.0,1.5,40%"`` -> ``((1.0, 1.5), (0.4,))``: budgets in ms, and budgets as a share of the table's
+    achievable range (``40%``: 40% of the way from the fastest to the slowest arch). Anything else is a
+    one-line :class:`SettingsError`."""
+    parts = [part.strip() for part in text.split(",")]
     try:
-        budgets = tuple(float(part) for part in text.split(","))
+        budgets = tuple(float(p) for p in parts if not p.endswith("%"))
+        shares = tuple(float(p[:-1]) / 100 for p in parts if p.endswith("%"))
     except ValueError:
-        raise SettingsError(f"budgets_ms {text!r}: give a latency in ms or a comma-separated list (1.0,1.5,2)",
-                            field="budgets_ms") from None
+        raise SettingsError(f"budgets_ms {text!r}: give a latency in ms, a share of the table's range (40%), or a "
+                            "comma-separated list (1.0,1.5,2)", field="budgets_ms") from None
     if any(not b > 0 or b == float("inf") for b in budgets):
         raise SettingsError(f"budgets_ms {text!r}: budgets must be positive finite milliseconds", field="budgets_ms")
-    return budgets
+    if any(not 0 <= f <= 1 for f in shares):
+        raise SettingsError(f"budgets_ms {text!r}: a share of the range is 0% to 100%", field="budgets_ms")
+    return budgets, shares
 
 
 def parse_count(text: str | None, field: str) -> int | None:
@@ -53,7 +60,8 @@ def _preset_help() -> str:
 @click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Latency table of the target device (`vitres-deploy profile`).")
 @click.option("--budget-ms", "budgets_ms", required=True,
-              help="Latency budget B in ms, or several (1.0,1.5,2.0): one search sharing its evaluations.")
+              help="Latency budget B in ms, or several (1.0,1.5,2.0): one search sharing its evaluations. NN% is "
+                   "NN% of the way from the fastest to the slowest arch the table predicts (after the drift check).")
 @click.option("--max-macs", help="Also cap MACs (e.g. 12M).")
 @click.option("--max-params", help="Also cap parameters (e.g. 1.5M).")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
@@ -73,13 +81,7 @@ def _preset_help() -> str:
 @click.option("--margin", type=float,
               help="Keep predicted latency this fraction below the budget (default: the table's validated "
                    "under-prediction, 90th percentile of its held-out networks; 0 for a table not validated).")
-@click.option("--no-drift-check", "no_drift_check", is_flag=True,
-              help="Skip re-timing a handful of the table's entries and networks (about 10-30 s) before searching.")
-@click.option("--rescale", is_flag=True,
-              help="If the drift check finds the machine faster or slower than the table, scale the table's "
-                   "predictions by the measured ratio (recorded in best.json) instead of stopping.")
-@click.option("--allow-other-device", is_flag=True,
-              help="Use a table whose device fingerprint (CPU/GPU model, flags, clock, cores) differs from here.")
+@trust_options("searching")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on the first N hold-out images (quick runs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -103,10 +105,11 @@ def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, m
     from ..latency import LatencyTable
     from ..search import SearchOptions, plan_search, run_search
 
-    budgets = parse_budgets(budgets_ms)
+    budgets, shares = parse_budgets(budgets_ms)
     caps = parse_count(max_macs, "max_macs"), parse_count(max_params, "max_params")
     evolution = dataclasses.replace(PRESETS[preset], seed=seed, **{k: v for k, v in overrides.items() if v is not None})
-    options = SearchOptions(budgets_ms=budgets, out_dir=out_dir, evolution=evolution, alpha=alpha, max_macs=caps[0],
+    options = SearchOptions(budgets_ms=budgets, budget_shares=shares, out_dir=out_dir, evolution=evolution,
+                            alpha=alpha, max_macs=caps[0],
                             max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size,
                             margin=margin, drift_check=not no_drift_check, rescale=rescale,
                             allow_other_device=allow_other_device)

@@ -335,7 +335,7 @@ def open_table(space: SearchSpace, meta: TableMeta, path: Path, *, resume: bool)
         table.save(path)
         return table
     if not resume:
-        raise ProfileError(f"{path} exists: pass --resume to finish it, or choose another --out")
+        raise ProfileError(f"{path} exists: pass resume to finish it, or choose another table path", field="resume")
     table = LatencyTable.load(path)
     if table.space.to_dict() != space.to_dict():
         raise ProfileError(f"cannot resume {path}: it was made for another definition of space {space.name!r}")

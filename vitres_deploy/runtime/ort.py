@@ -113,7 +113,7 @@ class _OrtRunner(Runner):
     def _model_path(self, onnx_path: Path) -> Path:
         """The file the session loads: ``onnx_path``, or a precision-specific version of it."""
         if self.options.precision != "fp32":
-            raise BackendUnavailable(f"{self.backend} runs fp32 only: use --precision fp32")
+            raise BackendUnavailable(f"{self.backend} runs fp32 only: use precision fp32", field="precision")
         return onnx_path
 
     def _providers(self, model_path: Path) -> list[Any]:

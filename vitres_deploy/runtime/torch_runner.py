@@ -29,7 +29,7 @@ class TorchRunner(Runner):
     def __init__(self, model: ModuleLoader, options: RunnerOptions | None = None) -> None:
         super().__init__(options)
         if self.options.precision == "fp16" and self.device == "cpu":
-            raise BackendUnavailable(f"{self.backend} runs fp32 only: use --precision fp32")
+            raise BackendUnavailable(f"{self.backend} runs fp32 only: use precision fp32", field="precision")
         self.model = model
         self.module: Any = None
         self._torch: Any = None
