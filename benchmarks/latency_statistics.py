@@ -27,7 +27,7 @@ import torch
 from vitres_deploy.arch import sample_arch
 from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.latency.entries import network_sample_shape
-from vitres_deploy.latency.timing import window_floor
+from vitres_deploy.runtime.statistics import window_floor
 from vitres_deploy.space import load_space
 from vitres_deploy.vit_resnas import vit_resnas
 
