@@ -73,6 +73,7 @@ def test_quick_demo_from_the_readme_runs_as_written(tmp_path):
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "test top-1" in proc.stdout and "hold-out 95% interval" in proc.stdout
+    assert re.search(r"measured latency \(ONNX Runtime\) +│ [0-9.]+ ms: (within|OVER) the budget", proc.stdout)
     for name in ("summary.json", "search/best.json", "search/search.png", "bundle/manifest.json",
                  "profile/latency.png"):
         assert (tmp_path / "demo" / name).is_file(), name

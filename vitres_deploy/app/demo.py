@@ -60,6 +60,7 @@ class DemoOptions:
     data_dir: str | None = None
     threads: int = 1
     seed: int = 0
+    allow_over_budget: bool = False
 
     def __post_init__(self) -> None:
         """Refuse settings a step would refuse later, naming the demo's own field."""
@@ -180,7 +181,8 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     export = step("export ONNX with every check", lambda: export_bundle(
         checkpoint, arch, data, out / "bundle",
         ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit,
-                      drift_check=False, allow_other_device=opts.reuse_profile)))
+                      drift_check=False, allow_other_device=opts.reuse_profile,
+                      allow_over_budget=opts.allow_over_budget)))
     export.raise_for_failures()
     test = step("test-split accuracy of PyTorch and ONNX Runtime",
                 lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
