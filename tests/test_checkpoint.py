@@ -105,3 +105,11 @@ def test_bad_checkpoint_metadata_and_tensors_are_one_line_errors(tmp_path):
         load_checkpoint(_crafted(tmp_path, raw_meta="[1,2,3]"))
     with pytest.raises(CheckpointError, match=r"tensor head.weight has shape \[3, 3\]"):
         load_checkpoint(_crafted(tmp_path, edit_tensors=lambda t: t.update({"head.weight": torch.zeros(3, 3)})))
+
+
+def test_metadata_that_is_not_strict_json_writes_nothing(tmp_path):
+    """NaN in the metadata (a diverged metric) is refused before the file is written: checkpoints are strict JSON."""
+    supernet = build_supernet(PRESETS["fmnist"])
+    with pytest.raises(CheckpointError, match="holds NaN or infinity: nothing written"):
+        save_checkpoint(tmp_path / "x.safetensors", supernet, {"metrics": {"loss": float("nan")}})
+    assert list(tmp_path.iterdir()) == []

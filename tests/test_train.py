@@ -162,3 +162,13 @@ def test_ddp_two_gloo_ranks_keep_identical_weights(tmp_path):
     assert meta["world_size"] == 2
     digests = meta["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_a_diverged_run_stops_in_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A loss that is not finite is no checkpoint: one line naming the epoch and the setting, nothing written."""
+    from vitres_deploy.errors import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"^training diverged in epoch 1: the loss is nan") as error:
+        train(TrainConfig(epochs=1, **{**QUICK, "lr": 1e30, "lr_warmup_epochs": 0}), tmp_path, progress=False)
+    assert error.value.field == "lr" and not (tmp_path / "last.safetensors").exists()
+    assert not (tmp_path / "log.jsonl").is_file() or not (tmp_path / "log.jsonl").read_text().strip()

@@ -70,7 +70,11 @@ def save_checkpoint(path: str | Path, supernet: ViTResNASSupernet, meta: dict[st
     for k, v in (optimizer_tensors or {}).items():
         tensors[OPTIMIZER_PREFIX + k] = v.detach().cpu().contiguous()
     full = {"format": FORMAT, "space": supernet.space.to_dict(), "packages": package_versions(), **meta}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(full)}))
+    try:
+        header = json.dumps(full, allow_nan=False)
+    except ValueError:
+        raise CheckpointError(f"checkpoint metadata for {path.name} holds NaN or infinity: nothing written") from None
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: header}))
     return path
 
 

@@ -47,6 +47,10 @@ class DataError(VitresError):
     """A data set is missing or malformed."""
 
 
+class TrainingDiverged(VitresError):
+    """Training produced a loss that is not finite (NaN or infinity)."""
+
+
 class RunDirError(VitresError):
     """An output folder cannot be used as asked: it holds another run, nothing to resume, or a corrupt record."""
 

@@ -32,7 +32,7 @@ from .arch import max_arch, min_arch, sample_arch
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .distributed import Ranks, join_ranks
-from .errors import DataError, RuntimeFailure, SettingsError
+from .errors import DataError, RuntimeFailure, SettingsError, TrainingDiverged
 from .evaluate import evaluate_arch
 from .files import JSONError, append_json_line, atomic_write_text, loads_json
 from .progress import progress_bar
@@ -314,7 +314,14 @@ def _train_step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tens
 
 
 def _record_epoch(out: Path, run: _Run, epoch: int, record: dict[str, Any]) -> None:
-    """Add the hold-out accuracies to ``record``; write the epoch's checkpoint, then its log line."""
+    """Add the hold-out accuracies to ``record``; write the epoch's checkpoint, then its log line.
+
+    A diverged epoch (a loss that is not finite) stops the run with a one-line error and writes nothing: the
+    last checkpoint stays the last good epoch, to resume from with other settings.
+    """
+    if not math.isfinite(record["loss"]):
+        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {record['loss']} (lower lr, "
+                               "raise warmup_epochs); the last checkpoint is the previous epoch's", field="lr")
     record.update(_holdout_metrics(run.supernet, run.data, run.cfg.eval_limit))
     meta = {"train_config": dataclasses.asdict(run.cfg), "data": data_spec(run.data), "epoch": epoch + 1,
             "metrics": record}
