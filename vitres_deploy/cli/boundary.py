@@ -8,10 +8,12 @@ on the command line. Only this module prints errors.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
@@ -74,19 +76,30 @@ def interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+@contextlib.contextmanager
+def one_line_errors(command: click.Command) -> Iterator[None]:
+    """Turn what a user can cause into one ``error:`` line and its exit code: library errors (naming
+    ``command``'s flags), usage errors, file system errors; an interrupt is ``interrupted`` and exit 130."""
+    try:
+        yield
+    except VitresError as e:
+        _fail(e, command)
+    except click.ClickException as e:
+        _usage_failed(e)
+    except OSError as e:
+        _system_failed(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
 class Command(click.Command):
     """A command whose :class:`VitresError` becomes one line naming its flags, and whose usage and file system
     errors are one ``error:`` line too."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with one_line_errors(self):
             return super().invoke(ctx)
-        except VitresError as e:
-            _fail(e, self)
-        except click.ClickException as e:
-            _usage_failed(e)
-        except OSError as e:
-            _system_failed(e)
 
 
 class Group(click.Group):
@@ -104,14 +117,5 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         interrupt_on_sigterm()
-        try:
+        with one_line_errors(self):
             return super().invoke(ctx)
-        except VitresError as e:
-            _fail(e, self)
-        except click.ClickException as e:
-            _usage_failed(e)
-        except OSError as e:
-            _system_failed(e)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)

@@ -20,14 +20,14 @@ import random
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..arch import max_arch, min_arch, sample_arch
+from ..arch import Arch, max_arch, min_arch, sample_arch
 from ..errors import ProfileError
 from ..runtime.base import NoisyMeasurement
 from ..runtime.loaders import ModelLoader
-from ..runtime.statistics import TimingStats, item_latency
+from ..runtime.statistics import item_latency
 from .entries import EntrySpec, enumerate_entries
 from .fingerprint import device_fingerprint, fingerprint_difference
 from .predict import predict
@@ -64,7 +64,6 @@ class DriftReport:
     high: float
     tolerance: float
     seconds: float
-    fingerprint_differences: tuple[str, ...] = field(default=())
 
     @property
     def drifted(self) -> bool:
@@ -79,8 +78,7 @@ class DriftReport:
     def to_dict(self, *, items: bool = True) -> dict[str, Any]:
         """Plain-JSON form (without ``items``, the summary alone)."""
         out: dict[str, Any] = {"ratio": self.ratio, "interval": [self.low, self.high], "tolerance": self.tolerance,
-                               "drifted": self.drifted, "seconds": self.seconds,
-                               "fingerprint_differences": list(self.fingerprint_differences)}
+                               "drifted": self.drifted, "seconds": self.seconds}
         if items:
             out["items"] = [{**asdict(i), "ratio": i.ratio} for i in self.items]
         return out
@@ -104,7 +102,7 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     return mid, x[max(k - 1, 0)], x[min(n - k, n - 1)]
 
 
-def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], list[Any]]:
+def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], list[Arch]]:
     """The entries and networks the drift check re-times (see the module docstring)."""
     specs = {s.key: s for s in enumerate_entries(table.space)}
     picked: list[EntrySpec] = []
@@ -133,18 +131,13 @@ def check_drift(table: LatencyTable, *, tolerance: float = DRIFT_TOLERANCE, work
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)
         passes = time_until_stable({t.name: sources[t.name] for t in targets}, settings)
-    items = [DriftItem(s.key, "entry", table.entries[s.key].latency_ms, _latency(passes[s.key], settings))
+    protocol = settings.protocol
+    items = [DriftItem(s.key, "entry", table.entries[s.key].latency_ms, item_latency(passes[s.key], protocol))
              for s in specs]
     items += [DriftItem(f"network {a.hash}", "network", predict(table, a).latency_ms,
-                        _latency(passes[network_target(a).name], settings)) for a in archs]
+                        item_latency(passes[network_target(a).name], protocol)) for a in archs]
     ratio, low, high = median_interval([i.ratio for i in items])
-    return DriftReport(tuple(items), ratio, low, high, tolerance, time.perf_counter() - start,
-                       tuple(fingerprint_difference(table.meta.fingerprint, here_fingerprint(table)))
-                       if table.meta.fingerprint else ())
-
-
-def _latency(passes: Sequence[TimingStats], settings: ProfileSettings) -> float:
-    return item_latency(passes, settings.protocol)
+    return DriftReport(tuple(items), ratio, low, high, tolerance, time.perf_counter() - start)
 
 
 def here_fingerprint(table: LatencyTable) -> dict[str, Any]:
