@@ -7,6 +7,7 @@ stretches), and real ONNX Runtime sessions of a small space's entries and networ
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections.abc import Mapping
@@ -100,6 +101,33 @@ def test_items_are_timed_until_their_two_best_passes_agree() -> None:
     assert Settled.of(passes["steady"], FLOOR).done(FLOOR)
     settled = Settled.of(passes["restless"], FLOOR)
     assert settled.value_ms == 1.0 and settled.spread == pytest.approx(0.5)
+
+
+def test_the_passes_of_a_lone_model_are_spread_over_wall_time() -> None:
+    """A neighbour's burst of 0.3 s covers two back-to-back passes: with round_s the passes are 0.4 s apart,
+    so the burst gives one slow pass, the quiet level settles the model and the burst level does not."""
+    protocol = dataclasses.replace(FLOOR, round_s=0.4, rounds=5, min_rounds=2)
+    t0 = time.monotonic()
+    starts: list[float] = []
+
+    def burst_pass(source: str, settings: ProfileSettings) -> TimingStats:
+        starts.append(time.monotonic() - t0)
+        return _stats(2.0 if starts[-1] < 0.3 else 1.0)  # slow during the burst's first 0.3 s
+
+    passes = time_until_stable({"model": "model"}, ProfileSettings(protocol=protocol), measure_pass=burst_pass)
+    assert all(b - a >= 0.4 for a, b in itertools.pairwise(starts))
+    assert Settled.of(passes["model"], protocol).value_ms == 1.0
+    assert len(passes["model"]) == 3  # burst, quiet, quiet: settled on the quiet level
+
+    back_to_back: list[float] = []
+
+    def burst_again(source: str, settings: ProfileSettings) -> TimingStats:
+        back_to_back.append(time.monotonic() - t0)
+        return _stats(2.0 if back_to_back[-1] - back_to_back[0] < 0.3 else 1.0)
+
+    unspread = time_until_stable({"model": "model"}, ProfileSettings(protocol=dataclasses.replace(protocol, round_s=0)),
+                                 measure_pass=burst_again)
+    assert Settled.of(unspread["model"], protocol).value_ms == 2.0  # without the spread: the burst is taken
 
 
 def test_median_interval_is_the_order_statistic_interval() -> None:

@@ -7,7 +7,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from vitres_deploy.arch import random_arch
+from vitres_deploy.arch import Arch, random_arch
 from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.macs import arch_cost, block_macs, block_params, count_params, fvcore_macs
 from vitres_deploy.space import PRESETS
@@ -77,3 +77,18 @@ def test_plain_fvcore_would_drop_the_attention_matmuls() -> None:
     analysis = FlopCountAnalysis(model, torch.zeros(1, 8, 2, 2)).unsupported_ops_warnings(False)
     analysis.total()
     assert "aten::scaled_dot_product_attention" in analysis.unsupported_ops()
+
+
+def test_the_papers_searched_tiny_counts_what_the_paper_reports() -> None:
+    """ViT-ResNAS-Tiny as searched in the paper (the seed code's searched_net/tiny.sh network definition): 1.8
+    GMACs and 41 M parameters in the paper; with the seed's 24-channel stem 1.7826 G and 40.79 M exactly."""
+    stages = [(176, [(3, 704), (3, 576), (3, 640), (4, 576), (4, 704)]),
+              (352, [(10, 1408), (8, 1408), (8, 1280), (8, 1408), (10, 1280), (10, 1024)]),
+              (704, [(10, 2560), (10, 1792), (10, 2816), (8, 2816), (8, 2560)])]
+    arch = Arch.from_dict({"space": "vit-resnas-tiny", "stages": [
+        {"embed_dim": width, "blocks": [{"heads": h, "mlp": m} for h, m in blocks]} for width, blocks in stages]})
+    cost = arch_cost(arch, PRESETS["vit-resnas-tiny"])
+    assert cost.macs / 1e9 == pytest.approx(1.7826, rel=0.01)
+    assert cost.params / 1e6 == pytest.approx(40.79, rel=0.01)
+    torch.manual_seed(0)
+    assert count_params(vit_resnas(arch, PRESETS["vit-resnas-tiny"])) == cost.params

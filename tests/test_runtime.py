@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from vitres_deploy.convert.fp16 import KEEP_FP32_OPS, convert_file
-from vitres_deploy.convert.to_onnx import export_onnx
-from vitres_deploy.errors import BackendUnavailable, ProfileError, RuntimeFailure
+from vitres_deploy.convert.to_onnx import export_onnx, export_onnx_group
+from vitres_deploy.errors import BackendUnavailable, ConversionError, ProfileError, RuntimeFailure
 from vitres_deploy.runtime import (
     BACKENDS,
     ModuleLoader,
@@ -294,3 +295,36 @@ def test_tensorrt_engine_matches_and_is_cached(precision: str, block: Block, blo
         assert runner.info()["fp16_via"] == expected
     tol = 1e-3 if precision == "fp32" else 3e-2
     np.testing.assert_allclose(out, _reference(block, x["input"]), atol=tol, rtol=tol)
+
+
+def test_group_export_cuts_out_each_module_as_a_single_export_makes_it(tmp_path: Path) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    modules = [Block(64, 2, 32, 128).eval(), Block(48, 1, 16, 96).eval(), nn.Linear(64, 10).eval()]
+    shapes = [(50, 64), (17, 48), (64,)]
+    paths = export_onnx_group([(m, s, tmp_path / f"g{i}.onnx") for i, (m, s) in enumerate(zip(modules, shapes))])
+    rng = np.random.default_rng(0)
+    for i, (module, shape, path) in enumerate(zip(modules, shapes, paths)):
+        single = export_onnx(module, shape, tmp_path / f"s{i}.onnx")
+        cut, alone = onnx.load(str(path)), onnx.load(str(single))
+        assert sorted(n.op_type for n in cut.graph.node) == sorted(n.op_type for n in alone.graph.node)
+        assert [v.name for v in cut.graph.input] == ["input"] and [v.name for v in cut.graph.output] == ["output"]
+        assert cut.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        x = rng.standard_normal((3, *shape)).astype(np.float32)
+        with get_backend("ort-cpu").runner(OnnxFile(path), RunnerOptions(batch=3, threads=1)) as runner:
+            y = runner.infer({"input": x})["output"]
+        with torch.no_grad():
+            np.testing.assert_allclose(y, module(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file is left behind"
+
+
+def test_group_export_falls_back_to_one_by_one_and_names_the_module_that_fails(tmp_path: Path) -> None:
+    class Unexportable(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1 if x.sum() > 0 else x - 1  # data-dependent control flow: torch.export refuses it
+
+    items = [(nn.Linear(8, 8), (8,), tmp_path / "ok.onnx"), (Unexportable(), (8,), tmp_path / "bad.onnx")]
+    with pytest.raises(ConversionError, match="could not export Unexportable to"):
+        export_onnx_group(items)
+    assert (tmp_path / "ok.onnx").is_file() and not (tmp_path / "bad.onnx").exists()

@@ -242,7 +242,7 @@ PRESETS: dict[str, SearchSpace] = {
         in_chans=3,
         num_classes=1000,
         patch_size=14,
-        stem_channels=32,
+        stem_channels=24,
         stages=(
             StageSpace((256, 224, 192, 176, 160), (6, 5, 4, 3), 32, _span(768, 384, 64), (3, 4, 5, 6)),
             StageSpace((512, 448, 384, 352, 320), (12, 10, 8, 6), 48, _span(1536, 768, 128), (3, 4, 5, 6)),
@@ -256,7 +256,7 @@ PRESETS: dict[str, SearchSpace] = {
         in_chans=3,
         num_classes=1000,
         patch_size=14,
-        stem_channels=32,
+        stem_channels=24,
         stages=(
             StageSpace((320, 280, 240, 220, 200), (8, 7, 6, 5), 32, _span(960, 480, 80), (4, 5, 6, 7)),
             StageSpace((640, 560, 480, 440, 400), (16, 14, 12, 10), 48, _span(1920, 960, 160), (4, 5, 6, 7)),

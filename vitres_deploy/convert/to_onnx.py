@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError, first_line
+from ..files import atomic_write
 
 DEFAULT_OPSET = 18
 
@@ -64,6 +66,96 @@ def export_onnx(
     finally:
         module.train(was_training)
     return path
+
+
+class _Side(nn.Module):
+    """Modules side by side: input ``i`` goes through module ``i`` alone (one exporter call for all)."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(part(x) for part, x in zip(self.parts, inputs))
+
+
+def export_onnx_group(
+    items: Sequence[tuple[nn.Module, Sequence[int], str | Path]],
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+) -> list[Path]:
+    """Export several small modules, each ``(module, sample_shape, path)``, as :func:`export_onnx` would.
+
+    The exporter's fixed cost per call (building its operator registry, decompositions, the graph optimizer)
+    is about as large as the work on one transformer block, so the modules are exported side by side in one
+    call and each one's graph is cut out of the result (``onnx.utils.extract_model``: exactly the nodes and
+    weights between its input and its output, renamed ``input``/``output``). The nodes are the ones a separate
+    export makes. If the joint export fails, each module is exported alone, so the error names the module that
+    cannot be exported. Each file is written atomically; returns the paths.
+    """
+    def one_by_one() -> list[Path]:
+        return [atomic_write(path, lambda tmp, m=m, shape=shape: export_onnx(m, shape, tmp, opset=opset,
+                                                                             dynamic_batch=dynamic_batch),
+                             suffix=".tmp.onnx") for m, shape, path in items]
+
+    if len(items) <= 1:
+        return one_by_one()
+    side = _Side([m for m, _, _ in items])
+    with tempfile.TemporaryDirectory(prefix="vitres-group-") as tmp:
+        joint = Path(tmp) / "group.onnx"
+        try:
+            _export_side(side, [shape for _, shape, _ in items], joint, opset, dynamic_batch)
+        except ConversionError:
+            return one_by_one()
+        return [atomic_write(path, lambda out, i=i: _cut(joint, i, out), suffix=".tmp.onnx")
+                for i, (_, _, path) in enumerate(items)]
+
+
+def _export_side(side: _Side, shapes: Sequence[Sequence[int]], path: Path, opset: int, dynamic_batch: bool) -> None:
+    was_training = [m.training for m in side.parts]
+    side.eval()
+    batch = 2 if dynamic_batch else 1
+    device = _device(side)
+    example = tuple(torch.zeros(batch, *shape, device=device) for shape in shapes)
+    # One batch dimension per input: with a shared one the exporter computes the batch of one module from
+    # another module's input, and the modules could not be cut apart.
+    dims = [torch.export.Dim(f"batch{i}", min=1, max=4096) for i in range(len(shapes))]
+    dynamic_shapes = (tuple({0: dim} for dim in dims),) if dynamic_batch else None
+    try:
+        with _quiet():
+            program = torch.onnx.export(side, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[f"input{i}" for i in range(len(shapes))],
+                                        output_names=[f"output{i}" for i in range(len(shapes))],
+                                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+            program.save(str(path), external_data=False)
+    except Exception as e:  # as in export_onnx: the exporter raises many types
+        raise ConversionError(f"the PyTorch ONNX exporter could not export a group of {len(shapes)} modules: "
+                              f"{first_line(_root_cause(e))}") from None
+    finally:
+        for m, training in zip(side.parts, was_training):
+            m.train(training)
+
+
+def _cut(joint: Path, index: int, out: Path) -> None:
+    """Write the graph between ``input<index>`` and ``output<index>`` of ``joint`` to ``out``, with the names a
+    single export gives (``input``, ``output``)."""
+    import onnx
+    import onnx.utils
+
+    onnx.utils.extract_model(str(joint), str(out), [f"input{index}"], [f"output{index}"])
+    model = onnx.load(str(out))
+    rename = {f"input{index}": "input", f"output{index}": "output"}
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        value.name = rename.get(value.name, value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == f"batch{index}":
+                dim.dim_param = "batch"
+    for node in model.graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        node.output[:] = [rename.get(name, name) for name in node.output]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
 
 
 def max_opset() -> int:

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import __version__
 from ..arch import Arch, sample_arch
-from ..convert.to_onnx import export_onnx
+from ..convert.to_onnx import export_onnx_group
 from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
 from ..macs import arch_cost
@@ -167,24 +167,41 @@ def onnx_cache_path(space: SearchSpace, target: Target, settings: ProfileSetting
 
 @dataclass(frozen=True)
 class _BuildJob:
+    """Targets exported in one exporter call (:func:`export_onnx_group`), each to its path."""
+
     space: dict[str, Any]
-    target: Target
-    path: str
+    targets: tuple[Target, ...]
+    paths: tuple[str, ...]
     settings: ProfileSettings
 
 
-def _build(job: _BuildJob) -> str:
-    """Export one target (unless cached) and pre-build its engine; runs in worker processes too."""
+#: Entries exported per exporter call: the exporter's fixed cost per call is shared by this many blocks.
+GROUP_SIZE = 16
+
+
+def _build(job: _BuildJob) -> int:
+    """Export the job's targets that are not cached and pre-build their engines; runs in worker processes too.
+    Returns the number of targets."""
     space = SearchSpace.from_dict(job.space)
-    path = Path(job.path)
-    if not path.is_file():
-        module, sample_shape = job.target.module(space), job.target.sample_shape(space)
-        atomic_write(path, lambda tmp: export_onnx(module, sample_shape, tmp, opset=job.settings.opset,
-                                                   dynamic_batch=job.settings.dynamic_batch), suffix=".tmp.onnx")
+    missing = [(t.module(space), t.sample_shape(space), p) for t, p in zip(job.targets, job.paths)
+               if not Path(p).is_file()]
+    export_onnx_group(missing, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
     backend = get_backend(job.settings.backend)
     if backend.builds_in_workers:
-        backend.prebuild(OnnxFile(path), job.settings.runner_options())
-    return job.path
+        for p in job.paths:
+            backend.prebuild(OnnxFile(p), job.settings.runner_options())
+    return len(job.targets)
+
+
+def _jobs(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings) -> list[_BuildJob]:
+    """Build jobs: entries in groups of :data:`GROUP_SIZE` (split evenly over the workers when there are few),
+    whole networks one by one (they are large: the fixed cost is small beside them)."""
+    entries = [t for t in targets if t.entry is not None]
+    size = max(1, min(GROUP_SIZE, -(-len(entries) // max(1, settings.workers))))
+    groups = [entries[i:i + size] for i in range(0, len(entries), size)]
+    groups += [[t] for t in targets if t.entry is None]
+    return [_BuildJob(space.to_dict(), tuple(g), tuple(str(onnx_cache_path(space, t, settings)) for t in g),
+                      settings) for g in groups]
 
 
 def _init_worker(parent: int) -> None:
@@ -226,29 +243,32 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
             if advance:
                 advance()
         return loaders
-    jobs = [_BuildJob(space.to_dict(), t, str(onnx_cache_path(space, t, settings)), settings) for t in targets]
-    todo = [j for j in jobs if backend.builds_in_workers or not Path(j.path).is_file()]
-    for _ in range(len(jobs) - len(todo)):
+    paths = {t.name: onnx_cache_path(space, t, settings) for t in targets}
+    todo_targets = [t for t in targets if backend.builds_in_workers or not paths[t.name].is_file()]
+    for _ in range(len(targets) - len(todo_targets)):
         if advance:
             advance()
+    todo = _jobs(space, todo_targets, settings)
+
+    def done(count: int) -> None:
+        for _ in range(count):
+            if advance:
+                advance()
+
     workers = max(1, min(settings.workers, len(todo)))
     if workers == 1:
         for job in todo:
-            _build(job)
-            if advance:
-                advance()
+            done(_build(job))
     else:
         pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                    initargs=(os.getpid(),))
         try:
             futures = [pool.submit(_build, job) for job in todo]
             for fut in as_completed(futures):
-                fut.result()
-                if advance:
-                    advance()
+                done(fut.result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    return {j.target.name: OnnxFile(j.path) for j in jobs}
+    return {name: OnnxFile(path) for name, path in paths.items()}
 
 
 def null_source(space: SearchSpace, settings: ProfileSettings) -> ModelLoader:

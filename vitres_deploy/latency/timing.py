@@ -11,13 +11,16 @@ its passes.
 **Stopping.** Items are timed in interleaved passes, each with a fresh runner (odd passes in reverse order,
 so slow drift of the machine meets every item alike): at least ``min_rounds`` passes, at most ``rounds``;
 an item leaves the schedule once its two lowest pass values agree within ``stable_within``: two passes at
-different times of the run that found the same quiet level. An item that never settles stops at
-``rounds`` and is reported as unsettled (its spread is recorded).
+different times of the run that found the same quiet level. A round lasts at least ``round_s``: one model
+alone (the export's gate) waits between its passes instead of timing them back to back, where one burst
+of a neighbour's load can cover two passes that then agree on the wrong level. An item that never settles
+stops at ``rounds`` and is reported as unsettled (its spread is recorded).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,9 +38,11 @@ from .table import LatencyTable
 
 #: Protocol of table entries, validation networks, the drift check and the latency gate: short passes (a
 #: table has hundreds of entries of tens of microseconds to milliseconds each; still thousands of runs for
-#: small ones), at least two passes each, more until the two best agree within 3% (at most six).
-TABLE_PROTOCOL = Protocol(warmup_s=0.03, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=2,
-                          stable_within=0.03, window_s=0.01, statistic="window_floor")
+#: small ones), at least three passes each (the third after every item's second: a check that the level two
+#: passes agreed on is the quiet one), more until the two best agree within 3% (at most six), rounds at
+#: least 1 s long (the passes of a lone model are spread over wall time).
+TABLE_PROTOCOL = Protocol(warmup_s=0.03, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=3,
+                          stable_within=0.03, window_s=0.01, statistic="window_floor", round_s=1.0)
 
 
 @dataclass(frozen=True)
@@ -92,17 +97,22 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     """Time every source in interleaved passes until each is settled (see the module docstring).
 
     ``done`` holds passes measured before (an interrupted profile). Pass ``r`` times every item that has at
-    most ``r`` passes and still needs one; odd passes run in reverse order. ``on_pass(name, passes)`` is
-    called after each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every
-    item's passes in order.
+    most ``r`` passes and still needs one; odd passes run in reverse order; a round shorter than the
+    protocol's ``round_s`` waits out the rest before the next. ``on_pass(name, passes)`` is called after
+    each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every item's
+    passes in order.
     """
     protocol = settings.protocol
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
     passes = {name: list((done or {}).get(name, ())) for name in sources}
+    started: float | None = None
     for r in range(protocol.rounds):
         pending = [name for name in sources if needs_pass(passes[name], protocol)]
         if not pending:
             break
+        if started is not None:
+            time.sleep(max(0.0, started + protocol.round_s - time.monotonic()))
+        started = time.monotonic()
         order = [name for name in pending if len(passes[name]) <= r]
         for name in reversed(order) if r % 2 else order:
             passes[name].append(timer(sources[name], settings))

@@ -29,7 +29,9 @@ class Protocol:
     core (:func:`vitres_deploy.latency.timing.time_until_stable`) times every item of a table, a validation
     or a gate in interleaved passes, each with a fresh runner: at least ``min_rounds`` and at most
     ``rounds`` passes, stopping an item once its two best pass values agree within ``stable_within``
-    (relative).
+    (relative). A round lasts at least ``round_s`` of wall time (a schedule of few items waits before the
+    next round), so two passes of one item are never back to back: a neighbour's burst shorter than that
+    cannot give an item two agreeing passes.
 
     ``statistic`` is what a table predicts and every later measurement reproduces: ``window_floor`` (the
     lowest median over windows of about ``window_s`` of wall time, then the lowest over passes: the
@@ -47,12 +49,14 @@ class Protocol:
     stable_within: float = 0.0
     window_s: float = 0.01
     statistic: str = "median"
+    round_s: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.warmup_s < 0 or self.min_seconds < 0 or self.min_iterations < 1 or self.max_cv <= 0
-                or self.flush_cache_mb < 0 or self.rounds < 1 or self.stable_within < 0 or self.window_s <= 0):
+                or self.flush_cache_mb < 0 or self.rounds < 1 or self.stable_within < 0 or self.window_s <= 0
+                or self.round_s < 0):
             raise ProfileError("protocol: needs warmup_s >= 0, min_seconds >= 0, min_iterations >= 1, max_cv > 0, "
-                               "flush_cache_mb >= 0, rounds >= 1, stable_within >= 0 and window_s > 0")
+                               "flush_cache_mb >= 0, rounds >= 1, stable_within >= 0, window_s > 0 and round_s >= 0")
         if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
             raise ProfileError(f"protocol: min_rounds {self.min_rounds} must be in 1..rounds ({self.rounds})")
         if self.statistic not in STATISTICS:
