@@ -224,3 +224,23 @@ def test_bad_values_are_one_error_line_naming_the_flag(tmp_path, case: str) -> N
     assert lines[-1].startswith("error: ") and message.format(tmp=tmp_path) in lines[-1], result.output
     assert not any(line.startswith(("Usage", "Error", "Traceback")) for line in lines), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_is_one_error_line_naming_the_output(tmp_path, monkeypatch, code: str) -> None:
+    """The file system refuses the write (injected where every output is renamed into place; tests run as
+    root, so permissions cannot make a folder read-only): one `error:` line with the output's path and the
+    reason, nothing written, no temporary file left."""
+    import errno
+    import os
+
+    def refused(src, dst):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), src)
+
+    monkeypatch.setattr(os, "replace", refused)
+    plot = tmp_path / "plots" / "x.png"
+    plot.parent.mkdir()
+    result = run("profile", "show", SHIPPED_TABLE, "--plot", str(plot))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.strip().splitlines()[-1] == f"error: {plot}: {os.strerror(getattr(errno, code))}"
+    assert list((tmp_path / "plots").iterdir()) == []

@@ -432,6 +432,27 @@ def test_a_failed_output_write_leaves_no_best_file(checkpoint: Checkpoint, data:
     assert not (tmp_path / "best.json").exists() and (tmp_path / "evaluated.jsonl").is_file()
 
 
+def test_a_full_disk_at_the_plot_leaves_no_best_file(checkpoint: Checkpoint, data: Any, table: LatencyTable,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fills up while search.png is written: the error names search.png, and neither best.json nor a
+    temporary file is left."""
+    import errno
+    import os
+
+    replace = os.replace
+
+    def full_at_plot(src: Any, dst: Any) -> None:
+        if Path(dst).name == "search.png":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_at_plot)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        search(checkpoint, data, table, [budget_at(table, 0.5)], tmp_path)
+    assert failed.value.filename == str(tmp_path / "search.png")
+    assert not (tmp_path / "best.json").exists() and not list(tmp_path.glob(".*.tmp*"))
+
+
 def test_budgets_as_a_share_of_the_range(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
     """``--budget-ms 40%`` is 40% of the way from the fastest to the slowest arch the table predicts."""
     from vitres_deploy.cli.search import parse_budgets

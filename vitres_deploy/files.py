@@ -4,7 +4,8 @@ Every file vitres-deploy keeps (checkpoints, latency tables, search results, cac
 engines, plots) is written through :func:`atomic_write`: to a temporary file in the target's directory
 (same file system, so the rename is atomic), given the permissions of a normally created file, then
 renamed over the target with ``os.replace``. Readers see the old file or the new one, never a partial
-one, and a failed write leaves no temporary file behind.
+one, and a failed write leaves no temporary file behind; its ``OSError`` (a full disk, a read-only file
+system) names the target, not the temporary file.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: s
     ``".tmp.png"``); with ``fsync`` the data is flushed to disk before the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from e
     os.close(fd)
     tmp = Path(name)
     try:
@@ -44,10 +48,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], *, suffix: s
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make shipped files private
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` (a full disk, a read-only file system) as an error of ``path``, not of its temporary file: the
+    same type, errno and reason, with ``path`` as its file name."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def atomic_write_text(path: str | Path, text: str, *, fsync: bool = False) -> Path:

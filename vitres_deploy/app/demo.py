@@ -2,12 +2,16 @@
 
 profile the ``fmnist`` space with ``ort-cpu`` (or reuse the shipped table) -> validate the table ->
 search under a budget taken from the table's range -> export ONNX with every check -> one summary.
-Everything is written under one output folder.
+Everything is written under one output folder, which follows the rules of every run folder
+(:mod:`vitres_deploy.rundir`): ``demo.json`` records the settings and the finished steps; a second run
+into the folder is refused without ``resume``; with it, finished steps are reused (the table, its
+validation, the bundle), an unfinished one is resumed by its own rules (a search replays its evaluations),
+and changed settings are refused, naming the first. ``allow_over_budget`` may change: it is what a user
+passes after an export measured over the budget.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +24,11 @@ import torch
 from ..arch import Arch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import ImageData, open_checkpoint_data
-from ..errors import ProfileError, SettingsError
+from ..errors import BundleError, ProfileError, RunDirError, SettingsError
 from ..export.artifacts import onnx_artifact, predictor
-from ..export.pipeline import ExportOptions, export_bundle
-from ..files import atomic_write_json
+from ..export.bundle import read_manifest, verify_hashes
+from ..export.pipeline import ExportOptions, ExportReport, export_bundle
+from ..files import atomic_write_bytes, atomic_write_json, loads_json
 from ..latency import (
     LatencyTable,
     PredictionErrors,
@@ -37,12 +42,16 @@ from ..latency.plot import plot_table
 from ..latency.table import shipped_profiles
 from ..latency.validate import MIN_SAMPLES
 from ..macs import arch_cost
+from ..rundir import check_same_settings, check_start, hold_output
 from ..search import PRESETS as SEARCH_PRESETS
 from ..search import SearchOptions, plan_search, run_search
+from ..search.records import SETTINGS as SEARCH_SETTINGS
 from ..space import PRESETS
 
 SPACE, BACKEND, SUPERNET = "fmnist", "ort-cpu", "fmnist-demo"
 TABLE_NAME = f"{SPACE}-{BACKEND}-fp32-b1.json"
+STATE = "demo.json"
+OUTPUTS = ("profile", "search", "bundle", "summary.json")
 
 
 @dataclass
@@ -61,6 +70,7 @@ class DemoOptions:
     threads: int = 1
     seed: int = 0
     allow_over_budget: bool = False
+    resume: bool = False
 
     def __post_init__(self) -> None:
         """Refuse settings a step would refuse later, naming the demo's own field."""
@@ -139,11 +149,65 @@ def shipped_table() -> Path:
     return found[0]
 
 
+def demo_settings(opts: DemoOptions) -> dict[str, Any]:
+    """The settings that decide a demo's result (``demo.json``; a resumed demo must have the same)."""
+    return {"reuse_profile": opts.reuse_profile, "budget_ms": opts.budget_ms, "budget_fraction": opts.budget_fraction,
+            "validate_samples": opts.validate_samples, "search_preset": opts.search_preset,
+            "supernet": opts.supernet, "eval_limit": opts.eval_limit, "threads": opts.threads, "seed": opts.seed}
+
+
+class DemoState:
+    """``demo.json`` of a demo folder: the settings and the steps finished so far, rewritten after each step."""
+
+    def __init__(self, out: Path, settings: dict[str, Any], finished: list[str]) -> None:
+        self.path, self.settings, self.finished = out / STATE, settings, finished
+
+    @classmethod
+    def open(cls, opts: DemoOptions) -> DemoState:
+        """Start a demo in ``opts.out`` (refused where one already is, unless ``resume``), or with ``resume``
+        continue the one there if it was run with the same settings."""
+        out, settings = opts.out, demo_settings(opts)
+        check_start(out, opts.resume, "a demo run", (STATE, *OUTPUTS))
+        if not opts.resume:
+            state = cls(out, settings, [])
+            state.save()
+            return state
+        path = out / STATE
+        try:
+            stored = loads_json(path.read_text())
+            state = cls(out, dict(stored["settings"]), [str(step) for step in stored["finished"]])
+        except (KeyError, TypeError, ValueError) as e:  # ValueError: a JSONError too
+            raise RunDirError(f"{path} is corrupt ({e}): start the demo afresh in another folder",
+                              field="out") from None
+        check_same_settings(out, state.settings, settings, made="run")
+        return state
+
+    def save(self) -> None:
+        """Write ``demo.json`` (atomically)."""
+        atomic_write_json(self.path, {"settings": self.settings, "finished": self.finished})
+
+    def done(self, step: str) -> bool:
+        """Whether ``step`` finished in this folder."""
+        return step in self.finished
+
+    def finish(self, step: str) -> None:
+        """Record that ``step`` finished."""
+        if step not in self.finished:
+            self.finished.append(step)
+            self.save()
+
+
 def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
-    """Run every step of the demo into ``opts.out``; each step's own checks raise on failure."""
+    """Run every step of the demo into ``opts.out``; each step's own checks raise on failure. With
+    ``opts.resume``, continue the demo in that folder (see the module docstring)."""
+    with hold_output(opts.out):  # one process writes the demo folder
+        torch.set_num_threads(opts.threads)  # small CPU kernels: one thread is faster and steadier on a shared machine
+        return _run_steps(opts, DemoState.open(opts), say)
+
+
+def _run_steps(opts: DemoOptions, state: DemoState, say: Callable[[str], None]) -> DemoResult:
+    """The steps of :func:`run_demo`, each skipped when ``state`` says it finished."""
     out, seconds, paths = opts.out, {}, {}
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(opts.threads)  # small CPU kernels: one thread is faster and steadier on a shared machine
     table_path = out / "profile" / TABLE_NAME
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -154,17 +218,24 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
         return value
 
     if opts.reuse_profile:
-        source = shipped_table()
-        table_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, table_path)
+        paths["shipped_table"] = str(shipped_table())
+    if state.done("profile"):
+        table = step("profile (reusing the finished table)", lambda: LatencyTable.load(table_path))
+    elif opts.reuse_profile:
+        atomic_write_bytes(table_path, shipped_table().read_bytes())
         table = step("profile (reusing the shipped table)", lambda: LatencyTable.load(table_path))
-        paths["shipped_table"] = str(source)
     else:
         settings = ProfileSettings(backend=BACKEND, threads=opts.threads)
-        table = step("profile fmnist with ort-cpu", lambda: profile_space(PRESETS[SPACE], settings, table_path))
-    validation = step("validate the table", lambda: validate_table(table_path, samples=opts.validate_samples,
-                                                                     seed=opts.seed))
-    table = LatencyTable.load(table_path)  # reload: validation stored the fitted correction in it
+        table = step("profile fmnist with ort-cpu",
+                     lambda: profile_space(PRESETS[SPACE], settings, table_path, resume=opts.resume))
+    state.finish("profile")
+    if state.done("validate") and table.validation is not None:
+        validation = step("validate the table (reusing the finished validation)", lambda: table.validation)
+    else:
+        validation = step("validate the table", lambda: validate_table(table_path, samples=opts.validate_samples,
+                                                                         seed=opts.seed))
+        table = LatencyTable.load(table_path)  # reload: validation stored the fitted correction in it
+    state.finish("validate")
 
     checkpoint = load_checkpoint(opts.supernet, expect_space=PRESETS[SPACE])
     data = open_checkpoint_data(checkpoint, opts.data_dir)
@@ -174,16 +245,22 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     # search and the export skip their drift checks (and a reused shipped table may be of another device)
     search_options = SearchOptions(budgets_ms=(budget,), out_dir=out / "search",
                                    evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit,
-                                   drift_check=False, allow_other_device=opts.reuse_profile)
+                                   drift_check=False, allow_other_device=opts.reuse_profile,
+                                   resume=opts.resume and (out / "search" / SEARCH_SETTINGS).is_file())
     search = step(f"search under {budget:.4f} ms",
                   lambda: run_search(plan_search(checkpoint, table, search_options), data))
     arch, searched = search.best_files[0].arch.validate(checkpoint.space), search.searched[0]
-    export = step("export ONNX with every check", lambda: export_bundle(
-        checkpoint, arch, data, out / "bundle",
-        ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit,
-                      drift_check=False, allow_other_device=opts.reuse_profile,
-                      allow_over_budget=opts.allow_over_budget)))
+    finished = _finished_export(out / "bundle", arch) if state.done("export") else None
+    if finished is not None:
+        export = step("export (reusing the finished bundle)", lambda: finished)
+    else:
+        export = step("export ONNX with every check", lambda: export_bundle(
+            checkpoint, arch, data, out / "bundle",
+            ExportOptions(table_path=table_path, budget_ms=budget, threads=opts.threads, eval_limit=opts.eval_limit,
+                          drift_check=False, allow_other_device=opts.reuse_profile,
+                          allow_over_budget=opts.allow_over_budget, force=opts.resume)))
     export.raise_for_failures()
+    state.finish("export")
     test = step("test-split accuracy of PyTorch and ONNX Runtime",
                 lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
                                          opts.eval_limit))
@@ -212,6 +289,19 @@ def run_demo(opts: DemoOptions, say: Callable[[str], None] = print) -> DemoResul
     result = DemoResult(summary, paths, seconds)
     atomic_write_json(out / "summary.json", result.to_dict())
     return result
+
+
+def _finished_export(bundle: Path, arch: Arch) -> ExportReport | None:
+    """The report of the bundle a previous run of the demo wrote, if it is intact and holds ``arch`` (else the
+    export is redone)."""
+    try:
+        manifest = read_manifest(bundle)
+        verify_hashes(bundle, manifest.files)
+    except BundleError:  # gone or changed since: export again
+        return None
+    if manifest.arch.hash != arch.hash:
+        return None
+    return ExportReport(list(manifest.checks), manifest, bundle, dict(manifest.timings_s))
 
 
 @torch.inference_mode()

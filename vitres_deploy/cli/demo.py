@@ -12,7 +12,10 @@ from .output import print_json, print_table
 
 
 @click.command(cls=Command)
-@click.option("--out", "out_dir", default=None, help="Output folder (default: runs/demo-<timestamp>).")
+@click.option("--out", "out", default=None, help="Output folder (default: runs/demo-<timestamp>).")
+@click.option("--resume", is_flag=True,
+              help="Continue the demo run in --out: reuse its finished steps, resume an unfinished one, with the "
+                   "same settings (--allow-over-budget may be added).")
 @click.option("--reuse-profile", is_flag=True, help="Take the shipped fmnist ort-cpu table instead of measuring one.")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: from the table's range).")
 @click.option("--budget-fraction", type=float, default=0.35, show_default=True,
@@ -26,14 +29,14 @@ from .output import print_json, print_table
 @click.option("--allow-over-budget", is_flag=True,
               help="Write the bundle even if the export measures over the budget (the summary says by how much).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def demo(out_dir: str | None, reuse_profile: bool, budget_ms: float | None, budget_fraction: float,
+def demo(out: str | None, resume: bool, reuse_profile: bool, budget_ms: float | None, budget_fraction: float,
          validate_samples: int, supernet: str, data_dir: str | None, eval_limit: int | None,
          allow_over_budget: bool, as_json: bool) -> None:
     """Profile -> validate -> search -> export -> one summary, all under one output folder."""
     from ..app.demo import DemoOptions, run_demo
 
-    out = Path(out_dir or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    opts = DemoOptions(out=out, reuse_profile=reuse_profile, budget_ms=budget_ms, budget_fraction=budget_fraction,
+    opts = DemoOptions(out=Path(out or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}"), resume=resume,
+                       reuse_profile=reuse_profile, budget_ms=budget_ms, budget_fraction=budget_fraction,
                        validate_samples=validate_samples, supernet=supernet, data_dir=data_dir, eval_limit=eval_limit,
                        allow_over_budget=allow_over_budget)
     result = run_demo(opts, say=lambda line: click.echo(line, err=as_json))

@@ -1,0 +1,93 @@
+"""``demo`` into a folder that holds a demo run: refused without ``--resume``; with it, finished steps are reused
+and changed settings refused, naming the flag (issue 19 item 13). The end-to-end runs are in test_docs.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.app import demo as demo_app
+from vitres_deploy.app.demo import STATE, TABLE_NAME, DemoOptions, DemoState, run_demo, shipped_table
+from vitres_deploy.cli import main
+
+
+def one_error_line(args: list[str]) -> str:
+    """Run the CLI with ``args``; it must fail with exit 2 and one ``error:`` line, which is returned."""
+    result = CliRunner().invoke(main, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def started(out: Path, **settings: object) -> DemoOptions:
+    """A demo folder as a run with ``settings`` leaves it after its first step (the shipped table copied)."""
+    opts = DemoOptions(out=out, reuse_profile=True, **settings)  # type: ignore[arg-type]
+    DemoState.open(opts).finish("profile")
+    (out / "profile").mkdir()
+    shutil.copyfile(shipped_table(), out / "profile" / TABLE_NAME)
+    return opts
+
+
+def test_a_second_run_into_the_folder_is_refused_without_resume(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    started(out, validate_samples=6)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    line = one_error_line(["demo", "--out", str(out), "--reuse-profile", "--validate-samples", "6"])
+    assert line == f"error: {out} already holds a demo run: pass --resume to continue it, or choose another folder"
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing overwritten
+
+
+def test_resume_refuses_changed_settings_naming_the_flag(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    started(out, validate_samples=6)
+    line = one_error_line(["demo", "--out", str(out), "--resume", "--reuse-profile", "--validate-samples", "8"])
+    assert line == (f"error: cannot resume {out}: it was run with --validate-samples=6, now validate_samples=8: use "
+                    "the same settings, or start afresh elsewhere")
+    line = one_error_line(["demo", "--out", str(out), "--resume", "--validate-samples", "6"])
+    assert "--reuse-profile=True, now reuse_profile=False" in line
+
+
+def test_resume_where_no_demo_ran_is_refused(tmp_path: Path) -> None:
+    line = one_error_line(["demo", "--out", str(tmp_path / "none"), "--resume"])
+    assert line == (f"error: --resume: nothing to resume in {tmp_path / 'none'} ({STATE} not found): start "
+                    "without it")
+    assert not (tmp_path / "none").exists()
+
+
+class SearchReached(Exception):
+    """Raised in place of the search: the steps before it are what is tested."""
+
+
+def test_resume_reuses_the_finished_table_and_validation(tmp_path: Path, fmnist_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table and its validation are taken as they are (nothing measured, the file untouched), and the
+    search resumes the one found in the folder."""
+    out = tmp_path / "demo"
+    opts = started(out, validate_samples=40)  # the shipped table carries a 40-sample validation
+    state = json.loads((out / STATE).read_text())
+    (out / STATE).write_text(json.dumps({**state, "finished": ["profile", "validate"]}))
+    (out / "search").mkdir()
+    (out / "search" / "search.json").write_text("{}")
+    table_before = (out / "profile" / TABLE_NAME).read_bytes()
+
+    def no_validation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished validation was measured again")
+
+    def planned(checkpoint: object, table: object, options: demo_app.SearchOptions) -> None:
+        raise SearchReached(options.resume)
+
+    monkeypatch.setattr(demo_app, "validate_table", no_validation)
+    monkeypatch.setattr(demo_app, "plan_search", planned)
+    said: list[str] = []
+    with pytest.raises(SearchReached) as reached:
+        run_demo(DemoOptions(**{**opts.__dict__, "resume": True, "data_dir": str(fmnist_dir)}), say=said.append)
+    assert reached.value.args == (True,)
+    assert said[:2] == ["[1/5] profile (reusing the finished table)",
+                        "[2/5] validate the table (reusing the finished validation)"]
+    assert len(said) == 3 and said[2].startswith("[3/5] search under ")
+    assert (out / "profile" / TABLE_NAME).read_bytes() == table_before
