@@ -4,7 +4,8 @@ Two phases, so that timing never shares the CPU with building:
 
 1. *build*: every entry still missing is exported to ONNX with the shared export primitive (the same
    one that ships networks), in ``workers`` processes, into a cache keyed by what the file depends on;
-   backends with an engine build step (TensorRT) build their engines in the same workers;
+   backends with an engine build step (TensorRT) build each engine in this process as its export
+   finishes, one at a time: builds that share a GPU would time their tactics against each other;
 2. *time*: entries are timed one after the other with the backend's runner and the protocol, in
    ``protocol.rounds`` interleaved passes (:func:`time_in_passes`), and the table is rewritten atomically
    as it fills (after each entry with one round, every few seconds with several, and on an interrupt),
@@ -30,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -55,6 +56,8 @@ from .entries import EntrySpec, enumerate_entries, network_sample_shape
 from .fingerprint import device_fingerprint
 from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, default_table_path
 from .timing import ProfileSettings, measure_source, time_until_stable
+
+Job = TypeVar("Job")
 
 #: While timing, a table is rewritten at most this often (and always at the end, or when interrupted): an
 #: interrupt that kills the process loses at most this much timing.
@@ -173,18 +176,51 @@ class _BuildJob:
     settings: ProfileSettings
 
 
-def _build(job: _BuildJob) -> str:
-    """Export one target (unless cached) and pre-build its engine; runs in worker processes too."""
-    space = SearchSpace.from_dict(job.space)
+def _export(job: _BuildJob) -> str:
+    """Export one target to ONNX unless it is cached; runs in worker processes too. Returns its path."""
     path = Path(job.path)
     if not path.is_file():
+        space = SearchSpace.from_dict(job.space)
         module, sample_shape = job.target.module(space), job.target.sample_shape(space)
         atomic_write(path, lambda tmp: export_onnx(module, sample_shape, tmp, opset=job.settings.opset,
                                                    dynamic_batch=job.settings.dynamic_batch), suffix=".tmp.onnx")
-    backend = get_backend(job.settings.backend)
-    if backend.builds_in_workers:
-        backend.prebuild(OnnxFile(path), job.settings.runner_options())
     return job.path
+
+
+def _prebuild(job: _BuildJob) -> None:
+    """Build (or find in the cache) the engine of one exported target; only ever in the main process."""
+    get_backend(job.settings.backend).prebuild(OnnxFile(job.path), job.settings.runner_options())
+
+
+def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
+               build: Callable[[Job], None] | None, advance: Callable[[], None] | None = None) -> None:
+    """Run ``export`` of every job, in ``workers`` processes when more than one (``export`` and the jobs must
+    pickle), and ``build`` of each job in this process once its export is done, one build at a time.
+
+    The schedule of the build phase: CPU work (ONNX exports) in parallel, GPU work (engine builds) in turn,
+    overlapping the exports still running. ``advance`` is called once per job done.
+    """
+    def done(job: Job) -> None:
+        if build is not None:
+            build(job)
+        if advance is not None:
+            advance()
+
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            export(job)
+            done(job)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(export, job): job for job in jobs}
+        for fut in as_completed(futures):
+            fut.result()
+            done(futures[fut])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(parent: int) -> None:
@@ -216,8 +252,8 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
     """What each target's runner is built from, by target name: the :class:`OnnxFile` of its exported ONNX, or
     for torch backends the :class:`ModuleLoader` that builds its module when the target is timed.
 
-    ONNX files are exported (and engines pre-built) in ``settings.workers`` processes; cached files are
-    reused. ``advance`` is called once per target done.
+    ONNX files are exported in ``settings.workers`` processes and engines pre-built here, one at a time
+    (:func:`run_builds`); cached files are reused. ``advance`` is called once per target done.
     """
     backend = get_backend(settings.backend)
     if backend.source == "module":
@@ -227,27 +263,11 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
                 advance()
         return loaders
     jobs = [_BuildJob(space.to_dict(), t, str(onnx_cache_path(space, t, settings)), settings) for t in targets]
-    todo = [j for j in jobs if backend.builds_in_workers or not Path(j.path).is_file()]
+    todo = [j for j in jobs if backend.builds_engines or not Path(j.path).is_file()]
     for _ in range(len(jobs) - len(todo)):
         if advance:
             advance()
-    workers = max(1, min(settings.workers, len(todo)))
-    if workers == 1:
-        for job in todo:
-            _build(job)
-            if advance:
-                advance()
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(os.getpid(),))
-        try:
-            futures = [pool.submit(_build, job) for job in todo]
-            for fut in as_completed(futures):
-                fut.result()
-                if advance:
-                    advance()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    run_builds(todo, settings.workers, _export, _prebuild if backend.builds_engines else None, advance)
     return {j.target.name: OnnxFile(j.path) for j in jobs}
 
 

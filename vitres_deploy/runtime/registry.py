@@ -120,8 +120,8 @@ class Backend:
         return self._version()
 
     @property
-    def builds_in_workers(self) -> bool:
-        """Whether engines are built ahead of timing (worker processes can do it in parallel)."""
+    def builds_engines(self) -> bool:
+        """Whether engines are built ahead of timing (on the GPU, one at a time)."""
         return self._prebuild is not None
 
     def check(self, precision: str = "fp32") -> None:

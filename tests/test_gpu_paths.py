@@ -1,0 +1,112 @@
+"""What the GPU paths are set up with, tested where it is decided: pure functions that build provider options,
+environments, schedules and version readings, and real CPU sessions. The GPU runs themselves are marked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from vitres_deploy.latency.profiler import run_builds
+from vitres_deploy.runtime import OnnxFile, RunnerOptions, get_backend
+from vitres_deploy.runtime.ort import (
+    cuda_provider_options,
+    nodes_by_provider,
+    tensorrt_environment,
+    tensorrt_provider_options,
+)
+from vitres_deploy.runtime.versions import nvinfer_major
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _two_node_onnx(path: Path) -> Path:
+    nodes = [helper.make_node("Relu", ["input"], ["hidden"], name="relu"),
+             helper.make_node("Softmax", ["hidden"], ["output"], name="softmax")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------- TF32 (item 1)
+
+
+def test_the_cuda_provider_runs_fp32_without_tf32() -> None:
+    fp32 = cuda_provider_options(1, 1234, "fp32")
+    assert fp32 == {"device_id": "1", "user_compute_stream": "1234", "use_tf32": "0"}
+    assert "use_tf32" not in cuda_provider_options(0, 1, "fp16")
+
+
+def test_tensorrt_gets_tf32_off_from_the_environment_for_fp32_only(tmp_path: Path) -> None:
+    assert tensorrt_environment("fp32") == {"NVIDIA_TF32_OVERRIDE": "0"}
+    assert tensorrt_environment("fp16") == {}
+    trt = tensorrt_provider_options(0, 7, fp16_flag=True, engines=tmp_path, shapes="input:2x3", workspace_mb=64)
+    assert trt["trt_fp16_enable"] == "True" and trt["trt_max_workspace_size"] == str(64 << 20)
+    assert {trt[f"trt_profile_{k}_shapes"] for k in ("min", "opt", "max")} == {"input:2x3"}
+    assert not any("tf32" in k for k in trt)  # the provider has no TF32 option: the environment does it
+
+
+# --------------------------------------------------------------- the TensorRT of ort-trt (item 4)
+
+
+def test_the_tensorrt_a_provider_library_links_is_read_from_its_dependencies() -> None:
+    assert nvinfer_major(b"\x00libcudart.so.12\x00libnvinfer.so.10\x00libnvonnxparser.so.10\x00") == 10
+    assert nvinfer_major(b"\x00libnvinfer_plugin.so.11\x00libnvinfer.so.11\x00") == 11
+    assert nvinfer_major(b"KERNEL32.dll\x00nvinfer_10.dll\x00") == 10
+    assert nvinfer_major(b"\x00libcudart.so.12\x00") is None
+
+
+def test_sessions_record_where_each_node_runs(tmp_path: Path) -> None:
+    model = _two_node_onnx(tmp_path / "two.onnx")
+    with get_backend("ort-cpu").runner(OnnxFile(model), RunnerOptions(batch=2)) as runner:
+        assert nodes_by_provider(runner.session) == {"CPUExecutionProvider": 2}
+        assert runner.info()["nodes_by_provider"] == {"CPUExecutionProvider": 2}
+
+
+@pytest.mark.gpu
+def test_ort_trt_places_nodes_on_tensorrt_and_runs_fp32_without_tf32(tmp_path: Path) -> None:
+    backend = get_backend("ort-trt")
+    if backend.unavailable_reason():
+        pytest.skip(f"ort-trt: {backend.unavailable_reason()}")
+    model = _two_node_onnx(tmp_path / "two.onnx")
+    with backend.runner(OnnxFile(model), RunnerOptions(batch=2, cache_dir=tmp_path)) as runner:
+        info = runner.info()
+    assert info["tensorrt_node_share"] > 0 and info["tf32"] is False
+
+
+# ------------------------------------------------------------ one engine build per GPU (item 3)
+
+
+def _export_marker(job: str) -> str:
+    """A stand-in export (picklable, for worker processes): writes ``job`` with the pid that exported it."""
+    Path(job).write_text(str(os.getpid()))
+    return job
+
+
+def test_workers_export_in_parallel_and_engines_build_here_one_at_a_time(tmp_path: Path) -> None:
+    jobs = [str(tmp_path / f"job{i}") for i in range(4)]
+    building: list[str] = []
+    built: list[tuple[str, int, str]] = []
+    advanced: list[int] = []
+
+    def build(job: str) -> None:
+        assert not building, "two engine builds at once"
+        building.append(job)
+        built.append((job, os.getpid(), Path(job).read_text()))  # the export is done before its build
+        building.pop()
+
+    run_builds(jobs, 2, _export_marker, build, lambda: advanced.append(1))
+    assert sorted(job for job, _, _ in built) == jobs and len(advanced) == 4
+    assert {pid for _, pid, _ in built} == {os.getpid()}  # every build in this process
+    assert str(os.getpid()) not in {exporter for _, _, exporter in built}  # every export in a worker
+
+
+def test_one_worker_exports_and_builds_each_job_in_order(tmp_path: Path) -> None:
+    jobs = [str(tmp_path / f"job{i}") for i in range(3)]
+    events: list[tuple[str, str]] = []
+    run_builds(jobs, 1, lambda job: events.append(("export", job)), lambda job: events.append(("build", job)))
+    assert events == [(step, job) for job in jobs for step in ("export", "build")]
