@@ -6,15 +6,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from vitres_deploy.convert.fp16 import convert_to_fp16
+from vitres_deploy.errors import Fp16ConversionError
 from vitres_deploy.latency.profiler import run_builds
 from vitres_deploy.runtime import OnnxFile, RunnerOptions, get_backend
 from vitres_deploy.runtime.ort import (
+    activation_peaks,
     cuda_provider_options,
     nodes_by_provider,
+    overflowing_nodes,
     tensorrt_environment,
     tensorrt_provider_options,
 )
@@ -110,3 +115,36 @@ def test_one_worker_exports_and_builds_each_job_in_order(tmp_path: Path) -> None
     events: list[tuple[str, str]] = []
     run_builds(jobs, 1, lambda job: events.append(("export", job)), lambda job: events.append(("build", job)))
     assert events == [(step, job) for job in jobs for step in ("export", "build")]
+
+
+# ------------------------------------------------------------- fp16 overflow beyond LayerNorm (item 7)
+
+
+def _overflowing_onnx(path: Path) -> Path:
+    """input (batch x 3) -> MatMul by 1000 ("grow": |x| ~ 1e5 on inputs ~ 100) -> Mul by 1e-3 ("shrink") -> Relu."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], [1000.0 if i == j else 0.0 for i in range(3)
+                                                            for j in range(3)])
+    s = helper.make_tensor("s", TensorProto.FLOAT, [], [1e-3])
+    nodes = [helper.make_node("MatMul", ["input", "w"], ["grown"], name="grow"),
+             helper.make_node("Mul", ["grown", "s"], ["shrunk"], name="shrink"),
+             helper.make_node("Relu", ["shrunk"], ["output"], name="relu")]
+    graph = helper.make_graph(nodes, "overflow", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["b", 3])], [w, s])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def test_nodes_whose_activations_overflow_fp16_are_found_and_kept_in_fp32(tmp_path: Path) -> None:
+    model = _overflowing_onnx(tmp_path / "overflow.onnx")
+    images = np.full((2, 3), 100.0, dtype=np.float32)
+    peaks = activation_peaks(model, images)
+    assert peaks == pytest.approx({"grow": 1e5, "shrink": 100.0, "relu": 100.0})
+    assert overflowing_nodes(model, images) == pytest.approx({"grow": 1e5})  # beyond 65504: kept in fp32
+    assert overflowing_nodes(model, images / 10) == {}  # 1e4 fits
+
+    fp16 = convert_to_fp16(onnx.load(str(model)), keep_nodes=overflowing_nodes(model, images))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in fp16.graph.value_info}
+    assert types["grown"] == TensorProto.FLOAT and types["shrunk"] == TensorProto.FLOAT16
+    assert {t.name: t.data_type for t in fp16.graph.initializer}["w"] == TensorProto.FLOAT
+    with pytest.raises(Fp16ConversionError, match="keep_nodes: no node 'nope'"):
+        convert_to_fp16(onnx.load(str(model)), keep_nodes=["nope"])

@@ -115,6 +115,56 @@ def nodes_by_provider(session: Any) -> dict[str, int]:
     return counts
 
 
+#: Activations beyond this magnitude keep their node in fp32 in an fp16 model: fp16's largest finite value
+#: (65504) with a safety factor of 2, as activations on images outside the calibration set run larger.
+FP16_SAFE_LIMIT = 32752.0
+
+
+def node_id(node: Any) -> str:
+    """How a node of an ONNX graph is named in records: its name, else its first output's."""
+    return node.name or node.output[0]
+
+
+def activation_peaks(path: str | Path, images: np.ndarray) -> dict[str, float]:
+    """Largest magnitude of every float output of every node of the fp32 ONNX file ``path``, by :func:`node_id`,
+    over ``images`` (one batch for its first input), run in ONNX Runtime on the CPU with every intermediate
+    tensor exposed as a graph output. A model ONNX Runtime cannot run is a :class:`RuntimeFailure`."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {vi.name for vi in [*inferred.graph.value_info, *inferred.graph.output]
+              if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    exposed = {o.name for o in model.graph.output}
+    for name in sorted(floats - exposed):
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph's own nodes, unfused
+    so.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        values = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
+    except Exception as e:  # onnxruntime's own exception types
+        raise RuntimeFailure(f"onnxruntime could not run {Path(path).name} to measure activations: "
+                             f"{first_line(e)}") from None
+    by_tensor = {out.name: float(np.abs(v).max()) if v.size else 0.0
+                 for out, v in zip(session.get_outputs(), values) if out.name in floats}
+    peaks = {}
+    for node in model.graph.node:
+        outs = [by_tensor[o] for o in node.output if o in by_tensor]
+        if outs:
+            peaks[node_id(node)] = max(outs)
+    return peaks
+
+
+def overflowing_nodes(path: str | Path, images: np.ndarray, limit: float = FP16_SAFE_LIMIT) -> dict[str, float]:
+    """The nodes of ``path`` whose outputs exceed ``limit`` in magnitude on ``images`` (:func:`activation_peaks`),
+    with their peaks: the nodes an fp16 model keeps in fp32."""
+    return {name: peak for name, peak in activation_peaks(path, images).items() if not peak <= limit}
+
+
 class _OrtRunner(Runner):
     """Shared logic; subclasses choose the execution providers, where buffers live, and the stream."""
 
