@@ -148,3 +148,59 @@ def test_nodes_whose_activations_overflow_fp16_are_found_and_kept_in_fp32(tmp_pa
     assert {t.name: t.data_type for t in fp16.graph.initializer}["w"] == TensorProto.FLOAT
     with pytest.raises(Fp16ConversionError, match="keep_nodes: no node 'nope'"):
         convert_to_fp16(onnx.load(str(model)), keep_nodes=["nope"])
+
+
+# --------------------------------------------------------------------- install path (items 8, 10)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _package_dir(package: str, mapping: dict[str, str]) -> Path:
+    """Where setuptools finds ``package``: its own mapping, else its parent's folder joined with its last name."""
+    if package in mapping:
+        return ROOT / mapping[package]
+    parent, _, name = package.rpartition(".")
+    return _package_dir(parent, mapping) / name
+
+
+def test_the_package_list_and_package_data_match_the_tree() -> None:
+    setup = _pyproject()["tool"]["setuptools"]
+    mapping, packages = setup["package-dir"], set(setup["packages"])
+    for package in packages:
+        assert _package_dir(package, mapping).is_dir(), package
+    for root in mapping:  # every folder of Python files under a package is itself listed (no setuptools warning)
+        folder = _package_dir(root, mapping)
+        for module in folder.rglob("*.py"):
+            name = ".".join([root, *module.parent.relative_to(folder).parts])
+            assert name in packages or name in mapping, f"{module} is in no listed package"
+    for package, globs in setup["package-data"].items():
+        for glob in globs:
+            assert list(_package_dir(package, mapping).glob(glob)), f"{package}: {glob} names no file"
+
+
+def test_no_install_brings_both_onnx_runtimes() -> None:
+    project = _pyproject()["project"]
+    runtimes = {"onnxruntime", "onnxruntime-gpu"}
+    assert not runtimes & set(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        assert len(runtimes & set(requirements)) <= 1, extra
+    pins = {line.split("==")[0] for line in (ROOT / "constraints.txt").read_text().split()}
+    for requirements in project["optional-dependencies"].values():
+        assert set(requirements) <= pins  # every extra's package has its exact pin
+
+
+def test_backends_name_the_package_they_miss() -> None:
+    from vitres_deploy.runtime.registry import backend_status
+
+    reasons = {row["name"]: row["reason"] for row in backend_status()}
+    missing = (("ort-cuda", "onnxruntime-gpu"), ("ort-trt", "onnxruntime-gpu"), ("tensorrt", "tensorrt-cu12"))
+    for name, package in missing:
+        if reasons[name] and "CUDA GPU" not in reasons[name]:  # a missing package, not a missing GPU
+            assert package in reasons[name], reasons[name]
