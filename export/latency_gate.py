@@ -20,11 +20,9 @@ from ..errors import ProfileError
 from ..latency.drift import DriftReport, trusted_table
 from ..latency.predict import predict
 from ..latency.table import LatencyTable
-from ..latency.timing import Measurement, ProfileSettings, measure_like, measure_module, measure_onnx
-from ..runtime.base import NoisyMeasurement, RunnerOptions, measure
-from ..runtime.loaders import ModelLoader, OnnxFile
+from ..latency.timing import Measurement, measure_module, measure_onnx
+from ..runtime.base import NoisyMeasurement
 from ..runtime.registry import get_backend
-from ..runtime.statistics import TimingStats
 from ..space import SearchSpace
 from .checks import CheckResult
 
@@ -62,27 +60,19 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
     return LatencyGate(table, predict(table, arch).latency_ms, drift)
 
 
-def measure_export(gate: LatencyGate, *, onnx_path: Path, plan_path: Path | None, module: nn.Module,
+def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
                    sample_shape: tuple[int, ...]) -> tuple[str, Measurement]:
     """Time the exported network with the table's backend, protocol and statistic; returns (artifact, measurement).
 
-    ``tensorrt`` tables time the bundle's engine itself (the TensorRT plan file ``plan_path``) at the table's
-    batch; ONNX Runtime tables time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as
-    when profiling); torch tables time the static module.
+    ONNX backends time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as when
+    profiling); torch tables time the static module. ``tensorrt`` tables time an engine of ``onnx_path`` built
+    the way the table's entries were, with its optimization profile fixed at the table's batch (min = opt = max),
+    not the bundle's ``model.plan``: that engine is tuned for ``batch_range.opt``, and timing it at another batch
+    would time other tactics than the table's.
     """
     meta = gate.table.meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
-        if meta.backend == "tensorrt" and plan_path is not None:
-            from ..runtime.tensorrt import EngineFile, TensorRTRunner
-
-            options = RunnerOptions(batch=meta.batch, precision=meta.precision, threads=meta.threads)
-
-            def engine_pass(_source: ModelLoader, settings: ProfileSettings) -> TimingStats:
-                with TensorRTRunner(EngineFile(plan_path), options) as runner:
-                    return measure(runner, settings.protocol)
-
-            return "tensorrt", measure_like(gate.table, OnnxFile(onnx_path), measure_pass=engine_pass)
         if get_backend(meta.backend).source == "onnx":
             return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(gate.table, onnx_path)
         return "pytorch", measure_module(gate.table, module, sample_shape)

@@ -99,6 +99,10 @@ class ExportOptions:
         if self.opset > max_opset():
             raise SettingsError(f"opset {self.opset}: the installed onnx knows opsets up to {max_opset()}",
                                 field="opset")
+        if "tensorrt" in self.formats and self.batch_range.min > 1:
+            raise SettingsError(f"batch_range {self.batch_range}: Triton's dynamic batcher sends the engine batches "
+                                f"from 1 up, below its MIN {self.batch_range.min}: use MIN 1 with tensorrt",
+                                field="batch_range")
         if self.eval_split not in SPLITS:
             raise SettingsError(f"eval_split {self.eval_split!r}: use one of {', '.join(SPLITS)}", field="eval_split")
         if self.eval_limit is not None and self.eval_limit < 1:

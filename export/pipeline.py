@@ -9,7 +9,8 @@ architecture, the latency table and the budget (:func:`plan_export`);
 1. extract the static sub-network and check it against the supernet on real images;
 2. ``torch.onnx.export(dynamo=True)`` (opset >= 18, dynamic batch), ``onnx.checker`` with ``full_check``;
 3. optional onnxslim simplification, kept only if ONNX Runtime outputs still match the unsimplified model;
-4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, fp32 inputs/outputs);
+4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, and every node whose activations on the
+   first batch exceed half the fp16 range, named in the manifest; fp32 inputs/outputs);
 5. TensorRT engine when asked for and available, profiled over the batch range, with a timing cache;
 
 **check** (:func:`check`): every artifact against PyTorch fp32 (numerics on a seeded batch, top-1 drop on the
@@ -49,6 +50,7 @@ from ..latency.entries import network_sample_shape
 from ..macs import arch_cost
 from ..runtime.base import RunnerOptions
 from ..runtime.loaders import ModuleLoader
+from ..runtime.ort import FP16_SAFE_LIMIT, overflowing_nodes
 from ..runtime.registry import get_backend
 from .artifacts import Artifact, check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact, predictor
 from .artifacts import reference_runtime as pytorch_runtime
@@ -214,6 +216,7 @@ class Build:
     engine: dict[str, Any] | None
     checks: list[CheckResult]
     notes: list[str] = field(default_factory=list)
+    fp32_nodes: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -301,8 +304,13 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
         clock.lap("simplify")
 
     onnx_path = root / ONNX_FILE
+    fp32_nodes: dict[str, float] = {}
     if opts.precision == "fp16":
-        convert_file(fp32_onnx, onnx_path)
+        fp32_nodes = overflowing_nodes(fp32_onnx, x.numpy())
+        convert_file(fp32_onnx, onnx_path, keep_nodes=fp32_nodes)
+        if fp32_nodes:
+            notes.append(f"kept in fp32, activations beyond {FP16_SAFE_LIMIT:g} on the first batch: "
+                         + ", ".join(f"{n} ({peak:.3g})" for n, peak in fp32_nodes.items()))
         checks.append(checker_check(onnx_path, opts.opset))
         raise_for_failures(checks)
     else:
@@ -316,7 +324,7 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
         (root / ENGINE_FILE).write_bytes(plan_bytes)
         artifacts.append(plan_artifact(root / ENGINE_FILE, opts.precision))
         clock.lap("tensorrt_build")
-    return Build(model, fp32_onnx, simplification, artifacts, engine, checks, notes)
+    return Build(model, fp32_onnx, simplification, artifacts, engine, checks, notes, fp32_nodes)
 
 
 # -------------------------------------------------------------------------------------------- check
@@ -347,11 +355,10 @@ def check(plan: ExportPlan, built: Build, data: ImageData, *, progress: bool = F
     return results, Evaluation(EvaluationRecord.from_dict(evaluation["evaluation"]), inputs, labels, logits)
 
 
-def gate_latency(gate: LatencyGate, plan: ExportPlan, built: Build, root: Path) -> tuple[CheckResult, dict[str, Any]]:
+def gate_latency(gate: LatencyGate, plan: ExportPlan, built: Build) -> tuple[CheckResult, dict[str, Any]]:
     """Time the export the way ``gate``'s latency table was measured and judge it against the budget."""
     opts = plan.options
-    artifact, stats = measure_export(gate, onnx_path=built.fp32_onnx,
-                                     plan_path=root / ENGINE_FILE if built.engine else None, module=built.model,
+    artifact, stats = measure_export(gate, onnx_path=built.fp32_onnx, module=built.model,
                                      sample_shape=plan.sample_shape)
     return latency_check(gate, artifact, stats, plan.budget_ms, opts.latency_tolerance, opts.allow_over_budget)
 
@@ -372,7 +379,8 @@ def _artifact_records(plan: ExportPlan, built: Build, root: Path, files: dict[st
     def record(rel: str, fmt: str, checked_on: str, details: dict[str, Any]) -> ArtifactRecord:
         return ArtifactRecord(fmt, precision, checked_on, details, files[rel], (root / rel).stat().st_size)
 
-    records = {ONNX_FILE: record(ONNX_FILE, "onnx", plan.onnx_runtime, {"simplification": built.simplification})}
+    records = {ONNX_FILE: record(ONNX_FILE, "onnx", plan.onnx_runtime, {"simplification": built.simplification,
+                                                                     "fp32_nodes": built.fp32_nodes})}
     if built.engine is not None:
         records[ENGINE_FILE] = record(ENGINE_FILE, "tensorrt", "tensorrt", built.engine)
     return records
@@ -437,7 +445,7 @@ def run_export(plan: ExportPlan, data: ImageData, *, progress: bool = False) -> 
         clock.lap("checks")
         latency = None
         if plan.gate is not None:
-            verdict, latency = gate_latency(plan.gate, plan, built, root)
+            verdict, latency = gate_latency(plan.gate, plan, built)
             checks.append(verdict)
             clock.lap("latency")
         manifest = write(plan, built, data, evaluation, checks, latency, clock.laps, root)

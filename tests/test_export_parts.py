@@ -208,6 +208,17 @@ def test_bad_export_setting_names_its_field_in_python_and_its_flag_on_the_comman
     assert result.stderr.splitlines() == [f"error: {flag}{str(e.value)[len(field):]}"]
 
 
+def test_an_engine_with_a_minimum_batch_above_1_is_refused_as_triton_sends_smaller_batches():
+    ExportOptions(formats=("onnx",), batch_range=BatchRange(2, 4, 8))  # ONNX Runtime takes any batch
+    with pytest.raises(SettingsError, match=r"^batch_range 2:4:8: Triton's dynamic batcher") as e:
+        ExportOptions(formats=("onnx", "tensorrt"), batch_range=BatchRange(2, 4, 8))
+    assert e.value.field == "batch_range"
+    result = CliRunner().invoke(main, ["export", "--supernet", "unused", "--arch", "max", "--out", "unused",
+                                       "--formats", "onnx,tensorrt", "--batch-range", "2:4:8"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: --batch-range{str(e.value)[len('batch_range'):]}"]
+
+
 def test_bad_batch_range_names_the_field_and_the_flag():
     with pytest.raises(SettingsError, match=r"^batch_range '1:8': expected MIN:OPT:MAX") as e:
         BatchRange.parse("1:8")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def print_json(data: Any) -> None:
@@ -18,13 +19,13 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print a rich table on stdout; numbers are right-aligned."""
+    """Print a rich table on stdout; numbers are right-aligned, cells are plain text (``[gpu]`` is not markup)."""
     table = Table(title=title, title_justify="left")
     for i, col in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
         table.add_column(col, justify="right" if numeric else "left")
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(Text(_fmt(v)) for v in row))
     Console(width=max(shutil.get_terminal_size().columns, 120)).print(table)
 
 

@@ -55,7 +55,7 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads (ONNX Runtime intra-op / torch), fixed and recorded.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Processes exporting ONNX files / building engines before timing.")
+              help="Processes exporting ONNX files before timing (engines build one at a time on the GPU).")
 @click.option("--cuda-graphs", is_flag=True, help="torch-cuda: replay a captured CUDA graph.")
 @click.option("--cache", "cache_state", type=click.Choice(["auto", "warm", "cold"]), default="auto", show_default=True,
               help="Time entries with caches flushed before each run (cold) or not (warm); auto: cold when the "

@@ -4,7 +4,9 @@ TensorRT 11 removed the builder flags that let it pick fp16 kernels on its own (
 engine is built from a network whose tensors are fp16 in the graph itself. :func:`convert_to_fp16`
 rewrites an fp32 model that way: float initializers, constants and activations become fp16, except
 around the ops in ``keep_fp32`` (LayerNormalization and Softmax by default: their reductions lose
-accuracy in fp16), which get their float inputs cast to fp32 and their outputs cast back. With
+accuracy in fp16) and the nodes named in ``keep_nodes`` (those whose activations overflow fp16 on calibration
+images, :func:`vitres_deploy.runtime.ort.overflowing_nodes`, as NVIDIA's AutoCast does), which get their
+float inputs cast to fp32 and their outputs cast back. With
 ``keep_io_types`` the graph inputs and outputs stay fp32 (casts at the edges), so callers feed the
 same arrays as to the fp32 model. The result is type-checked by ONNX shape inference and the checker.
 
@@ -37,6 +39,7 @@ def convert_to_fp16(
     model: onnx.ModelProto,
     *,
     keep_fp32: Iterable[str] = KEEP_FP32_OPS,
+    keep_nodes: Iterable[str] = (),
     keep_io_types: bool = True,
 ) -> onnx.ModelProto:
     """Return a strongly typed fp16 copy of ``model`` (see the module docstring); ``model`` is not changed.
@@ -46,16 +49,20 @@ def convert_to_fp16(
     """
     keep = frozenset(keep_fp32)
     source = model
+    names = frozenset(keep_nodes)
+    unknown = names - {n.name or n.output[0] for n in model.graph.node}
+    if unknown:
+        raise Fp16ConversionError(f"keep_nodes: no node {sorted(unknown)[0]!r} in the model", field="keep_nodes")
     model = _flat_copy(model)
     graph = model.graph
     float_names = _float_tensors(model)
-    rewrite = _Rewrite(float_names)
+    rewrite = _Rewrite(float_names, names)
     for inp in graph.input:
         if inp.name in float_names:
             rewrite.dtype[inp.name] = TensorProto.FLOAT if keep_io_types else TensorProto.FLOAT16
             if not keep_io_types:
                 inp.type.tensor_type.elem_type = TensorProto.FLOAT16
-    _convert_initializers(graph, keep, rewrite.dtype)
+    _convert_initializers(graph, keep, names, rewrite.dtype)
     for node in graph.node:
         rewrite.add_node(node, keep)
     for out in graph.output:
@@ -132,7 +139,8 @@ def _flat_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _convert_initializers(graph: onnx.GraphProto, keep: frozenset[str], dtype: dict[str, int]) -> None:
+def _convert_initializers(graph: onnx.GraphProto, keep: frozenset[str], keep_nodes: frozenset[str],
+                          dtype: dict[str, int]) -> None:
     """Store float initializers as fp16, except those read only where fp32 stays; record their types."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -142,7 +150,7 @@ def _convert_initializers(graph: onnx.GraphProto, keep: frozenset[str], dtype: d
         if tensor.data_type != TensorProto.FLOAT:
             continue
         users = consumers.get(tensor.name, [])
-        if users and all(_stays_fp32(n, tensor.name, keep) for n in users):
+        if users and all(_stays_fp32(n, tensor.name, keep, keep_nodes) for n in users):
             dtype[tensor.name] = TensorProto.FLOAT
             continue
         tensor.CopyFrom(numpy_helper.from_array(_to_fp16(numpy_helper.to_array(tensor)), tensor.name))
@@ -152,8 +160,9 @@ def _convert_initializers(graph: onnx.GraphProto, keep: frozenset[str], dtype: d
 class _Rewrite:
     """The rewritten node list, the current element type of every float tensor, and the casts made so far."""
 
-    def __init__(self, float_names: set[str]) -> None:
+    def __init__(self, float_names: set[str], keep_nodes: frozenset[str] = frozenset()) -> None:
         self.float_names = float_names
+        self.keep_nodes = keep_nodes
         self.dtype: dict[str, int] = {}
         self.nodes: list[onnx.NodeProto] = []
         self._casts: dict[tuple[str, int], str] = {}
@@ -172,7 +181,8 @@ class _Rewrite:
 
     def add_node(self, node: onnx.NodeProto, keep: frozenset[str]) -> None:
         """Append ``node`` computing in fp16 (or fp32 for ops in ``keep``), its float inputs cast to match."""
-        fp32_node = node.op_type in keep and node.domain in ("", "ai.onnx")
+        fp32_node = (node.op_type in keep and node.domain in ("", "ai.onnx")) or \
+            (node.name or node.output[0]) in self.keep_nodes
         for i, name in enumerate(node.input):
             if name and name in self.dtype:
                 keep_input = fp32_node or i in _FP32_INPUTS.get(node.op_type, ())
@@ -201,8 +211,8 @@ def _to_fp16(array: np.ndarray) -> np.ndarray:
     return np.clip(array, -_FP16_MAX, _FP16_MAX).astype(np.float16)
 
 
-def _stays_fp32(node: onnx.NodeProto, name: str, keep: frozenset[str]) -> bool:
-    if node.op_type in keep:
+def _stays_fp32(node: onnx.NodeProto, name: str, keep: frozenset[str], keep_nodes: frozenset[str]) -> bool:
+    if node.op_type in keep or (node.name or node.output[0]) in keep_nodes:
         return True
     return any(node.input[i] == name for i in _FP32_INPUTS.get(node.op_type, ()) if i < len(node.input))
 

@@ -4,7 +4,8 @@ Two phases, so that timing never shares the CPU with building:
 
 1. *build*: every entry still missing is exported to ONNX with the shared export primitive (the same
    one that ships networks), in ``workers`` processes, into a cache keyed by what the file depends on;
-   backends with an engine build step (TensorRT) build their engines in the same workers;
+   backends with an engine build step (TensorRT) build each engine in this process as its export
+   finishes, one at a time: builds that share a GPU would time their tactics against each other;
 2. *time*: entries are timed one after the other with the backend's runner and the protocol, in
    ``protocol.rounds`` interleaved passes (:func:`time_in_passes`), and the table is rewritten atomically
    as it fills (after each entry with one round, every few seconds with several, and on an interrupt),
@@ -30,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -55,6 +56,8 @@ from .entries import EntrySpec, enumerate_entries, network_sample_shape
 from .fingerprint import device_fingerprint
 from .table import Correction, Entry, LatencyTable, TableMeta, check_resumable, default_table_path
 from .timing import ProfileSettings, measure_source, time_until_stable
+
+Job = TypeVar("Job")
 
 #: While timing, a table is rewritten at most this often (and always at the end, or when interrupted): an
 #: interrupt that kills the process loses at most this much timing.
@@ -179,17 +182,13 @@ class _BuildJob:
 GROUP_SIZE = 16
 
 
-def _build(job: _BuildJob) -> int:
-    """Export the job's targets that are not cached and pre-build their engines; runs in worker processes too.
+def _export(job: _BuildJob) -> int:
+    """Export the job's targets that are not cached (in one exporter call); runs in worker processes too.
     Returns the number of targets."""
     space = SearchSpace.from_dict(job.space)
     missing = [(t.module(space), t.sample_shape(space), p) for t, p in zip(job.targets, job.paths)
                if not Path(p).is_file()]
     export_onnx_group(missing, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
-    backend = get_backend(job.settings.backend)
-    if backend.builds_in_workers:
-        for p in job.paths:
-            backend.prebuild(OnnxFile(p), job.settings.runner_options())
     return len(job.targets)
 
 
@@ -202,6 +201,39 @@ def _jobs(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettin
     groups += [[t] for t in targets if t.entry is None]
     return [_BuildJob(space.to_dict(), tuple(g), tuple(str(onnx_cache_path(space, t, settings)) for t in g),
                       settings) for g in groups]
+
+
+
+
+def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
+               build: Callable[[Job], None] | None, advance: Callable[[], None] | None = None) -> None:
+    """Run ``export`` of every job, in ``workers`` processes when more than one (``export`` and the jobs must
+    pickle), and ``build`` of each job in this process once its export is done, one build at a time.
+
+    The schedule of the build phase: CPU work (ONNX exports) in parallel, GPU work (engine builds) in turn,
+    overlapping the exports still running. ``advance`` is called once per job done.
+    """
+    def done(job: Job) -> None:
+        if build is not None:
+            build(job)
+        if advance is not None:
+            advance()
+
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            export(job)
+            done(job)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(export, job): job for job in jobs}
+        for fut in as_completed(futures):
+            fut.result()
+            done(futures[fut])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(parent: int) -> None:
@@ -233,8 +265,8 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
     """What each target's runner is built from, by target name: the :class:`OnnxFile` of its exported ONNX, or
     for torch backends the :class:`ModuleLoader` that builds its module when the target is timed.
 
-    ONNX files are exported (and engines pre-built) in ``settings.workers`` processes; cached files are
-    reused. ``advance`` is called once per target done.
+    ONNX files are exported in ``settings.workers`` processes and engines pre-built here, one at a time
+    (:func:`run_builds`); cached files are reused. ``advance`` is called once per target done.
     """
     backend = get_backend(settings.backend)
     if backend.source == "module":
@@ -244,30 +276,19 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
                 advance()
         return loaders
     paths = {t.name: onnx_cache_path(space, t, settings) for t in targets}
-    todo_targets = [t for t in targets if backend.builds_in_workers or not paths[t.name].is_file()]
-    for _ in range(len(targets) - len(todo_targets)):
+    todo = [t for t in targets if backend.builds_engines or not paths[t.name].is_file()]
+    for _ in range(len(targets) - len(todo)):
         if advance:
             advance()
-    todo = _jobs(space, todo_targets, settings)
 
-    def done(count: int) -> None:
-        for _ in range(count):
+    def built(job: _BuildJob) -> None:  # in this process, one engine build at a time (see run_builds)
+        for path in job.paths:
+            if backend.builds_engines:
+                backend.prebuild(OnnxFile(path), settings.runner_options())
             if advance:
                 advance()
 
-    workers = max(1, min(settings.workers, len(todo)))
-    if workers == 1:
-        for job in todo:
-            done(_build(job))
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                   initargs=(os.getpid(),))
-        try:
-            futures = [pool.submit(_build, job) for job in todo]
-            for fut in as_completed(futures):
-                done(fut.result())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    run_builds(_jobs(space, todo, settings), settings.workers, _export, built)
     return {name: OnnxFile(path) for name, path in paths.items()}
 
 

@@ -26,10 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from ..convert.to_onnx import DEFAULT_OPSET
-from ..errors import ProfileError
+from ..errors import CheckFailed, ProfileError
 from ..runtime.base import RunnerOptions, measure
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import get_backend
@@ -82,10 +83,17 @@ class ProfileSettings:
 
 def measure_source(source: ModelLoader, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
     """Time one pass of a model (an :class:`OnnxFile` or a :class:`ModuleLoader`) with a fresh runner of the
-    settings' backend; returns the pass's statistics and the runner's recorded settings."""
+    settings' backend; returns the pass's statistics and the runner's recorded settings. An fp16 model whose
+    output holds Inf or NaN fails loudly (:class:`CheckFailed`)."""
     backend = get_backend(settings.backend)
     with backend.runner(source, settings.runner_options()) as runner:
         stats = measure(runner, settings.protocol)
+        if settings.precision == "fp16":
+            bad = [name for name, out in runner.outputs().items() if not np.isfinite(out).all()]
+            if bad:
+                model = source.path.name if isinstance(source, OnnxFile) else "the module"
+                raise CheckFailed(f"{settings.backend} fp16: output {bad[0]!r} of {model} has Inf or NaN: fp16 "
+                                  "overflows in this model (profile it in fp32)", field="precision")
         return stats, runner.info()
 
 
@@ -141,13 +149,10 @@ class Measurement:
                 "spread": None if math.isinf(self.spread) else self.spread, "stats": self.stats.to_dict()}
 
 
-def measure_like(table: LatencyTable, source: ModelLoader, *,
-                 measure_pass: Callable[[ModelLoader, ProfileSettings], TimingStats] | None = None,
-                 **overrides: Any) -> Measurement:
+def measure_like(table: LatencyTable, source: ModelLoader, **overrides: Any) -> Measurement:
     """Time one model exactly as ``table`` was measured: backend, precision, batch, threads, protocol, statistic.
 
     This is how a shipped network is compared with its prediction (``predict(table, arch).latency_ms``).
-    ``measure_pass`` replaces the default pass (e.g. a TensorRT engine built outside the table's backend).
     """
     settings = ProfileSettings.from_table(table, **overrides)
     kind = get_backend(settings.backend).source
@@ -155,7 +160,7 @@ def measure_like(table: LatencyTable, source: ModelLoader, *,
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module first")
     if kind == "module" and not isinstance(source, ModuleLoader):
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files")
-    passes = time_until_stable({"model": source}, settings, measure_pass=measure_pass)["model"]
+    passes = time_until_stable({"model": source}, settings)["model"]
     state = Settled.of(passes, settings.protocol)
     return Measurement(state.value_ms, state.spread, tuple(passes), settings.protocol.statistic)
 

@@ -6,10 +6,17 @@ activated. It binds its inputs and pre-allocated outputs once with IO binding, s
 (``intra_op_num_threads = threads``, one inter-op thread, sequential execution) and recorded. GPU runners
 run on a ``torch.cuda.Stream`` handed to ONNX Runtime as its compute stream, so CUDA events recorded
 on that stream time the execution. ONNX Runtime failing to load or run a model is a :class:`RuntimeFailure`.
+
+fp32 means fp32 on the GPU too: the CUDA provider's ``use_tf32`` (on by default) is turned off, and TensorRT,
+whose builder allows TF32 by default and whose ONNX Runtime provider has no option for it, runs in a process
+with ``NVIDIA_TF32_OVERRIDE=0``, set before the process's first TensorRT session (the variable is read once).
+Every session records which execution provider each node was placed on (``nodes_by_provider`` in
+:meth:`_OrtRunner.info`), so a TensorRT run shows the share of nodes that fell back to CUDA.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +26,7 @@ from ..errors import BackendUnavailable, RuntimeFailure, first_line
 from .base import Runner, RunnerOptions, TensorSpec
 from .cache import cache_root, fp16_onnx
 from .loaders import OnnxFile
-from .versions import tensorrt_major
+from .versions import ort_tensorrt_major
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(double)": "float64"}
@@ -58,6 +65,106 @@ def onnx_input_specs(path: str | Path, batch: int) -> list[TensorSpec]:
     return specs
 
 
+#: Session configuration key that makes ONNX Runtime record the nodes of each execution provider
+#: (``InferenceSession.get_provider_graph_assignment_info``).
+_RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+#: The CUDA libraries read this variable once per process: "0" keeps TensorRT, cuBLAS and cuDNN off TF32.
+TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
+
+
+def cuda_provider_options(device_id: int, stream: int, precision: str) -> dict[str, str]:
+    """Options of ONNX Runtime's CUDA provider: the device, the compute stream ``stream`` (a ``cudaStream_t``
+    as an int), and ``use_tf32`` off for fp32 (ONNX Runtime turns TF32 on by default)."""
+    options = {"device_id": str(device_id), "user_compute_stream": str(stream)}
+    if precision == "fp32":
+        options["use_tf32"] = "0"
+    return options
+
+
+def tensorrt_provider_options(device_id: int, stream: int, *, fp16_flag: bool, engines: Path, shapes: str,
+                              workspace_mb: int) -> dict[str, str]:
+    """Options of ONNX Runtime's TensorRT provider: engine and timing caches under ``engines``, one optimization
+    profile fixed at ``shapes`` (``name:AxBxC,...``), ``trt_fp16_enable`` set to ``fp16_flag``. TF32 has no
+    option here (see :func:`tensorrt_environment`)."""
+    return {
+        "device_id": str(device_id),
+        "user_compute_stream": str(stream),
+        "trt_fp16_enable": "True" if fp16_flag else "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(engines),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(engines),
+        "trt_max_workspace_size": str(workspace_mb << 20),
+        "trt_profile_min_shapes": shapes,
+        "trt_profile_opt_shapes": shapes,
+        "trt_profile_max_shapes": shapes,
+    }
+
+
+def tensorrt_environment(precision: str) -> dict[str, str]:
+    """Environment variables a process needs before its first TensorRT session at ``precision``: TF32 off for fp32."""
+    return {TF32_OVERRIDE: "0"} if precision == "fp32" else {}
+
+
+def nodes_by_provider(session: Any) -> dict[str, int]:
+    """Number of graph nodes ONNX Runtime placed on each execution provider of ``session`` (created with
+    :data:`_RECORD_ASSIGNMENT` on); a TensorRT subgraph counts the ONNX nodes inside it."""
+    counts: dict[str, int] = {}
+    for subgraph in session.get_provider_graph_assignment_info():
+        counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
+    return counts
+
+
+#: Activations beyond this magnitude keep their node in fp32 in an fp16 model: fp16's largest finite value
+#: (65504) with a safety factor of 2, as activations on images outside the calibration set run larger.
+FP16_SAFE_LIMIT = 32752.0
+
+
+def node_id(node: Any) -> str:
+    """How a node of an ONNX graph is named in records: its name, else its first output's."""
+    return node.name or node.output[0]
+
+
+def activation_peaks(path: str | Path, images: np.ndarray) -> dict[str, float]:
+    """Largest magnitude of every float output of every node of the fp32 ONNX file ``path``, by :func:`node_id`,
+    over ``images`` (one batch for its first input), run in ONNX Runtime on the CPU with every intermediate
+    tensor exposed as a graph output. A model ONNX Runtime cannot run is a :class:`RuntimeFailure`."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = {vi.name for vi in [*inferred.graph.value_info, *inferred.graph.output]
+              if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    exposed = {o.name for o in model.graph.output}
+    for name in sorted(floats - exposed):
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the graph's own nodes, unfused
+    so.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        values = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
+    except Exception as e:  # onnxruntime's own exception types
+        raise RuntimeFailure(f"onnxruntime could not run {Path(path).name} to measure activations: "
+                             f"{first_line(e)}") from None
+    by_tensor = {out.name: float(np.abs(v).max()) if v.size else 0.0
+                 for out, v in zip(session.get_outputs(), values) if out.name in floats}
+    peaks = {}
+    for node in model.graph.node:
+        outs = [by_tensor[o] for o in node.output if o in by_tensor]
+        if outs:
+            peaks[node_id(node)] = max(outs)
+    return peaks
+
+
+def overflowing_nodes(path: str | Path, images: np.ndarray, limit: float = FP16_SAFE_LIMIT) -> dict[str, float]:
+    """The nodes of ``path`` whose outputs exceed ``limit`` in magnitude on ``images`` (:func:`activation_peaks`),
+    with their peaks: the nodes an fp16 model keeps in fp32."""
+    return {name: peak for name, peak in activation_peaks(path, images).items() if not peak <= limit}
+
+
 class _OrtRunner(Runner):
     """Shared logic; subclasses choose the execution providers, where buffers live, and the stream."""
 
@@ -88,6 +195,8 @@ class _OrtRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        so.add_session_config_entry(_RECORD_ASSIGNMENT, "1")
+        self._prepare_process()
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=self._providers(model_path))
         except Exception as e:  # onnxruntime raises its own exception types (bad model, provider failures)
@@ -100,6 +209,9 @@ class _OrtRunner(Runner):
         self.input_specs = onnx_input_specs(model_path, self.options.batch)
         self._ort = ort
         self._model_file = model_path
+
+    def _prepare_process(self) -> None:
+        """Set what this process needs before the session is created (nothing, but for TensorRT)."""
 
     def _deactivate(self) -> None:
         self._io = None
@@ -161,6 +273,7 @@ class _OrtRunner(Runner):
             "inter_op_num_threads": 1,
             "graph_optimization_level": "ORT_ENABLE_ALL",
             "io_binding": True,
+            "nodes_by_provider": nodes_by_provider(self.session),
         }
 
 
@@ -183,7 +296,7 @@ class _OrtGpuRunner(_OrtRunner):
         return torch.cuda.Stream(device=self.options.device_id)
 
     def _cuda_options(self) -> dict[str, str]:
-        return {"device_id": str(self.options.device_id), "user_compute_stream": str(self.stream.cuda_stream)}
+        return cuda_provider_options(self.options.device_id, self.stream.cuda_stream, self.options.precision)
 
 
 class OrtCudaRunner(_OrtGpuRunner):
@@ -204,15 +317,39 @@ class OrtCudaRunner(_OrtGpuRunner):
 class OrtTrtRunner(_OrtGpuRunner):
     """``ort-trt``: ONNX Runtime's TensorRT provider with engine and timing caches, CUDA provider as fallback.
 
-    fp16: ``trt_fp16_enable`` on TensorRT 10; TensorRT 11 has no weak typing, so there the model itself is
-    converted to a strongly typed fp16 ONNX.
+    fp16 follows the TensorRT that ONNX Runtime's provider loads (:func:`~.versions.ort_tensorrt_major`), not
+    the ``tensorrt`` Python package: ``trt_fp16_enable`` on TensorRT 10; TensorRT 11 has no weak typing, so
+    there the model itself is converted to a strongly typed fp16 ONNX. When the provider's TensorRT cannot be
+    told, fp16 is refused. fp32 runs with TF32 off (:func:`tensorrt_environment`).
     """
 
     backend = "ort-trt"
     provider = "TensorrtExecutionProvider"
 
+    #: The TF32 override this process's first TensorRT session started with (None: no session yet).
+    _process_tf32: ClassVar[str | None] = None
+
+    def _prepare_process(self) -> None:
+        """Set :func:`tensorrt_environment` before the first TensorRT session of the process; refuse fp32 when an
+        earlier session started without it (TensorRT reads the variable once)."""
+        wanted = tensorrt_environment(self.options.precision)
+        first = OrtTrtRunner._process_tf32 is None
+        if first:
+            os.environ.update(wanted)
+            OrtTrtRunner._process_tf32 = os.environ.get(TF32_OVERRIDE, "")
+        elif wanted.get(TF32_OVERRIDE, OrtTrtRunner._process_tf32) != OrtTrtRunner._process_tf32:
+            raise BackendUnavailable(f"{self.backend}: TF32 cannot be turned off after this process ran TensorRT "
+                                     "with it on: run fp32 in a new process", field="precision")
+
     def _strongly_typed_fp16(self) -> bool:
-        return self.options.precision == "fp16" and (tensorrt_major() or 10) >= 11
+        if self.options.precision != "fp16":
+            return False
+        major = ort_tensorrt_major()
+        if major is None:
+            raise BackendUnavailable(f"{self.backend}: cannot tell which TensorRT onnxruntime's TensorRT provider "
+                                     "loads, so not how to build fp16: use precision fp32, or the tensorrt backend",
+                                     field="precision")
+        return major >= 11
 
     def _model_path(self, onnx_path: Path) -> Path:
         return fp16_onnx(onnx_path, self.options.cache_dir) if self._strongly_typed_fp16() else onnx_path
@@ -223,24 +360,16 @@ class OrtTrtRunner(_OrtGpuRunner):
         specs = onnx_input_specs(model_path, self.options.batch)
         shapes = ",".join(f"{s.name}:{'x'.join(map(str, s.shape))}" for s in specs)
         fp16_flag = self.options.precision == "fp16" and not self._strongly_typed_fp16()
-        trt = {
-            "device_id": str(self.options.device_id),
-            "user_compute_stream": str(self.stream.cuda_stream),
-            "trt_fp16_enable": "True" if fp16_flag else "False",
-            "trt_engine_cache_enable": "True",
-            "trt_engine_cache_path": str(engines),
-            "trt_timing_cache_enable": "True",
-            "trt_timing_cache_path": str(engines),
-            "trt_max_workspace_size": str(self.options.workspace_mb << 20),
-            "trt_profile_min_shapes": shapes,
-            "trt_profile_opt_shapes": shapes,
-            "trt_profile_max_shapes": shapes,
-        }
+        trt = tensorrt_provider_options(self.options.device_id, self.stream.cuda_stream, fp16_flag=fp16_flag,
+                                        engines=engines, shapes=shapes, workspace_mb=self.options.workspace_mb)
         return [(self.provider, trt), ("CUDAExecutionProvider", self._cuda_options())]
 
     def info(self) -> dict[str, Any]:
         info = super().info()
-        info["tensorrt_major"] = tensorrt_major()
+        nodes = info["nodes_by_provider"]
+        info["tensorrt_major"] = ort_tensorrt_major()
+        info["tensorrt_node_share"] = nodes.get(self.provider, 0) / max(1, sum(nodes.values()))
         info["fp16_via"] = ("strongly typed fp16 ONNX" if self._strongly_typed_fp16()
                             else "trt_fp16_enable" if self.options.precision == "fp16" else None)
+        info["tf32"] = os.environ.get(TF32_OVERRIDE) != "0"
         return info

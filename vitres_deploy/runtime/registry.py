@@ -24,23 +24,30 @@ def _cuda_reason() -> str | None:
     return None
 
 
+#: How to install what each kind of backend misses, with the exact package names (extras of pyproject.toml).
+INSTALL_ORT_CPU = "pip install 'vitres-deploy[cpu]' (the onnxruntime package)"
+INSTALL_ORT_GPU = ("pip uninstall onnxruntime, then pip install 'vitres-deploy[gpu]' (CUDA 12) or "
+                   "'vitres-deploy[gpu-cu13]' (the onnxruntime-gpu package)")
+INSTALL_TENSORRT = "pip install tensorrt-cu12 (CUDA 12) or tensorrt-cu13 (CUDA 13), or 'vitres-deploy[gpu]'"
+
+
 def _ort_reason(provider: str, cuda: bool) -> str | None:
     version = _ort_version()
     if version is None:
-        return "onnxruntime is not installed"
+        return f"onnxruntime is not installed: {INSTALL_ORT_GPU if cuda else INSTALL_ORT_CPU}"
     import onnxruntime as ort
 
     if provider not in ort.get_available_providers():
-        return f"onnxruntime {version} has no {provider} (needs the onnxruntime-gpu build)"
+        return f"onnxruntime {version} has no {provider}: {INSTALL_ORT_GPU}"
     return _cuda_reason() if cuda else None
 
 
 def _tensorrt_reason() -> str | None:
     version = _tensorrt_version()
     if version is None:
-        return "the tensorrt Python package is not installed"
+        return f"the tensorrt Python package is not installed: {INSTALL_TENSORRT}"
     if major_version(version) not in SUPPORTED_TENSORRT_MAJORS:
-        return f"tensorrt {version} is installed; TensorRT 10.x or 11.x is needed"
+        return f"tensorrt {version} is installed; TensorRT 10.x or 11.x is needed: {INSTALL_TENSORRT}"
     return _cuda_reason()
 
 
@@ -120,8 +127,8 @@ class Backend:
         return self._version()
 
     @property
-    def builds_in_workers(self) -> bool:
-        """Whether engines are built ahead of timing (worker processes can do it in parallel)."""
+    def builds_engines(self) -> bool:
+        """Whether engines are built ahead of timing (on the GPU, one at a time)."""
         return self._prebuild is not None
 
     def check(self, precision: str = "fp32") -> None:

@@ -3,8 +3,9 @@
 Build (:func:`serialize_engine`): ``OnnxParser`` into a network, a builder config with a workspace limit,
 one optimization profile on the batch dimension (MIN, OPT, MAX), and a timing cache kept on disk. The
 latency-table backend fixes the profile at the profiled shapes (min = opt = max, like ``trtexec --shapes``)
-and :func:`build_engine` caches its plan by the hash of everything it depends on, so it can run in worker
-processes ahead of timing; the export builds a served engine over a batch range from the same function.
+and :func:`build_engine` caches its plan by the hash of everything it depends on, so the profiler builds
+every engine ahead of timing, one at a time on the GPU; the export builds a served engine over a batch range
+from the same function.
 Run (:class:`TensorRTRunner`, from an engine loader: :class:`EngineFile`, a built plan file, or
 :class:`EngineFromOnnx`, built or found in the cache when the runner is activated): ``execute_async_v3`` on a
 torch CUDA stream with device buffers bound once by ``set_tensor_address``, timed with CUDA events.
@@ -74,13 +75,22 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
 
     The one optimization profile spans the batch dimension at ``batch_profile`` (min, opt, max; latency
     tables fix it: min = opt = max = their batch); the other dimensions are the model's. ``model_path`` must
-    already be the strongly typed fp16 ONNX where :func:`strongly_typed_fp16` says so. The timing cache of
-    ``options.cache_dir`` is read and updated (atomically, so worker processes may build side by side);
-    ``options.batch`` is not used. A model that does not parse or build is an :class:`EngineBuildError`.
+    already be the strongly typed fp16 ONNX where :func:`strongly_typed_fp16` says so. The engine is built and
+    tuned on CUDA device ``options.device_id`` (made current for the build), whose name keys the timing cache
+    of ``options.cache_dir``, read and updated atomically; ``options.batch`` is not used. A model that does
+    not parse or build is an :class:`EngineBuildError`.
     """
+    import torch
+
     trt = import_tensorrt()
     device = cuda_device_name(options.device_id)
-    model_path = Path(model_path)
+    with torch.cuda.device(options.device_id):  # TensorRT builds and tunes on the current device
+        return _serialize(trt, device, Path(model_path), options, batch_profile)
+
+
+def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
+               batch_profile: tuple[int, int, int]) -> bytes:
+    """:func:`serialize_engine` on the current CUDA device, named ``device`` (for the timing cache's file)."""
     lo, opt, hi = batch_profile
     specs = onnx_input_specs(model_path, opt)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -116,7 +126,8 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
 def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
     """Build (or find in the cache) the engine of ``onnx_path`` fixed at batch ``options.batch``; returns its path.
 
-    Safe to call from worker processes: the plan and the timing cache are written atomically.
+    The plan and the timing cache are written atomically. Builds are one at a time per GPU: concurrent builds
+    would tune each other's tactics (:func:`~vitres_deploy.latency.profiler.prepare_sources` runs them in turn).
     """
     trt = import_tensorrt()
     device = cuda_device_name(options.device_id)
@@ -140,7 +151,7 @@ def _engine_onnx(trt: Any, onnx_path: str | Path, options: RunnerOptions) -> Pat
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:
-    """Merge this build's timing cache into the file (another worker may have written it meanwhile)."""
+    """Merge this build's timing cache into the file (another process may have written it meanwhile)."""
     ours = config.get_timing_cache()
     if path.is_file():
         merged = config.create_timing_cache(path.read_bytes())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
+from pathlib import Path
 
 #: TensorRT major versions whose Python API the ``tensorrt`` and ``ort-trt`` backends are written against.
 SUPPORTED_TENSORRT_MAJORS = (10, 11)
@@ -25,7 +27,27 @@ def major_version(version: str) -> int:
     return int(version.split(".")[0])
 
 
-def tensorrt_major() -> int | None:
-    """Major version of the installed ``tensorrt`` Python package, or None when it is not installed."""
-    version = installed_version("tensorrt")
-    return None if version is None else major_version(version)
+#: How a library names the TensorRT runtime it links: ``libnvinfer.so.10`` (Linux), ``nvinfer_10.dll`` (Windows).
+_NVINFER = re.compile(rb"libnvinfer\.so\.(\d+)|nvinfer_(\d+)\.dll")
+
+
+def nvinfer_major(library: bytes) -> int | None:
+    """The TensorRT major version a shared library links (the ``libnvinfer`` it names), None when it names none."""
+    found = _NVINFER.search(library)
+    return None if found is None else int(found.group(1) or found.group(2))
+
+
+def ort_tensorrt_major() -> int | None:
+    """Major version of the TensorRT that ONNX Runtime's TensorRT provider loads, read from the provider library
+    onnxruntime ships (``libonnxruntime_providers_tensorrt.so``); None when there is none or it names none.
+
+    This, not the ``tensorrt`` Python package, is the TensorRT that runs ``ort-trt``: the two may differ.
+    """
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return None
+    capi = Path(spec.origin).parent / "capi"
+    for name in ("libonnxruntime_providers_tensorrt.so", "onnxruntime_providers_tensorrt.dll"):
+        if (capi / name).is_file():
+            return nvinfer_major((capi / name).read_bytes())
+    return None
