@@ -18,6 +18,8 @@ EXAMPLES = {
     "spaces": "vitres-deploy spaces",
     "info": "vitres-deploy info --space fmnist --arch max --json",
     "train": "vitres-deploy train --space fmnist --out runs/fmnist --epochs 30 --archs-per-batch 4",
+    "finetune": "vitres-deploy finetune --supernet fmnist-demo --arch runs/search/best-0.25.json --epochs 10 "
+                "--out runs/finetune",
     "evaluate": "vitres-deploy evaluate --supernet fmnist-demo --arch min --split test --json",
     "backends": "vitres-deploy backends",
     "profile": "vitres-deploy profile --space fmnist --backend ort-cpu --batch 1 --threads 1",

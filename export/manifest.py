@@ -69,11 +69,19 @@ class ArchRecord(_Record):
 
 @dataclass(frozen=True)
 class SupernetRecord(_Record):
-    """The checkpoint the network was extracted from: file name, sha256, its recorded metrics."""
+    """The supernet the network was extracted from: file name, sha256, its recorded metrics; ``finetuned`` is
+    None for the supernet's own weights, else the fine-tuned checkpoint whose weights were exported (file,
+    sha256, epochs, finetune_config, metrics)."""
 
     file: str
     sha256: str
     metrics: dict[str, Any] | None
+    finetuned: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SupernetRecord:
+        """Inverse of :meth:`to_dict`; a manifest written before fine-tuning existed has no ``finetuned``."""
+        return cls(data["file"], data["sha256"], data["metrics"], data.get("finetuned"))
 
 
 @dataclass(frozen=True)

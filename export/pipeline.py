@@ -6,7 +6,8 @@ architecture, the latency table and the budget (:func:`plan_export`);
 
 **build** (:func:`build`), in a staging directory beside the target:
 
-1. extract the static sub-network and check it against the supernet on real images;
+1. extract the static sub-network and check it against the supernet on real images (a fine-tuned checkpoint's
+   network is taken as it is: its arch must be the one asked for);
 2. ``torch.onnx.export(dynamo=True)`` (opset >= 18, dynamic batch), ``onnx.checker`` with ``full_check``;
 3. optional onnxslim simplification, kept only if ONNX Runtime outputs still match the unsimplified model;
 4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, and every node whose activations on the
@@ -39,11 +40,11 @@ import torch
 from .. import __version__
 from ..arch import Arch
 from ..archfile import ArchFile
-from ..checkpoint import Checkpoint, package_versions
+from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
-from ..errors import DataError, first_line
+from ..errors import ArchError, DataError, first_line
 from ..files import atomic_write_json, sha256_file
 from ..latency.device import device_info
 from ..latency.entries import network_sample_shape
@@ -119,9 +120,12 @@ class ExportSetup:
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """An export that passed every pre-flight check: what to export, where, how, and how it will be checked."""
+    """An export that passed every pre-flight check: what to export, where, how, and how it will be checked.
 
-    checkpoint: Checkpoint
+    ``checkpoint`` is a supernet (the arch is extracted from it) or a fine-tuned checkpoint of the arch.
+    """
+
+    checkpoint: Checkpoint | FinetunedCheckpoint
     arch: Arch
     target: Path
     options: ExportOptions
@@ -164,17 +168,21 @@ def check_setup(out: str | Path, options: ExportOptions | None = None) -> Export
     return ExportSetup(target, opts, check_backends(opts))
 
 
-def plan_export(setup: ExportSetup, checkpoint: Checkpoint, arch: Arch | ArchFile) -> ExportPlan:
+def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint, arch: Arch | ArchFile) -> ExportPlan:
     """Pre-flight, part 2: raise unless ``arch`` belongs to the checkpoint's space and the latency table (if
     any) can gate this export here.
 
     ``arch`` may be the architecture file it was read from: its ``budget_ms`` (a search's ``best.json``) is
     the latency budget unless the options give one.
+    A fine-tuned checkpoint holds one arch: ``arch`` must be that arch.
     """
     opts = setup.options
     arch_file = arch if isinstance(arch, ArchFile) else ArchFile(arch)
     space = checkpoint.space
     chosen = arch_file.arch.validate(space)
+    if isinstance(checkpoint, FinetunedCheckpoint) and chosen.stages != checkpoint.arch.stages:
+        raise ArchError(f"arch {chosen.hash} ({chosen.short()}) is not the arch {checkpoint.path.name} was fine-tuned "
+                        f"as ({checkpoint.arch.hash}: {checkpoint.arch.short()}): pass that arch")
     budget = opts.budget_ms if opts.budget_ms is not None else arch_file.budget_ms
     gate = None
     if opts.table_path is not None:
@@ -266,6 +274,18 @@ def simplify(src: Path, dst: Path, x: np.ndarray) -> tuple[CheckResult | None, d
     return result, record
 
 
+def _network(plan: ExportPlan, x: torch.Tensor) -> tuple[torch.nn.Module, list[CheckResult], list[str]]:
+    """The static network to export, the checks of its weights and notes: extracted from a supernet and checked
+    against it on ``x``, or a fine-tuned checkpoint's own network (no supernet to check it against)."""
+    checkpoint = plan.checkpoint
+    if isinstance(checkpoint, FinetunedCheckpoint):
+        source = checkpoint.meta["supernet"]["file"]
+        return checkpoint.model.eval(), [], [f"weights fine-tuned in {checkpoint.path.name} for "
+                                             f"{checkpoint.meta['epoch']} epochs from {source}: no supernet check"]
+    model = checkpoint.supernet.extract(plan.arch).eval()
+    return model, [supernet_check(checkpoint, model, plan.arch, x)], []
+
+
 def _first_batch(plan: ExportPlan, data: ImageData) -> torch.Tensor:
     batch, split = plan.options.batch_range.max, plan.options.eval_split
     try:
@@ -282,9 +302,8 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
     (raised), since nothing after it would make sense.
     """
     opts = plan.options
-    model = plan.checkpoint.supernet.extract(plan.arch).eval()
     x = _first_batch(plan, data)
-    checks = [supernet_check(plan.checkpoint, model, plan.arch, x)]
+    model, checks, notes = _network(plan, x)
     clock.lap("extract")
 
     fp32_onnx = export_onnx(model, plan.sample_shape, scratch / "model.fp32.onnx", opset=opts.opset)
@@ -292,7 +311,6 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
     raise_for_failures(checks)
     clock.lap("onnx_export")
 
-    notes: list[str] = []
     simplification: dict[str, Any] = {"applied": False, "reason": "disabled (--no-simplify)"}
     if opts.simplify:
         recheck, simplification = simplify(fp32_onnx, scratch / "model.slim.onnx", x.numpy())
@@ -386,6 +404,18 @@ def _artifact_records(plan: ExportPlan, built: Build, root: Path, files: dict[st
     return records
 
 
+def _weights_record(checkpoint: Checkpoint | FinetunedCheckpoint) -> SupernetRecord:
+    """Where the exported weights come from: the supernet (file, sha256, its metrics) and, for a fine-tuned
+    checkpoint, that checkpoint too (file, sha256, epochs, settings, metrics)."""
+    if not isinstance(checkpoint, FinetunedCheckpoint):
+        return SupernetRecord(checkpoint.path.name, sha256_file(checkpoint.path), checkpoint.meta.get("metrics"))
+    meta = checkpoint.meta
+    source = meta["supernet"]
+    return SupernetRecord(source["file"], source["sha256"], source.get("metrics"), finetuned={
+        "file": checkpoint.path.name, "sha256": sha256_file(checkpoint.path), "epochs": meta["epoch"],
+        "finetune_config": meta["finetune_config"], "metrics": meta.get("metrics")})
+
+
 def _manifest(plan: ExportPlan, built: Build, data: ImageData, evaluation: Evaluation, checks: list[CheckResult],
               latency: dict[str, Any] | None, timings: dict[str, float], root: Path) -> Manifest:
     opts, checkpoint, arch = plan.options, plan.checkpoint, plan.arch
@@ -399,7 +429,7 @@ def _manifest(plan: ExportPlan, built: Build, data: ImageData, evaluation: Evalu
         vitres_deploy=__version__,
         space=SpaceRecord(space.name, space.family, space.image_size, space.in_chans, space.num_classes),
         arch=ArchRecord(arch.hash, arch.short(), cost.macs, cost.params),
-        supernet=SupernetRecord(checkpoint.path.name, sha256_file(checkpoint.path), checkpoint.meta.get("metrics")),
+        supernet=_weights_record(checkpoint),
         precision=opts.precision, opset=opts.opset, formats=list(opts.all_formats), batch_range=opts.batch_range,
         input=model_input, output=model_output,
         normalization=Normalization(list(data.mean), list(data.std), 1 / 255), class_names=list(data.class_names),
@@ -455,7 +485,7 @@ def run_export(plan: ExportPlan, data: ImageData, *, progress: bool = False) -> 
         return report
 
 
-def export_bundle(checkpoint: Checkpoint, arch: Arch | ArchFile, data: ImageData, out: str | Path,
+def export_bundle(checkpoint: Checkpoint | FinetunedCheckpoint, arch: Arch | ArchFile, data: ImageData, out: str | Path,
                   options: ExportOptions | None = None, *, progress: bool = False) -> ExportReport:
     """Export ``arch`` of ``checkpoint`` to a checked bundle at ``out`` (written only if every check passed).
 

@@ -27,7 +27,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"convert": ("vitres_deploy.convert",)},
     {"runtime": ("vitres_deploy.runtime",)},
     {"latency": ("vitres_deploy.latency",)},
-    {"training": ("vitres_deploy.train", "vitres_deploy.evaluate")},
+    {"training": ("vitres_deploy.train", "vitres_deploy.finetune", "vitres_deploy.evaluate")},
     {"search": ("vitres_deploy.search",), "export": ("vitres_deploy.export",)},
     {"app": ("vitres_deploy.app",)},
     {"cli": ("vitres_deploy.cli",)},

@@ -1,4 +1,5 @@
-"""Supernet training with multi-architectural sampling (Liao et al., 2021).
+"""Supernet training with multi-architectural sampling (Liao et al., 2021), and the epoch loop it shares with
+fine-tuning (:mod:`vitres_deploy.finetune`).
 
 Each batch is split into G groups (``archs_per_batch``), each trained as a different random
 sub-network in one forward-backward pass. Choices open progressively, largest first, until every
@@ -9,6 +10,10 @@ DistributedDataParallel and every rank samples its own sub-networks.
 Every epoch writes ``last.safetensors`` atomically (weights, optimizer state, config, metrics) and
 appends a line to ``log.jsonl``; ``resume`` continues bit-for-bit from the last finished epoch
 because every random stream is derived from (seed, epoch, step, rank) by :mod:`vitres_deploy.seeding`.
+
+A kind of run is a :class:`Run` subclass (how a step runs the network, what an epoch's hold-out metrics are,
+how its checkpoint is written); :func:`run_ranks`, :func:`make_run`, :func:`run_epochs` and
+:func:`write_final` are the rest, the same for every kind.
 """
 
 from __future__ import annotations
@@ -19,17 +24,17 @@ import hashlib
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .arch import max_arch, min_arch, sample_arch
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_without_optimizer
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .distributed import Ranks, join_ranks
 from .errors import DataError, RuntimeFailure, SettingsError, TrainingDiverged
@@ -64,6 +69,49 @@ def check_real(name: str, value: float, *, low: float | None = None, low_open: f
                             field=name)
 
 
+def check_fields(settings: object, *, counts: tuple[str, ...] = (), optional_counts: tuple[str, ...] = (),
+                 positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (),
+                 fractions: tuple[str, ...] = ()) -> None:
+    """Check the named fields of ``settings``: whole numbers >= 1 (``optional_counts`` may be None), numbers
+    > 0, numbers >= 0, and fractions in [0, 1); the first bad one raises :class:`SettingsError` naming it."""
+    for name in counts:
+        check_count(name, getattr(settings, name))
+    for name in optional_counts:
+        if getattr(settings, name) is not None:
+            check_count(name, getattr(settings, name))
+    for name in positive:
+        check_real(name, getattr(settings, name), low_open=0.0)
+    for name in non_negative:
+        check_real(name, getattr(settings, name), low=0.0)
+    for name in fractions:
+        check_real(name, getattr(settings, name), low=0.0, high_open=1.0)
+
+
+class RunSettings(Protocol):
+    """What the shared epoch loop reads of a run's settings (:class:`TrainConfig`, ``FinetuneConfig``)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def min_lr(self) -> float: ...
+    @property
+    def lr_warmup_epochs(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def label_smoothing(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def steps_per_epoch(self) -> int | None: ...
+    @property
+    def eval_limit(self) -> int | None: ...
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; recorded in its checkpoints."""
@@ -89,16 +137,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse values no run can use, naming the field (:class:`SettingsError`)."""
-        for name in ("epochs", "batch_size", "archs_per_batch"):
-            check_count(name, getattr(self, name))
-        for name in ("steps_per_epoch", "eval_limit", "holdout_per_class"):
-            if getattr(self, name) is not None:
-                check_count(name, getattr(self, name))
-        check_real("lr", self.lr, low_open=0.0)
-        for name in ("min_lr", "weight_decay", "warmup_epochs", "lr_warmup_epochs"):
-            check_real(name, getattr(self, name), low=0.0)
-        for name in ("label_smoothing", "drop_path"):
-            check_real(name, getattr(self, name), low=0.0, high_open=1.0)
+        check_fields(self, counts=("epochs", "batch_size", "archs_per_batch"),
+                     optional_counts=("steps_per_epoch", "eval_limit", "holdout_per_class"), positive=("lr",),
+                     non_negative=("min_lr", "weight_decay", "warmup_epochs", "lr_warmup_epochs"),
+                     fractions=("label_smoothing", "drop_path"))
 
     def holdout(self) -> HoldoutSpec | None:
         """The hold-out spec asked for, or None for the data set's default."""
@@ -107,7 +149,7 @@ class TrainConfig:
         return HoldoutSpec(self.holdout_seed, self.holdout_fraction, self.holdout_per_class)
 
 
-def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def lr_at(cfg: RunSettings, step: int, steps_per_epoch: int) -> float:
     """Learning rate of a step: linear warm-up, then cosine decay to ``min_lr``."""
     warm = cfg.lr_warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
@@ -149,17 +191,134 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict(sd)
 
 
-@dataclass
-class _Run:
-    """What the epochs of a run share."""
+# ------------------------------------------------------------------------------------ the shared loop
 
-    cfg: TrainConfig  # a resumed run's own settings, with the epochs asked for now
+
+@dataclass
+class Run:
+    """What the epochs of a run share; a subclass says what differs between kinds of run.
+
+    ``net`` is the network whose weights are trained and saved; ``model`` is ``net``, wrapped in
+    DistributedDataParallel under torchrun. ``meta`` is what every checkpoint of the run records besides
+    the epoch, the data and the metrics (the settings, where the weights came from).
+    """
+
+    cfg: Any  # a RunSettings; a resumed run's own settings, with the epochs asked for now
     data: ImageData
-    supernet: ViTResNASSupernet
-    model: nn.Module  # the supernet, wrapped in DistributedDataParallel under torchrun
+    net: nn.Module
+    model: nn.Module
     optimizer: torch.optim.Optimizer
     steps: int  # per epoch
     start_epoch: int
+    meta: dict[str, Any]
+
+    find_unused: ClassVar[bool] = False  # DDP: some parameters get no gradient in a step
+    diverged_hint: ClassVar[str] = "lower lr, raise lr_warmup_epochs"
+
+    def logits(self, x: torch.Tensor, epoch: int, step: int, rank: int) -> torch.Tensor:
+        """The logits that step ``step`` of ``epoch`` trains on, for this rank's batch ``x``."""
+        raise NotImplementedError
+
+    def epoch_fields(self, epoch: int) -> dict[str, Any]:
+        """Fields of the epoch's log record beyond loss, lr and speed (none by default)."""
+        return {}
+
+    def holdout_metrics(self) -> dict[str, float]:
+        """Hold-out accuracies after an epoch (rank 0), added to its record."""
+        raise NotImplementedError
+
+    def save(self, path: Path, meta: dict[str, Any], optimizer_tensors: dict[str, torch.Tensor]) -> None:
+        """Write the checkpoint of ``net`` with ``meta`` and the optimizer's tensors to ``path``."""
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def run_ranks(out: Path, resume: bool, holds: str) -> Iterator[Ranks]:
+    """Join the ranks of this launch and, on rank 0, hold ``out``; refuse to start over another run (``holds``,
+    e.g. ``"a training run"``) or to resume none (:func:`~vitres_deploy.rundir.check_start`)."""
+    with join_ranks() as ranks, contextlib.ExitStack() as held:
+        if ranks.main:  # one process writes the folder
+            held.enter_context(hold_output(out, field="out_dir"))
+        check_start(out, resume, holds, (LAST,))
+        yield ranks
+
+
+def make_run(kind: type[Run], cfg: RunSettings, data: ImageData, net: nn.Module, ranks: Ranks, *,
+             meta: dict[str, Any], start_epoch: int = 0,
+             optimizer_tensors: dict[str, torch.Tensor] | None = None) -> Run:
+    """A run of ``kind`` training ``net`` on this rank's device: wrapped in DDP under torchrun, with AdamW (its
+    resumed state when ``optimizer_tensors`` are given) and the steps of an epoch."""
+    steps = _steps_per_epoch(cfg, data, ranks)
+    net.to(ranks.device)
+    model: nn.Module = net
+    if ranks.world > 1:
+        # Sliced weights give gradients whose strides differ from DDP's buckets: slower, still exact.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        model = nn.parallel.DistributedDataParallel(net, find_unused_parameters=kind.find_unused)
+    optimizer = torch.optim.AdamW(_param_groups(net, cfg.weight_decay), lr=cfg.lr)
+    if optimizer_tensors is not None:
+        _load_optimizer(optimizer, optimizer_tensors, ranks.device)
+    return kind(cfg, data, net, model, optimizer, steps, start_epoch, meta)
+
+
+def run_epochs(run: Run, out: Path, ranks: Ranks, progress: bool,
+               on_epoch: Callable[[dict[str, Any]], None] | None) -> None:
+    """Train the run's remaining epochs; each ends (on rank 0) with a checkpoint, a log line and
+    ``on_epoch(record)``."""
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_log(out / LOG, run.start_epoch)
+    for epoch in range(run.start_epoch, run.cfg.epochs):
+        record = _train_epoch(run, epoch, ranks, progress)
+        if ranks.main:
+            _record_epoch(out, run, epoch, record)
+            if on_epoch:
+                on_epoch(record)
+        ranks.barrier()
+
+
+def write_final(out: Path, name: str, run: Run, ranks: Ranks) -> Path:
+    """Write ``out/name`` from the last checkpoint without its optimizer state, with every rank's weight digest
+    (checked equal)."""
+    digests = _rank_digests(run.net, ranks)
+    final = out / name
+    if ranks.main:
+        save_without_optimizer(out / LAST, final, {"world_size": ranks.world, "rank_weight_digests": digests})
+    ranks.barrier()
+    return final
+
+
+# ------------------------------------------------------------------------------------ supernet training
+
+
+class _SupernetRun(Run):
+    """A supernet run: every step trains ``archs_per_batch`` sampled sub-networks."""
+
+    find_unused = True
+    diverged_hint = "lower lr, raise warmup_epochs"
+
+    def logits(self, x: torch.Tensor, epoch: int, step: int, rank: int) -> torch.Tensor:
+        """The batch split among ``archs_per_batch`` sub-networks sampled from the stream (seed, epoch, step,
+        rank), among the choices open at this point."""
+        rng = stream_rng(self.cfg.seed, epoch, step, rank)
+        fraction = opened_fraction(self.cfg, epoch, step, self.steps)
+        archs = [sample_arch(self.net.space, rng, fraction) for _ in range(self.cfg.archs_per_batch)]
+        return self.model(x, archs=archs)
+
+    def epoch_fields(self, epoch: int) -> dict[str, Any]:
+        """The share of choices open after the epoch."""
+        return {"opened_fraction": opened_fraction(self.cfg, epoch + 1, 0, self.steps)}
+
+    def holdout_metrics(self) -> dict[str, float]:
+        """Hold-out top-1 of the largest and the smallest sub-network."""
+        space = self.net.space
+        largest = evaluate_arch(self.net, max_arch(space), self.data, "holdout", limit=self.cfg.eval_limit)
+        smallest = evaluate_arch(self.net, min_arch(space), self.data, "holdout", limit=self.cfg.eval_limit)
+        return {"holdout_top1_max": largest.top1, "holdout_top1_min": smallest.top1}
+
+    def save(self, path: Path, meta: dict[str, Any], optimizer_tensors: dict[str, torch.Tensor]) -> None:
+        """A supernet checkpoint."""
+        save_checkpoint(path, self.net, meta, optimizer_tensors)
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_dir: str | Path | None = None,
@@ -170,24 +329,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False, data_d
     ``on_epoch(record)`` on rank 0), and write the final checkpoint.
     """
     out = Path(out_dir)
-    with join_ranks() as ranks, contextlib.ExitStack() as held:
-        if ranks.main:  # one process writes the folder
-            held.enter_context(hold_output(out, field="out_dir"))
-        resumed = _resume_from(out, resume, ranks)
+    with run_ranks(out, resume, "a training run") as ranks:
+        resumed = load_checkpoint(out / LAST, map_location=ranks.device) if resume else None
         if resumed is not None:
             check_resume_settings(out, resumed, cfg)
         run = _set_up(cfg, resumed, data_dir, ranks)
-        if ranks.main:
-            out.mkdir(parents=True, exist_ok=True)
-            _trim_log(out / LOG, run.start_epoch)
-        for epoch in range(run.start_epoch, run.cfg.epochs):
-            record = _train_epoch(run, epoch, ranks, progress)
-            if ranks.main:
-                _record_epoch(out, run, epoch, record)
-                if on_epoch:
-                    on_epoch(record)
-            ranks.barrier()
-        return _write_final(out, run.supernet, ranks)
+        run_epochs(run, out, ranks, progress, on_epoch)
+        return write_final(out, FINAL, run, ranks)
 
 
 def check_resume_settings(out: Path, resumed: Checkpoint, cfg: TrainConfig) -> None:
@@ -200,7 +348,7 @@ def check_resume_settings(out: Path, resumed: Checkpoint, cfg: TrainConfig) -> N
     check_same_settings(out, stored, wanted, made="trained")
 
 
-def _set_up(cfg: TrainConfig, resumed: Checkpoint | None, data_dir: str | Path | None, ranks: Ranks) -> _Run:
+def _set_up(cfg: TrainConfig, resumed: Checkpoint | None, data_dir: str | Path | None, ranks: Ranks) -> Run:
     """The run's settings, data, supernet (new, or the resumed weights) and optimizer, on this rank's device."""
     start_epoch = 0
     if resumed is not None:
@@ -211,47 +359,21 @@ def _set_up(cfg: TrainConfig, resumed: Checkpoint | None, data_dir: str | Path |
     if resumed is not None and resumed.data.get("holdout_sha256") != data.holdout_digest:
         raise DataError("the hold-out split of this data differs from the checkpoint's: resume with the same "
                         "data_dir", field="data_dir")
-    steps = _steps_per_epoch(cfg, data, ranks)
+    _steps_per_epoch(cfg, data, ranks)  # a batch larger than the data is refused before the supernet is built
     torch.manual_seed(cfg.seed)
     supernet = resumed.supernet if resumed else ViTResNASSupernet(space)
     supernet.set_drop_path(cfg.drop_path)
-    supernet.to(ranks.device)
-    model: nn.Module = supernet
-    if ranks.world > 1:
-        # Sliced weights give gradients whose strides differ from DDP's buckets: slower, still exact.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        model = nn.parallel.DistributedDataParallel(supernet, find_unused_parameters=True)
-    optimizer = torch.optim.AdamW(_param_groups(supernet, cfg.weight_decay), lr=cfg.lr)
-    if resumed is not None:
-        _load_optimizer(optimizer, resumed.optimizer_tensors, ranks.device)
-    return _Run(cfg, data, supernet, model, optimizer, steps, start_epoch)
+    return make_run(_SupernetRun, cfg, data, supernet, ranks, meta={"train_config": dataclasses.asdict(cfg)},
+                    start_epoch=start_epoch, optimizer_tensors=resumed.optimizer_tensors if resumed else None)
 
 
-def _steps_per_epoch(cfg: TrainConfig, data: ImageData, ranks: Ranks) -> int:
+def _steps_per_epoch(cfg: RunSettings, data: ImageData, ranks: Ranks) -> int:
     """Steps of one epoch: every rank takes a whole batch per step, at most ``steps_per_epoch``."""
     full = data.num_train() // (cfg.batch_size * ranks.world)
     if full < 1:
         raise SettingsError(f"batch_size {cfg.batch_size} x {ranks.world} ranks exceeds the {data.num_train()} "
                             "training images", field="batch_size")
     return min(full, cfg.steps_per_epoch or full)
-
-
-def _resume_from(out: Path, resume: bool, ranks: Ranks) -> Checkpoint | None:
-    """The last checkpoint of ``out`` to continue from (``resume``), or None for a new run in an unused ``out``."""
-    check_start(out, resume, "a training run", (LAST,))
-    return load_checkpoint(out / LAST, map_location=ranks.device) if resume else None
-
-
-def _write_final(out: Path, supernet: ViTResNASSupernet, ranks: Ranks) -> Path:
-    """Write ``supernet.safetensors`` from the last checkpoint, with every rank's weight digest (checked equal)."""
-    digests = _rank_digests(supernet, ranks)
-    final = out / FINAL
-    if ranks.main:
-        last = load_checkpoint(out / LAST)
-        meta = {k: v for k, v in last.meta.items() if k not in ("format", "space", "packages")}
-        save_checkpoint(final, last.supernet, {**meta, "world_size": ranks.world, "rank_weight_digests": digests})
-    ranks.barrier()
-    return final
 
 
 def weight_digest(model: nn.Module) -> str:
@@ -267,16 +389,16 @@ def weight_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _rank_digests(supernet: ViTResNASSupernet, ranks: Ranks) -> list[str]:
+def _rank_digests(net: nn.Module, ranks: Ranks) -> list[str]:
     """Every rank's parameter digest; ranks that drifted apart are an error, not a silent average."""
-    digests = [str(d) for d in ranks.all_gather(weight_digest(supernet))]
+    digests = [str(d) for d in ranks.all_gather(weight_digest(net))]
     if len(set(digests)) != 1:
         raise RuntimeFailure(f"distributed ranks ended with different weights ({len(set(digests))} distinct digests)")
     return digests
 
 
-def _train_epoch(run: _Run, epoch: int, ranks: Ranks, progress: bool) -> dict[str, Any]:
-    """Train one epoch; its log record (loss, learning rate, speed, share of choices open)."""
+def _train_epoch(run: Run, epoch: int, ranks: Ranks, progress: bool) -> dict[str, Any]:
+    """Train one epoch; its log record (loss, learning rate, speed, and the run's own fields)."""
     cfg = run.cfg
     torch.manual_seed(drop_path_seed(cfg.seed, epoch, ranks.rank))
     run.model.train()
@@ -292,48 +414,36 @@ def _train_epoch(run: _Run, epoch: int, ranks: Ranks, progress: bool) -> dict[st
             bar.update(task, advance=1, loss=total_loss / seen)
     seconds = time.perf_counter() - t0
     return {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "lr": run.optimizer.param_groups[0]["lr"],
-            "images_per_s": seen * ranks.world / seconds, "seconds": seconds,
-            "opened_fraction": opened_fraction(cfg, epoch + 1, 0, run.steps)}
+            "images_per_s": seen * ranks.world / seconds, "seconds": seconds, **run.epoch_fields(epoch)}
 
 
-def _train_step(run: _Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ranks: Ranks) -> float:
-    """One optimizer step, the batch split among ``archs_per_batch`` sampled sub-networks; the batch's loss."""
+def _train_step(run: Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ranks: Ranks) -> float:
+    """One optimizer step on the run's logits (:meth:`Run.logits`); the batch's loss."""
     cfg = run.cfg
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(cfg, epoch * run.steps + step, run.steps)
-    rng = stream_rng(cfg.seed, epoch, step, ranks.rank)
-    fraction = opened_fraction(cfg, epoch, step, run.steps)
-    archs = [sample_arch(run.supernet.space, rng, fraction) for _ in range(cfg.archs_per_batch)]
     x, y = x.to(ranks.device, non_blocking=True), y.to(ranks.device, non_blocking=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ranks.device.type == "cuda"):
-        loss = F.cross_entropy(run.model(x, archs=archs).float(), y, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(run.logits(x, epoch, step, ranks.rank).float(), y, label_smoothing=cfg.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     return float(loss.detach())
 
 
-def _record_epoch(out: Path, run: _Run, epoch: int, record: dict[str, Any]) -> None:
+def _record_epoch(out: Path, run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Add the hold-out accuracies to ``record``; write the epoch's checkpoint, then its log line.
 
     A diverged epoch (a loss that is not finite) stops the run with a one-line error and writes nothing: the
     last checkpoint stays the last good epoch, to resume from with other settings.
     """
     if not math.isfinite(record["loss"]):
-        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {record['loss']} (lower lr, "
-                               "raise warmup_epochs); the last checkpoint is the previous epoch's", field="lr")
-    record.update(_holdout_metrics(run.supernet, run.data, run.cfg.eval_limit))
-    meta = {"train_config": dataclasses.asdict(run.cfg), "data": data_spec(run.data), "epoch": epoch + 1,
-            "metrics": record}
-    save_checkpoint(out / LAST, run.supernet, meta, _optimizer_tensors(run.optimizer))
+        raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {record['loss']} "
+                               f"({run.diverged_hint}); the last checkpoint is the previous epoch's", field="lr")
+    record.update(run.holdout_metrics())
+    meta = {**run.meta, "data": data_spec(run.data), "epoch": epoch + 1, "metrics": record}
+    run.save(out / LAST, meta, _optimizer_tensors(run.optimizer))
     append_json_line(out / LOG, record)
-
-
-def _holdout_metrics(supernet: ViTResNASSupernet, data: ImageData, limit: int | None) -> dict[str, float]:
-    space = supernet.space
-    largest = evaluate_arch(supernet, max_arch(space), data, "holdout", limit=limit)
-    smallest = evaluate_arch(supernet, min_arch(space), data, "holdout", limit=limit)
-    return {"holdout_top1_max": largest.top1, "holdout_top1_min": smallest.top1}
 
 
 def _trim_log(path: Path, epochs_kept: int) -> None:

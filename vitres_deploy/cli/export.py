@@ -39,7 +39,9 @@ def _limits(c: CheckResult) -> str:
 
 
 @click.command(cls=Command)
-@click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
+@click.option("--supernet", "ckpt", required=True,
+              help="Supernet checkpoint file or fmnist-demo, or a fine-tuned checkpoint (finetune's "
+                   "finetuned.safetensors, recognised by its metadata; --arch must be its arch).")
 @click.option("--arch", "arch_spec", required=True,
               help="Architecture file (a search's best.json gives the latency budget too), max, min or random:SEED.")
 @click.option("--formats", default="onnx", show_default=True,
@@ -82,7 +84,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
     import dataclasses
 
     from ..archfile import resolve_arch_file
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_any_checkpoint
     from ..data import open_checkpoint_data
     from ..export.compare import DEFAULT_TOLERANCES
     from ..export.options import BatchRange, ExportOptions
@@ -100,7 +102,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
         budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
         drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device)
     setup = check_setup(out, options)
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_any_checkpoint(ckpt)
     plan = plan_export(setup, checkpoint, resolve_arch_file(arch_spec, checkpoint.space))
     data = open_checkpoint_data(checkpoint, data_dir)
     arch = plan.arch

@@ -1,17 +1,75 @@
-"""``train`` and ``evaluate``: supernet training and the accuracy of one sub-network."""
+"""``train``, ``finetune`` and ``evaluate``: supernet training, fine-tuning a searched arch, and the accuracy of
+one sub-network."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import click
 
+from ..finetune import FinetuneConfig
 from ..train import TrainConfig
 from .boundary import Command
 from .output import print_json, print_table
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_FINETUNE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _options(*options: Decorator) -> Decorator:
+    """One decorator applying ``options`` in the order they are listed (as if written one above the other)."""
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+def _optimizer_options(defaults: dict[str, Any]) -> Decorator:
+    """The AdamW and schedule options of a run, with ``defaults`` (its settings' own)."""
+    return _options(
+        click.option("--lr", type=float, default=defaults["lr"], show_default=True),
+        click.option("--min-lr", type=float, default=defaults["min_lr"], show_default=True),
+        click.option("--lr-warmup-epochs", type=float, default=defaults["lr_warmup_epochs"], show_default=True),
+        click.option("--weight-decay", type=float, default=defaults["weight_decay"], show_default=True),
+        click.option("--label-smoothing", type=float, default=defaults["label_smoothing"], show_default=True))
+
+
+def _run_options(final: str) -> Decorator:
+    """The options every resumable run takes after its settings: quick-run caps, ``--resume`` and ``--json``
+    (which prints the path of the ``final`` checkpoint and the epochs' records)."""
+    return _options(
+        click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (quick runs)."),
+        click.option("--eval-limit", type=int, default=None,
+                     help="Hold-out images evaluated per epoch (default: all)."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch."),
+        click.option("--json", "as_json", is_flag=True,
+                     help=f"Print the {final}'s path and the epochs' records as JSON (the epoch lines go to stderr)."))
+
+
+def _epoch_printer(epochs: list[dict], as_json: bool, holdout: Callable[[dict], str]) -> Callable[[dict], None]:
+    """An ``on_epoch`` that keeps each record in ``epochs`` and prints its line (on stderr with ``--json``)."""
+    def on_epoch(r: dict) -> None:
+        epochs.append(r)
+        click.echo(f"epoch {r['epoch']}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s  "
+                   f"{holdout(r)}", err=as_json)
+    return on_epoch
+
+
+def _report(key: str, final: Path, epochs: list[dict], as_json: bool) -> None:
+    """On rank 0: the final checkpoint's path (under ``key``) and the epochs as JSON, or one line."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        print_json({key: str(final), "epochs": epochs})
+    else:
+        click.echo(f"{key} written to {final}")
 
 
 @click.command(cls=Command)
@@ -27,39 +85,48 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
               help="G sub-networks per step, each on 1/G of the batch (1 = one sub-network per step).")
 @click.option("--warmup-epochs", type=float, default=_DEFAULTS["warmup_epochs"], show_default=True,
               help="Epochs over which choices open, largest first.")
-@click.option("--lr", type=float, default=_DEFAULTS["lr"], show_default=True)
-@click.option("--min-lr", type=float, default=_DEFAULTS["min_lr"], show_default=True)
-@click.option("--lr-warmup-epochs", type=float, default=_DEFAULTS["lr_warmup_epochs"], show_default=True)
-@click.option("--weight-decay", type=float, default=_DEFAULTS["weight_decay"], show_default=True)
-@click.option("--label-smoothing", type=float, default=_DEFAULTS["label_smoothing"], show_default=True)
+@_optimizer_options(_DEFAULTS)
 @click.option("--drop-path", type=float, default=_DEFAULTS["drop_path"], show_default=True)
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True)
 @click.option("--holdout-fraction", type=float, default=None, help="Hold-out share of each class (fmnist: 0.1).")
 @click.option("--holdout-per-class", type=int, default=None, help="Hold-out images per class (folders: 25).")
-@click.option("--steps-per-epoch", type=int, default=None, help="Cap steps per epoch (quick runs).")
-@click.option("--eval-limit", type=int, default=None, help="Hold-out images evaluated per epoch (default: all).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the supernet's path and the epochs' records as JSON (the epoch lines go to stderr).")
+@_run_options("supernet")
 def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, as_json: bool, **options) -> None:
     """Train a supernet with multi-architectural sampling (works under torchrun)."""
     from ..train import train as run
 
-    cfg = TrainConfig(data=data_kind, **options)
     epochs: list[dict] = []
+    on_epoch = _epoch_printer(epochs, as_json, lambda r: f"hold-out top-1 max {r['holdout_top1_max']:.4f} "
+                                                         f"min {r['holdout_top1_min']:.4f}")
+    final = run(TrainConfig(data=data_kind, **options), out_dir, resume=resume, data_dir=data_dir, on_epoch=on_epoch)
+    _report("supernet", final, epochs, as_json)
 
-    def on_epoch(r: dict) -> None:
-        epochs.append(r)
-        click.echo(f"epoch {r['epoch']}: loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['images_per_s']:.0f} img/s  "
-                   f"hold-out top-1 max {r['holdout_top1_max']:.4f} min {r['holdout_top1_min']:.4f}", err=as_json)
 
-    final = run(cfg, out_dir, resume=resume, data_dir=data_dir, on_epoch=on_epoch)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    if as_json:
-        print_json({"supernet": str(final), "epochs": epochs})
-    else:
-        click.echo(f"supernet written to {final}")
+@click.command(cls=Command)
+@click.option("--supernet", "supernet", required=True, help="Supernet checkpoint file or fmnist-demo.")
+@click.option("--arch", "arch", required=True,
+              help="Architecture file (a search's best.json), max, min or random:SEED.")
+@click.option("--data", "data_dir", default=None,
+              help="Data directory (default: Debian's Fashion-MNIST); the supernet's hold-out split is kept out.")
+@click.option("--out", "out_dir", required=True,
+              help="Run directory (last.safetensors, log.jsonl, finetuned.safetensors).")
+@click.option("--epochs", type=int, default=_FINETUNE_DEFAULTS["epochs"], show_default=True)
+@click.option("--batch-size", type=int, default=_FINETUNE_DEFAULTS["batch_size"], show_default=True,
+              help="Per rank.")
+@_optimizer_options(_FINETUNE_DEFAULTS)
+@click.option("--seed", type=int, default=_FINETUNE_DEFAULTS["seed"], show_default=True)
+@_run_options("fine-tuned checkpoint")
+def finetune(supernet: str, arch: str, out_dir: str, data_dir: str | None, resume: bool, as_json: bool,
+             **options) -> None:
+    """Fine-tune the static network of a searched arch from the supernet's weights (works under torchrun);
+    `export --supernet` takes its finetuned.safetensors."""
+    from ..finetune import finetune as run
+
+    epochs: list[dict] = []
+    on_epoch = _epoch_printer(epochs, as_json, lambda r: f"hold-out top-1 {r['holdout_top1']:.4f}")
+    final = run(FinetuneConfig(**options), supernet, arch, out_dir, resume=resume, data_dir=data_dir,
+                on_epoch=on_epoch)
+    _report("finetuned", final, epochs, as_json)
 
 
 @click.command(cls=Command)
@@ -91,4 +158,4 @@ def evaluate(ckpt: str, arch_spec: str, split: str, data_dir: str | None, batch_
                     [(f"{acc.top1:.2%}", f"{acc.top5:.2%}", acc.images, cost.macs, cost.params)])
 
 
-COMMANDS = [train, evaluate]
+COMMANDS = [train, finetune, evaluate]

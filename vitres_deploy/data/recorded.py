@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, FinetunedCheckpoint
 from ..errors import DataError
 from .open import open_data
 from .types import HoldoutSpec, ImageData
 
 
-def open_checkpoint_data(checkpoint: Checkpoint, data_dir: str | Path | None = None) -> ImageData:
+def open_checkpoint_data(checkpoint: Checkpoint | FinetunedCheckpoint,
+                         data_dir: str | Path | None = None) -> ImageData:
     """The checkpoint's data set with exactly its recorded hold-out split (so search never sees training images)."""
     spec = checkpoint.data
     if "kind" not in spec or "holdout" not in spec:
