@@ -44,7 +44,7 @@ from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
-from ..errors import ArchError, DataError, first_line
+from ..errors import DataError, first_line
 from ..files import atomic_write_json, sha256_file
 from ..latency.device import device_info
 from ..latency.entries import network_sample_shape
@@ -180,9 +180,8 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     arch_file = arch if isinstance(arch, ArchFile) else ArchFile(arch)
     space = checkpoint.space
     chosen = arch_file.arch.validate(space)
-    if isinstance(checkpoint, FinetunedCheckpoint) and chosen.stages != checkpoint.arch.stages:
-        raise ArchError(f"arch {chosen.hash} ({chosen.short()}) is not the arch {checkpoint.path.name} was fine-tuned "
-                        f"as ({checkpoint.arch.hash}: {checkpoint.arch.short()}): pass that arch")
+    if isinstance(checkpoint, FinetunedCheckpoint):
+        checkpoint.check_arch(chosen)
     budget = opts.budget_ms if opts.budget_ms is not None else arch_file.budget_ms
     gate = None
     if opts.table_path is not None:

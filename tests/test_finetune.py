@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.checkpoint import load_checkpoint, load_finetuned
 from vitres_deploy.cli import main
+from vitres_deploy.data import open_checkpoint_data
 from vitres_deploy.errors import CheckpointError, RunDirError
+from vitres_deploy.evaluate import evaluate_model
 from vitres_deploy.export.bundle import REFERENCE, read_manifest
 from vitres_deploy.files import sha256_file
 from vitres_deploy.finetune import FinetuneConfig, finetune, prepare_finetune
@@ -174,6 +176,22 @@ def test_export_of_a_finetuned_checkpoint_as_another_arch_is_one_line(finetuned,
     assert len(lines) == 1 and lines[0].startswith("error: arch ")
     assert "is not the arch finetuned.safetensors was fine-tuned as" in lines[0]
     assert "Traceback" not in result.output and not bundle.exists()
+
+
+def test_evaluate_takes_the_finetuned_checkpoint_and_its_arch_only(finetuned, fmnist_dir):
+    out, _ = finetuned
+    final = str(out / "finetuned.safetensors")
+    result = CliRunner().invoke(main, ["evaluate", "--supernet", final, "--arch", ARCH, "--batch-size", "250",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    loaded = load_finetuned(final)
+    expected = evaluate_model(loaded.model, open_checkpoint_data(loaded), "holdout", 250)
+    assert report["top1"] == expected.top1 and report["images"] == expected.images > 0
+    assert report["arch_hash"] == loaded.arch.hash
+    wrong = CliRunner().invoke(main, ["evaluate", "--supernet", final, "--arch", "max"])
+    assert wrong.exit_code == 2 and wrong.stderr.startswith("error: arch ")
+    assert "is not the arch finetuned.safetensors was fine-tuned as" in wrong.stderr
 
 
 @pytest.mark.slow

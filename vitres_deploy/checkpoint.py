@@ -85,6 +85,12 @@ class FinetunedCheckpoint:
         """The data spec recorded at fine-tuning time (the supernet's, hold-out split included)."""
         return self.meta.get("data", {})
 
+    def check_arch(self, arch: Arch) -> None:
+        """Refuse ``arch`` unless it is the one arch this network was fine-tuned as (:class:`ArchError`)."""
+        if arch.stages != self.arch.stages:
+            raise ArchError(f"arch {arch.hash} ({arch.short()}) is not the arch {self.path.name} was fine-tuned as "
+                            f"({self.arch.hash}: {self.arch.short()}): pass that arch")
+
 
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Versions of the packages that matter for reproducing a result, and of the installed ones of ``extra``."""

@@ -45,10 +45,15 @@ def topk_accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.devi
 def evaluate_arch(supernet: ViTResNASSupernet, arch: Arch, data: ImageData, split: str = "holdout",
                   batch_size: int = 500, limit: int | None = None) -> TopKAccuracy:
     """Top-1/top-5 accuracy of ``arch`` through its extracted static sub-network, in inference mode."""
+    return evaluate_model(supernet.extract(arch), data, split, batch_size, limit)
+
+
+def evaluate_model(model: nn.Module, data: ImageData, split: str = "holdout", batch_size: int = 500,
+                   limit: int | None = None) -> TopKAccuracy:
+    """Top-1/top-5 accuracy of a static network (extracted or fine-tuned) on ``split``, in inference mode."""
     if batch_size < 1:
         raise SettingsError(f"batch_size {batch_size} must be at least 1", field="batch_size")
     if limit is not None and limit < 1:
         raise SettingsError(f"limit {limit} must be at least 1", field="limit")
-    device = supernet.cls_token.device
-    model = supernet.extract(arch).eval()
-    return topk_accuracy(model, data.eval_batches(split, batch_size, limit), device)
+    device = next(model.parameters()).device
+    return topk_accuracy(model.eval(), data.eval_batches(split, batch_size, limit), device)

@@ -130,24 +130,30 @@ def finetune(supernet: str, arch: str, out_dir: str, data_dir: str | None, resum
 
 
 @click.command(cls=Command)
-@click.option("--supernet", "ckpt", required=True, help="Checkpoint file or fmnist-demo.")
-@click.option("--arch", "arch_spec", required=True, help="Architecture file, max, min or random:SEED.")
+@click.option("--supernet", "ckpt", required=True,
+              help="Supernet checkpoint file or fmnist-demo, or a fine-tuned checkpoint (finetune's output).")
+@click.option("--arch", "arch_spec", required=True,
+              help="Architecture file, max, min or random:SEED (a fine-tuned checkpoint's own arch).")
 @click.option("--split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True)
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--batch-size", type=int, default=500, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(ckpt: str, arch_spec: str, split: str, data_dir: str | None, batch_size: int, as_json: bool) -> None:
-    """Top-1 and top-5 of one sub-network with the supernet's weights."""
+    """Top-1 and top-5 of one sub-network with the supernet's weights, or of a fine-tuned network."""
     from ..archfile import resolve_arch
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import FinetunedCheckpoint, load_any_checkpoint
     from ..data import open_checkpoint_data
-    from ..evaluate import evaluate_arch
+    from ..evaluate import evaluate_arch, evaluate_model
     from ..macs import arch_cost
 
-    checkpoint = load_checkpoint(ckpt)
+    checkpoint = load_any_checkpoint(ckpt)
     arch = resolve_arch(arch_spec, checkpoint.space)
     data = open_checkpoint_data(checkpoint, data_dir)
-    acc = evaluate_arch(checkpoint.supernet, arch, data, split, batch_size)
+    if isinstance(checkpoint, FinetunedCheckpoint):
+        checkpoint.check_arch(arch)
+        acc = evaluate_model(checkpoint.model, data, split, batch_size)
+    else:
+        acc = evaluate_arch(checkpoint.supernet, arch, data, split, batch_size)
     cost = arch_cost(arch, checkpoint.space)
     result = {**acc.to_dict(), "split": split, "arch_hash": arch.hash, "macs": cost.macs, "params": cost.params,
               "supernet": str(checkpoint.path)}
