@@ -45,7 +45,6 @@ from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
 from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
 from vitres_deploy.latency.table import shipped_profiles
-from vitres_deploy.latency.validate import Measured, judge_on_half
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
 from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
@@ -419,22 +418,6 @@ def test_validation_fits_on_half_reports_on_the_other(mini_table: LatencyTable, 
     assert e.mape == pytest.approx(sum(abs(r.error_pct) for r in test_rows) / len(test_rows))
     assert e.within_10pct == sum(abs(r.error_pct) <= 10 for r in test_rows) / len(test_rows)
     assert e.within_5pct == sum(abs(r.error_pct) <= 5 for r in test_rows) / len(test_rows)
-
-
-def test_the_search_margin_is_judged_against_single_runs(mini_table: LatencyTable, mini: SearchSpace) -> None:
-    """Each held-out network measured once at its prediction and once 10% above: both runs together give the
-    prediction (the lower value), but the gate measures once, so the margin is the single runs' 90th percentile."""
-    archs = [random_arch(mini, seed) for seed in range(8)]
-    preds = [predict(mini_table, a).latency_ms for a in archs]
-
-    def run(value: float) -> tuple[TimingStats, ...]:
-        return (replace(TimingStats.from_samples([value] * 3, 0.01), floor_ms=value),)
-
-    floor = replace(mini_table.meta.protocol, statistic="window_floor")
-    networks = [Measured((run(p), run(1.1 * p)), floor) for p in preds]
-    report = judge_on_half(mini_table, archs, networks, mini_table.correction, seed=0)
-    assert report.errors.mape == pytest.approx(0.0, abs=1e-9)  # the lower run is the network's latency
-    assert report.margin == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("name", ["fmnist-ort-cpu-fp32-b1.json", "vit-resnas-tiny@112-ort-cpu-fp32-b1.json"])

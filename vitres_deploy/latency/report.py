@@ -86,8 +86,7 @@ def under_prediction_margin(predicted: Sequence[float], measured: Sequence[float
     """The ``quantile``-th percentile of how much networks measured above their prediction (a fraction, >= 0).
 
     A search keeps its predicted latency ``margin`` below the budget, so that networks the table
-    under-predicts by up to this much still measure within the budget. Validation passes one measurement per
-    run of each held-out network: the gate that checks the budget measures once, noise included.
+    under-predicts by up to this much still measure within the budget.
     """
     under = np.maximum(0.0, np.asarray(measured) / np.asarray(predicted) - 1.0)
     return float(np.percentile(under, quantile))
