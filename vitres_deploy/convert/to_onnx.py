@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,31 +42,32 @@ def export_onnx(
     A module the exporter cannot export (or a file it cannot write) is a :class:`ConversionError`.
     """
     path = Path(path)
-    was_training = module.training
-    module.eval()
     # A batch of 1 would be specialised by the exporter: trace with 2 when the batch is dynamic.
     example = torch.zeros(2 if dynamic_batch else 1, *sample_shape, device=_device(module))
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    _run_exporter(module, (example,), dynamic_shapes, path, opset, [input_name], [output_name],
+                  f"{type(module).__name__} to {path.name}")
+    return path
+
+
+def _run_exporter(module: nn.Module, args: tuple[Any, ...], dynamic_shapes: tuple[Any, ...] | None, path: Path,
+                  opset: int, input_names: list[str], output_names: list[str], what: str) -> None:
+    """One quiet call of the dynamo exporter on ``module`` in eval mode (each submodule's mode is put back),
+    saved to ``path`` with its weights inside; a failure is a :class:`ConversionError` naming ``what``."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
     try:
         with _quiet():
-            program = torch.onnx.export(
-                module,
-                (example,),
-                dynamo=True,
-                opset_version=opset,
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_shapes=dynamic_shapes,
-                optimize=True,
-                verbose=False,
-            )
+            program = torch.onnx.export(module, args, dynamo=True, opset_version=opset, input_names=input_names,
+                                        output_names=output_names, dynamic_shapes=dynamic_shapes, optimize=True,
+                                        verbose=False)
             program.save(str(path), external_data=False)
     except Exception as e:  # the exporter raises many types (torch.export, onnxscript, protobuf, OSError)
-        raise ConversionError(f"the PyTorch ONNX exporter could not export {type(module).__name__} to {path.name}: "
+        raise ConversionError(f"the PyTorch ONNX exporter could not export {what}: "
                               f"{first_line(_root_cause(e))}") from None
     finally:
-        module.train(was_training)
-    return path
+        for m, training in modes:
+            m.training = training
 
 
 class _Side(nn.Module):
@@ -113,28 +115,13 @@ def export_onnx_group(
 
 
 def _export_side(side: _Side, shapes: Sequence[Sequence[int]], path: Path, opset: int, dynamic_batch: bool) -> None:
-    was_training = [m.training for m in side.parts]
-    side.eval()
-    batch = 2 if dynamic_batch else 1
-    device = _device(side)
-    example = tuple(torch.zeros(batch, *shape, device=device) for shape in shapes)
+    example = tuple(torch.zeros(2 if dynamic_batch else 1, *shape, device=_device(side)) for shape in shapes)
     # One batch dimension per input: with a shared one the exporter computes the batch of one module from
     # another module's input, and the modules could not be cut apart.
     dims = [torch.export.Dim(f"batch{i}", min=1, max=4096) for i in range(len(shapes))]
     dynamic_shapes = (tuple({0: dim} for dim in dims),) if dynamic_batch else None
-    try:
-        with _quiet():
-            program = torch.onnx.export(side, (example,), dynamo=True, opset_version=opset,
-                                        input_names=[f"input{i}" for i in range(len(shapes))],
-                                        output_names=[f"output{i}" for i in range(len(shapes))],
-                                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
-            program.save(str(path), external_data=False)
-    except Exception as e:  # as in export_onnx: the exporter raises many types
-        raise ConversionError(f"the PyTorch ONNX exporter could not export a group of {len(shapes)} modules: "
-                              f"{first_line(_root_cause(e))}") from None
-    finally:
-        for m, training in zip(side.parts, was_training):
-            m.train(training)
+    _run_exporter(side, (example,), dynamic_shapes, path, opset, [f"input{i}" for i in range(len(shapes))],
+                  [f"output{i}" for i in range(len(shapes))], f"a group of {len(shapes)} modules")
 
 
 def _cut(joint: Path, index: int, out: Path) -> None:

@@ -182,14 +182,12 @@ class _BuildJob:
 GROUP_SIZE = 16
 
 
-def _export(job: _BuildJob) -> int:
-    """Export the job's targets that are not cached (in one exporter call); runs in worker processes too.
-    Returns the number of targets."""
+def _export(job: _BuildJob) -> None:
+    """Export the job's targets that are not cached (in one exporter call); runs in worker processes too."""
     space = SearchSpace.from_dict(job.space)
     missing = [(t.module(space), t.sample_shape(space), p) for t, p in zip(job.targets, job.paths)
                if not Path(p).is_file()]
     export_onnx_group(missing, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
-    return len(job.targets)
 
 
 def _jobs(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings) -> list[_BuildJob]:
@@ -201,8 +199,6 @@ def _jobs(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettin
     groups += [[t] for t in targets if t.entry is None]
     return [_BuildJob(space.to_dict(), tuple(g), tuple(str(onnx_cache_path(space, t, settings)) for t in g),
                       settings) for g in groups]
-
-
 
 
 def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
