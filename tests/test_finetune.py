@@ -65,6 +65,19 @@ def test_the_network_at_epoch_0_is_the_supernets_extracted_network(small_superne
         assert torch.equal(loaded.model(x), got)
 
 
+def test_from_scratch_starts_from_fresh_seeded_weights(small_supernet, tmp_path):
+    """--from-scratch: the arch's network freshly initialised (not the supernet's weights), the same for the same
+    seed and another for another seed; the choice is recorded with the settings."""
+    source = load_checkpoint(small_supernet)
+    arch = resolve_arch(ARCH, source.space)
+    inherited = weight_digest(source.supernet.extract(arch))
+    runs = [prepare_finetune(FinetuneConfig(epochs=1, from_scratch=True, seed=seed, **QUICK), small_supernet, ARCH,
+                             tmp_path / f"run{i}") for i, seed in enumerate((0, 0, 1))]
+    digests = [weight_digest(r.net) for r in runs]
+    assert digests[0] == digests[1] != digests[2] and inherited not in digests
+    assert runs[0].net.arch == arch and runs[0].meta["finetune_config"]["from_scratch"] is True
+
+
 def test_a_finetuned_checkpoint_records_its_arch_supernet_and_settings(finetuned, small_supernet, fmnist):
     out, report = finetuned
     final = out / "finetuned.safetensors"

@@ -33,6 +33,7 @@ from .evaluate import topk_accuracy
 from .files import sha256_file
 from .rundir import check_same_settings
 from .train import LAST, Run, check_fields, make_run, run_epochs, run_ranks, write_final
+from .vit_resnas import ViTResNAS, vit_resnas
 
 FINAL = "finetuned.safetensors"
 EVAL_BATCH = 500
@@ -55,6 +56,7 @@ class FinetuneConfig:
     seed: int = 0
     steps_per_epoch: int | None = None
     eval_limit: int | None = None
+    from_scratch: bool = False
 
     def __post_init__(self) -> None:
         """Refuse values no run can use, naming the field (:class:`~vitres_deploy.errors.SettingsError`)."""
@@ -98,6 +100,16 @@ def check_finetune_settings(out: Path, resumed: FinetunedCheckpoint, cfg: Finetu
     check_same_settings(out, stored, wanted, made="fine-tuned")
 
 
+def initial_network(source: Checkpoint, arch: Arch, cfg: FinetuneConfig) -> ViTResNAS:
+    """The static network a run starts from: ``arch`` extracted with the supernet's weights, or with
+    ``cfg.from_scratch`` freshly initialised (seeded by ``cfg.seed``): the paper's retraining, and the reference
+    that tells how well the supernet's inherited weights rank archs."""
+    if not cfg.from_scratch:
+        return source.supernet.extract(arch)
+    torch.manual_seed(cfg.seed)
+    return vit_resnas(arch, source.space).to(next(source.supernet.parameters()).device)
+
+
 def prepare_finetune(cfg: FinetuneConfig, supernet: str | Path, arch: Arch | str | Path, out: Path, *,
                      resume: bool = False, data_dir: str | Path | None = None, ranks: Ranks | None = None) -> Run:
     """The run that fine-tunes ``arch`` of ``supernet``: the static network extracted with the supernet's
@@ -113,7 +125,7 @@ def prepare_finetune(cfg: FinetuneConfig, supernet: str | Path, arch: Arch | str
     data = open_checkpoint_data(source, data_dir)
     meta = {"finetune_config": dataclasses.asdict(cfg), "supernet": record}
     if not resume:
-        return make_run(_FinetuneRun, cfg, data, source.supernet.extract(chosen), ranks, meta=meta)
+        return make_run(_FinetuneRun, cfg, data, initial_network(source, chosen, cfg), ranks, meta=meta)
     resumed = load_finetuned(out / LAST, map_location=ranks.device)
     check_finetune_settings(out, resumed, cfg, record, chosen)
     return make_run(_FinetuneRun, cfg, data, resumed.model, ranks, meta=meta,

@@ -115,11 +115,14 @@ def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, as_j
               help="Per rank.")
 @_optimizer_options(_FINETUNE_DEFAULTS)
 @click.option("--seed", type=int, default=_FINETUNE_DEFAULTS["seed"], show_default=True)
+@click.option("--from-scratch", is_flag=True,
+              help="Start from freshly initialised weights (seeded by --seed) instead of the supernet's: "
+                   "the arch trained alone.")
 @_run_options("fine-tuned checkpoint")
 def finetune(supernet: str, arch: str, out_dir: str, data_dir: str | None, resume: bool, as_json: bool,
              **options) -> None:
-    """Fine-tune the static network of a searched arch from the supernet's weights (works under torchrun);
-    `export --supernet` takes its finetuned.safetensors."""
+    """Fine-tune the static network of a searched arch from the supernet's weights, or train it alone with
+    --from-scratch (works under torchrun); `export --supernet` takes its finetuned.safetensors."""
     from ..finetune import finetune as run
 
     epochs: list[dict] = []
