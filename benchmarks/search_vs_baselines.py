@@ -56,8 +56,9 @@ from vitres_deploy.distributed import Ranks, join_ranks
 from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch
 from vitres_deploy.files import atomic_write_json, atomic_write_text
-from vitres_deploy.latency import EntrySpec, LatencyTable, latency_range
+from vitres_deploy.latency import EntrySpec, LatencyTable, ProfileSettings, latency_range
 from vitres_deploy.latency.metrics import kendall_tau, spearman
+from vitres_deploy.latency.validate import measure_networks
 from vitres_deploy.macs import block_macs, reduction_macs
 from vitres_deploy.search import PRESETS, CostModel, Fitness, SearchOptions, plan_search, run_search
 from vitres_deploy.space import SearchSpace
@@ -159,13 +160,44 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 
 def add_paired(report: dict[str, Any], supernet: Any, data: ImageData, limit: int | None) -> None:
-    """Add, per budget, the paired difference search - best uniform on hold-out and test (``paired_vs_uniform``)."""
+    """Add, per budget, the paired differences on hold-out and test of the searched arch minus the best uniform
+    arch (``paired_vs_uniform``), minus the random arch of median test top-1 (``paired_vs_random``) and minus the
+    MACs-constrained pick (``paired_vs_macs``)."""
     for row in report["budgets"]:
-        searched, uniform = (Arch.from_dict(row[k]["arch"]) for k in ("search", "uniform"))
-        row["paired_vs_uniform"] = {
-            split: paired_difference(correct_per_image(supernet, searched, data, split, limit),
-                                     correct_per_image(supernet, uniform, data, split, limit))
-            for split in ("holdout", "test")}
+        searched = Arch.from_dict(row["search"]["arch"])
+        others = {"paired_vs_uniform": row["uniform"]["arch"], "paired_vs_random": row["random"]["median_test_arch"],
+                  "paired_vs_macs": row["macs_search"]["arch"]}
+        for key, other in others.items():
+            row[key] = {split: paired_difference(correct_per_image(supernet, searched, data, split, limit),
+                                                 correct_per_image(supernet, Arch.from_dict(other), data, split, limit))
+                        for split in ("holdout", "test")}
+
+
+def macs_search(args: argparse.Namespace, checkpoint: Any, table: LatencyTable, data: ImageData, ranks: Ranks,
+                config: Any, index: int, max_macs: int) -> Any:
+    """The arch a user who only knows MACs gets: the same search under a MACs cap (the best uniform arch's MACs)
+    and no latency limit (the window spans the whole table, no margin); its best record."""
+    span = latency_range(table)
+    options = SearchOptions(budgets_ms=(span.slowest_ms,), out_dir=args.out / f"search-macs-{index}", evolution=config,
+                            alpha=span.fastest_ms / span.slowest_ms, max_macs=max_macs, margin=0.0,
+                            resume=args.resume, eval_limit=args.eval_limit, drift_check=False)
+    return run_search(plan_search(checkpoint, table, options), data, ranks=ranks, progress=ranks.main).bests[0]
+
+
+def add_measured(report: dict[str, Any], table: LatencyTable, runs: int) -> None:
+    """Time the searched, the best uniform and the MACs-constrained arch of every budget end to end as the table
+    was measured (all of them interleaved, ``runs`` independent runs) and add ``measured_ms`` to each."""
+    keys = ("search", "uniform", "macs_search")
+    archs = [Arch.from_dict(row[k]["arch"]) for row in report["budgets"] for k in keys]
+    measured = measure_networks(table, archs, ProfileSettings.from_table(table), progress=True, runs=runs)
+    values = iter(m.latency_ms for m in measured)
+    for row in report["budgets"]:
+        for k in keys:
+            row[k]["measured_ms"] = next(values)
+        m = row["macs_search"]
+        row["macs_pick_over_budget_or_lower"] = (m["measured_ms"] > row["budget_ms"]
+                                                 or m["test_top1"] < row["search"]["test_top1"])
+    report["measured"] = {"runs": runs, "protocol": table.meta.protocol.to_dict()}
 
 
 def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
@@ -207,11 +239,16 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
         return fitness.evaluate([arch])[0].top1
 
     chosen = [max(under, key=lambda a: (holdout(a), -cost(a).latency_ms)) for under, _ in candidates]
-    test.evaluate([b.arch for b in result.bests] + chosen + [a for _, randoms in candidates for a in randoms])
+    macs_picks = [macs_search(args, checkpoint, table, data, ranks, config, i, cost(u).macs)
+                  for i, u in enumerate(chosen)]
+    test.evaluate([b.arch for b in result.bests] + chosen + [b.arch for b in macs_picks]
+                  + [a for _, randoms in candidates for a in randoms])
     rows = []
-    for c, best, best_uniform, (under, randoms) in zip(result.constraints, result.bests, chosen, candidates):
+    for c, best, best_uniform, macs_pick, (under, randoms) in zip(result.constraints, result.bests, chosen,
+                                                                   macs_picks, candidates):
         random_holdout = [holdout(a) for a in randoms]
         random_test = test.evaluate(randoms)
+        median_random = sorted(randoms, key=lambda a: (test.evaluate([a])[0], a.hash))[len(randoms) // 2]
         row = {
             "budget_ms": c.budget_ms,
             "search": {"hash": best.hash, "latency_ms": best.latency_ms, "holdout_top1": best.holdout_top1,
@@ -226,7 +263,13 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
                        # does the hold-out order of these archs carry over to test? (what a search relies on)
                        "holdout_test_kendall_tau": kendall_tau(random_holdout, random_test),
                        "holdout_test_spearman": spearman(random_holdout, random_test),
-                       "holdout_top1": random_holdout, "test_top1": random_test},
+                       "holdout_top1": random_holdout, "test_top1": random_test,
+                       "median_test_arch": median_random.to_dict()},
+            # the paper's constraint: searched under a MACs cap equal to the best uniform arch's MACs, no latency
+            "macs_search": {"hash": macs_pick.hash, "max_macs": cost(best_uniform).macs,
+                            "macs": cost(macs_pick.arch).macs, "latency_ms": cost(macs_pick.arch).latency_ms,
+                            "holdout_top1": macs_pick.holdout_top1, "test_top1": test.evaluate([macs_pick.arch])[0],
+                            "arch": macs_pick.arch.to_dict()},
         }
         s, u, r = row["search"], row["uniform"], row["random"]
         row["margins"] = {
@@ -236,6 +279,8 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
             "vs_random_test": s["test_top1"] - r["median_test_top1"],
         }
         row["search_beats_both"] = all(v > 0 for v in row["margins"].values())
+        m = row["macs_search"]
+        row["macs_pick_over_budget_or_lower"] = m["latency_ms"] > c.budget_ms or m["test_top1"] < s["test_top1"]
         rows.append(row)
     report = {
         "command": " ".join(sys.argv),
@@ -255,6 +300,22 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
+
+
+def _standing(paired: dict[str, Any]) -> str:
+    """``above``, ``below`` or ``level`` by the paired 95% interval of a test difference."""
+    lo, hi = paired["ci95"]
+    return "above" if lo > 0 else "below" if hi < 0 else "level"
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """The search against each baseline on test, by the paired 95% intervals, budget by budget."""
+    vs_random = [_standing(r["paired_vs_random"]["test"]) for r in rows]
+    vs_uniform = [_standing(r["paired_vs_uniform"]["test"]) for r in rows]
+    return [f"above the random median with the interval above 0 at every budget: "
+            f"{'met' if all(v == 'above' for v in vs_random) else 'not met'} ({', '.join(vs_random)})",
+            f"at least level with the best uniform arch everywhere and above it somewhere: "
+            f"{'met' if 'below' not in vs_uniform and 'above' in vs_uniform else 'not met'} ({', '.join(vs_uniform)})"]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -283,18 +344,38 @@ def markdown(report: dict[str, Any]) -> str:
             (hl, hh), (tl, th) = q["holdout_top1_range"], q["test_top1_range"]
             lines.append(f"| {r['budget_ms']:.4g} | {q['archs']} | {_pct(hl)}–{_pct(hh)} | {_pct(tl)}–{_pct(th)} "
                          f"| {q['holdout_test_kendall_tau']:+.2f} | {q['holdout_test_spearman']:+.2f} |")
-    if all("paired_vs_uniform" in r for r in report["budgets"]):
-        lines += ["", "Search minus best uniform, paired over the same images (points; 95% interval of the mean "
-                  "paired difference; images only the searched / only the uniform arch gets right):", "",
+    for key, what in (("paired_vs_uniform", "best uniform"), ("paired_vs_random", "the random arch of median test "
+                                                                                 "top-1"),
+                      ("paired_vs_macs", "the MACs-constrained pick")):
+        if not all(key in r for r in report["budgets"]):
+            continue
+        lines += ["", f"Search minus {what}, paired over the same images (points; 95% interval of the mean "
+                  "paired difference; images only the searched / only the other arch gets right):", "",
                   "| budget (ms) | hold-out | test |", "|---|---|---|"]
         for r in report["budgets"]:
             cells = []
             for split in ("holdout", "test"):
-                p = r["paired_vs_uniform"][split]
+                p = r[key][split]
                 lo, hi = p["ci95"]
                 cells.append(f"{100 * p['diff']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}] "
                              f"({p['only_first_right']} / {p['only_second_right']})")
             lines.append(f"| {r['budget_ms']:.4g} | {cells[0]} | {cells[1]} |")
+    if all(k in r for r in report["budgets"] for k in ("paired_vs_uniform", "paired_vs_random")):
+        lines += ["", "On test, against the issue's targets: " + "; ".join(_verdicts(report["budgets"])) + "."]
+    if all("macs_search" in r for r in report["budgets"]):
+        timed = all("measured_ms" in r["macs_search"] for r in report["budgets"])
+        lines += ["", "The paper's constraint: the same search under a MACs cap equal to the best uniform arch's MACs "
+                  "and no latency limit" + (f" (latencies measured end to end, {report['measured']['runs']} runs, the "
+                                            "table's protocol and statistic)" if timed else " (predicted latencies)")
+                  + ":", "", "| budget (ms) | MACs cap | MACs pick: MACs, ms, hold-out / test | searched: ms, test "
+                  "| best uniform: ms | MACs pick over the budget or lower on test |", "|---|---|---|---|---|---|"]
+        for r in report["budgets"]:
+            m, s, u = r["macs_search"], r["search"], r["uniform"]
+            ms = "measured_ms" if timed else "latency_ms"
+            lines.append(f"| {r['budget_ms']:.4g} | {m['max_macs'] / 1e6:.2f}M | {m['macs'] / 1e6:.2f}M, "
+                         f"{m[ms]:.4f}, {_pct(m['holdout_top1'])} / {_pct(m['test_top1'])} | {s[ms]:.4f}, "
+                         f"{_pct(s['test_top1'])} | {u[ms]:.4f} | "
+                         f"{'yes' if r['macs_pick_over_budget_or_lower'] else 'NO'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -319,13 +400,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more can be slower when shared).")
     parser.add_argument("--resume", action="store_true", help="Continue the search in OUT/search.")
     parser.add_argument("--paired-only", action="store_true",
-                        help="Only (re)compute the paired search - uniform differences of OUT/report.json.")
+                        help="Only (re)compute the paired differences of OUT/report.json.")
+    parser.add_argument("--measure", action="store_true",
+                        help="Only time the chosen archs of OUT/report.json end to end (one process, idle machine).")
+    parser.add_argument("--measure-runs", type=int, default=2, help="Independent timing runs of --measure.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.paired_only:
+    if args.paired_only or args.measure:
         report = json.loads((args.out / "report.json").read_text())
-        checkpoint = load_checkpoint(args.supernet)
-        add_paired(report, checkpoint.supernet, open_checkpoint_data(checkpoint, args.data), report["eval_limit"])
+        if args.measure:
+            add_measured(report, LatencyTable.load(args.profile), args.measure_runs)
+        else:
+            checkpoint = load_checkpoint(args.supernet)
+            add_paired(report, checkpoint.supernet, open_checkpoint_data(checkpoint, args.data), report["eval_limit"])
         atomic_write_json(args.out / "report.json", report)
         atomic_write_text(args.out / "report.md", markdown(report))
         print(markdown(report))
