@@ -228,8 +228,14 @@ def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
         for fut in as_completed(futures):
             fut.result()
             done(futures[fut])
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # an interrupt or a failed job: a running export can take tens of seconds on a busy machine, so the
+        # workers are killed rather than waited for (the executor has no public way to do this before 3.14)
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _init_worker(parent: int) -> None:
