@@ -97,7 +97,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
                                  "space.json is not valid JSON"),
         "unknown space": (["info", "--space", "imagenet-huge", "--arch", "max"], "unknown search space"),
         "arch outside its space": (["info", "--space", "fmnist", "--arch", str(tmp_path / "outside.json")],
-                                   "stage 2 block 3: heads=9 not in {2, 3, 4}"),
+                                   "stage 2 block 3: heads=9 not in {1, 2, 4}"),
         "arch of another space": (["info", "--space", "vit-resnas-tiny", "--arch", str(tmp_path / "outside.json")],
                                   "arch is of space 'fmnist', expected 'vit-resnas-tiny'"),
         "random:abc": (["info", "--space", "fmnist", "--arch", "random:abc"], "seed of random:SEED must be an integer"),

@@ -97,9 +97,11 @@ def all_archs(space: SearchSpace) -> list[Arch]:
 def test_fmnist_entries_are_every_distinct_choice(fmnist: SearchSpace) -> None:
     specs = enumerate_entries(fmnist)
     keys = [s.key for s in specs]
-    assert len(keys) == len(set(keys)) == 4 + 3 * 4 * 3 * 4 + 2 * 4 * 4 + 4
+    # stems: 4 stage-1 widths; blocks: (4 + 3 + 5 widths) x 3 heads x 4 MLP widths; reductions: 4 x 3 + 3 x 5
+    # width pairs; heads: 5 stage-3 widths
+    assert len(keys) == len(set(keys)) == 4 + (4 + 3 + 5) * 3 * 4 + (4 * 3 + 3 * 5) + 5
     assert {k: sum(s.kind == k for s in specs) for k in ("stem", "block", "reduction", "head")} == \
-        {"stem": 4, "block": 144, "reduction": 32, "head": 4}
+        {"stem": 4, "block": 144, "reduction": 27, "head": 5}
     assert all(EntrySpec.from_key(s.key, fmnist) == s for s in specs)
     rng = random.Random(0)
     for _ in range(20):
@@ -329,14 +331,14 @@ def shipped_table_data() -> dict:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["entries"]["stem/64"].update(latency_ms=float("nan")), "entry stem/64 latency_ms is nan"),
-    (lambda d: d["entries"]["stem/64"].update(latency_ms=-14.6), "entry stem/64 latency_ms is -14.6"),
-    (lambda d: d["entries"]["stem/64"].update(latency_ms=float("inf")), "entry stem/64 latency_ms is inf"),
-    (lambda d: d["entries"]["stem/64"]["stats"].update(median_ms=float("nan")), "entry stem/64 median_ms is nan"),
-    (lambda d: d["entries"]["stem/64"].update(latency_ms=None), "malformed"),
-    (lambda d: d["entries"]["stem/64"]["stats"].update(median_ms="0.1"), "median_ms is '0.1'"),
-    (lambda d: d["entries"]["stem/64"]["stats"].update(iterations=0), "iterations is 0"),
-    (lambda d: d["entries"].update({"stem/999": d["entries"]["stem/64"]}), "stem/999 is not a choice of space"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=float("nan")), "entry stem/32 latency_ms is nan"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=-14.6), "entry stem/32 latency_ms is -14.6"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=float("inf")), "entry stem/32 latency_ms is inf"),
+    (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms=float("nan")), "entry stem/32 median_ms is nan"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=None), "malformed"),
+    (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms="0.1"), "median_ms is '0.1'"),
+    (lambda d: d["entries"]["stem/32"]["stats"].update(iterations=0), "iterations is 0"),
+    (lambda d: d["entries"].update({"stem/999": d["entries"]["stem/32"]}), "stem/999 is not a choice of space"),
     (lambda d: d.update(entries=[]), "malformed"),
     (lambda d: d["overhead"].update(median_ms=-1.0), "overhead median_ms is -1.0"),
     (lambda d: d["correction"].update(scale="x"), "correction scale is 'x'"),
@@ -585,7 +587,7 @@ def test_incomplete_tables_say_what_is_missing(tmp_path: Path) -> None:
     data["overhead"] = None
     path = tmp_path / "no-overhead.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ProfileError, match=r"184 of 184 entries finished; only the per-call overhead is not measured"):
+    with pytest.raises(ProfileError, match=r"180 of 180 entries finished; only the per-call overhead is not measured"):
         LatencyTable.load(path).require_complete()
 
 

@@ -265,16 +265,17 @@ PRESETS: dict[str, SearchSpace] = {
     ),
     "fmnist": SearchSpace(
         name="fmnist",
-        description="demo space for Fashion-MNIST: 28x28 grey, 10 classes, 7x7 -> 4x4 -> 2x2 tokens",
+        description="demo space for Fashion-MNIST: 28x28 grey, 10 classes, 7x7 -> 4x4 -> 2x2 tokens; "
+        "its narrow end is capacity-limited, so architecture matters",
         image_size=28,
         in_chans=1,
         num_classes=10,
         patch_size=4,
         stem_channels=16,
         stages=(
-            StageSpace((64, 56, 48, 40), (4, 3, 2), 16, _span(192, 96, 32), (1, 2, 3)),
-            StageSpace((128, 112, 96, 80), (4, 3, 2), 24, _span(384, 192, 64), (1, 2, 3)),
-            StageSpace((256, 224, 192, 160), (4, 3, 2), 32, _span(768, 384, 128), (1, 2, 3)),
+            StageSpace((32, 24, 16, 8), (4, 2, 1), 8, (96, 64, 32, 16), (1, 2, 3)),
+            StageSpace((64, 48, 32), (4, 2, 1), 16, (192, 128, 64, 32), (1, 2, 3)),
+            StageSpace((192, 160, 128, 96, 64), (4, 2, 1), 32, (576, 384, 192, 64), (1, 2, 3)),
         ),
     ),
 }
