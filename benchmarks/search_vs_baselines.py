@@ -57,6 +57,7 @@ from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch
 from vitres_deploy.files import atomic_write_json, atomic_write_text
 from vitres_deploy.latency import EntrySpec, LatencyTable, ProfileSettings, latency_range
+from vitres_deploy.latency.drift import check_drift
 from vitres_deploy.latency.metrics import kendall_tau, spearman
 from vitres_deploy.latency.validate import measure_networks
 from vitres_deploy.macs import block_macs, reduction_macs
@@ -181,7 +182,7 @@ def macs_search(args: argparse.Namespace, checkpoint: Any, table: LatencyTable, 
     options = SearchOptions(budgets_ms=(span.slowest_ms,), out_dir=args.out / f"search-macs-{index}", evolution=config,
                             alpha=span.fastest_ms / span.slowest_ms, max_macs=max_macs, margin=0.0,
                             resume=args.resume, eval_limit=args.eval_limit, drift_check=False)
-    return run_search(plan_search(checkpoint, table, options), data, ranks=ranks, progress=ranks.main).bests[0]
+    return run_search(plan_search(checkpoint, table, options, ranks), data, ranks=ranks, progress=ranks.main).bests[0]
 
 
 def add_measured(report: dict[str, Any], table: LatencyTable, runs: int) -> None:
@@ -189,6 +190,7 @@ def add_measured(report: dict[str, Any], table: LatencyTable, runs: int) -> None
     was measured (all of them interleaved, ``runs`` independent runs) and add ``measured_ms`` to each."""
     keys = ("search", "uniform", "macs_search")
     archs = [Arch.from_dict(row[k]["arch"]) for row in report["budgets"] for k in keys]
+    drift = check_drift(table)
     measured = measure_networks(table, archs, ProfileSettings.from_table(table), progress=True, runs=runs)
     values = iter(m.latency_ms for m in measured)
     for row in report["budgets"]:
@@ -197,7 +199,8 @@ def add_measured(report: dict[str, Any], table: LatencyTable, runs: int) -> None
         m = row["macs_search"]
         row["macs_pick_over_budget_or_lower"] = (m["measured_ms"] > row["budget_ms"]
                                                  or m["test_top1"] < row["search"]["test_top1"])
-    report["measured"] = {"runs": runs, "protocol": table.meta.protocol.to_dict()}
+    report["measured"] = {"runs": runs, "protocol": table.meta.protocol.to_dict(), "drift_ratio": drift.ratio,
+                          "drift_ci95": [drift.low, drift.high]}
 
 
 def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
@@ -217,9 +220,11 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     overrides = {k: getattr(args, k) for k in ("population", "iterations", "parents", "mutations", "crossovers")
                  if getattr(args, k) is not None}
     config = dataclasses.replace(PRESETS[args.preset], seed=args.seed, **overrides)
+    # no drift check here: this compares accuracy under the table's budgets; --measure times the picks, beside a
+    # drift check of the table at that time
     options = SearchOptions(budgets_ms=tuple(budgets), out_dir=args.out / "search", evolution=config, alpha=args.alpha,
-                            resume=args.resume, eval_limit=args.eval_limit)
-    result = run_search(plan_search(checkpoint, table, options), data, ranks=ranks, progress=ranks.main)
+                            resume=args.resume, eval_limit=args.eval_limit, drift_check=False)
+    result = run_search(plan_search(checkpoint, table, options, ranks), data, ranks=ranks, progress=ranks.main)
     fitness = Fitness(checkpoint.supernet, data, ranks=ranks, limit=args.eval_limit)
     test = TestAccuracy(fitness, data, args.eval_limit)
 
@@ -366,7 +371,9 @@ def markdown(report: dict[str, Any]) -> str:
         timed = all("measured_ms" in r["macs_search"] for r in report["budgets"])
         lines += ["", "The paper's constraint: the same search under a MACs cap equal to the best uniform arch's MACs "
                   "and no latency limit" + (f" (latencies measured end to end, {report['measured']['runs']} runs, the "
-                                            "table's protocol and statistic)" if timed else " (predicted latencies)")
+                                            "table's protocol and statistic; the table's drift check at that time: "
+                                            f"{report['measured']['drift_ratio']:.3f}x)" if timed
+                                            else " (predicted latencies)")
                   + ":", "", "| budget (ms) | MACs cap | MACs pick: MACs, ms, hold-out / test | searched: ms, test "
                   "| best uniform: ms | MACs pick over the budget or lower on test |", "|---|---|---|---|---|---|"]
         for r in report["budgets"]:
