@@ -39,7 +39,7 @@ from search_vs_baselines import uniform_archs
 
 from vitres_deploy.arch import Arch, max_arch, min_arch, sample_arch
 from vitres_deploy.checkpoint import load_checkpoint, load_finetuned
-from vitres_deploy.data import open_checkpoint_data
+from vitres_deploy.data import ImageData, open_checkpoint_data
 from vitres_deploy.distributed import Ranks, join_ranks
 from vitres_deploy.errors import VitresError
 from vitres_deploy.evaluate import evaluate_arch, evaluate_model
@@ -69,7 +69,7 @@ def spread(archs: list[Arch], latency: dict[str, float], k: int) -> list[Arch]:
     return [ordered[round(i * (len(ordered) - 1) / (k - 1))] for i in range(k)] if k > 1 else ordered[:k]
 
 
-def train_alone(args: argparse.Namespace, arch: Arch) -> float:
+def train_alone(args: argparse.Namespace, arch: Arch, data: ImageData) -> float:
     """Test top-1 of ``arch`` trained alone from scratch for ``--alone-epochs`` (resumed if begun).
 
     The run is a ``vitres-deploy finetune --from-scratch`` child process with one thread and none of torchrun's
@@ -92,9 +92,7 @@ def train_alone(args: argparse.Namespace, arch: Arch) -> float:
             command.append("--resume")
         env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES} | {"OMP_NUM_THREADS": "1"}
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    checkpoint = load_checkpoint(args.supernet)
-    model = load_finetuned(final).model
-    return evaluate_model(model, open_checkpoint_data(checkpoint, args.data), "test", 500, args.eval_limit).top1
+    return evaluate_model(load_finetuned(final).model, data, "test", 500, args.eval_limit).top1
 
 
 def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
@@ -115,7 +113,7 @@ def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     holdout = accuracy("holdout", randoms)
     test = accuracy("test", list(every.values()))
     chosen = spread(randoms, latency, args.alone)
-    alone = ranks.shard_map([a.hash for a in chosen], lambda h: train_alone(args, every[h]))
+    alone = ranks.shard_map([a.hash for a in chosen], lambda h: train_alone(args, every[h], data))
     h, t = [holdout[a.hash] for a in randoms], [test[a.hash] for a in randoms]
     inherited, trained = [test[a.hash] for a in chosen], [alone[a.hash] for a in chosen]
     row = {a.hash: {"arch": a.to_dict(), "predicted_ms": latency[a.hash]} for a in every.values()}
