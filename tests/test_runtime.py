@@ -173,12 +173,12 @@ def test_torch_cpu_runner_matches_the_module(block: Block) -> None:
 
 
 def test_cpu_backends_refuse_fp16(block: Block, block_onnx: Path) -> None:
-    with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
+    with pytest.raises(BackendUnavailable, match="supports fp32/int8, not fp16"):
         get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(precision="fp16"))
     with pytest.raises(BackendUnavailable, match="supports fp32, not fp16"):
         get_backend("torch-cpu").runner(ModuleLoader.of(block, (50, 64)), RunnerOptions(precision="fp16"))
-    with pytest.raises(BackendUnavailable, match="precision 'int8'"):
-        RunnerOptions(precision="int8")
+    with pytest.raises(BackendUnavailable, match="precision 'int4'"):
+        RunnerOptions(precision="int4")
 
 
 def test_static_batch_mismatch_is_a_clear_error(block: Block, tmp_path: Path) -> None:

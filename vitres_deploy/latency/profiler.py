@@ -45,7 +45,7 @@ from ..macs import arch_cost
 from ..progress import progress_bar
 from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
-from ..runtime.cache import cache_root
+from ..runtime.cache import cache_root, int8_onnx
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import Backend, get_backend
 from ..runtime.statistics import TimingStats, item_latency, needs_pass
@@ -81,7 +81,7 @@ def resolve_cache_state(space: SearchSpace, settings: ProfileSettings,
                             field="cache_state")
     llc = last_level_cache_bytes(device, settings.device_id)
     flush_mb = max(64, 2 * (llc >> 20)) if llc else 256
-    bytes_per_weight = 2 if settings.precision == "fp16" else 4
+    bytes_per_weight = {"fp16": 2, "int8": 1}.get(settings.precision, 4)
     rng = random.Random(0)
     sizes = sorted(arch_cost(sample_arch(space, rng), space).params * bytes_per_weight for _ in range(64))
     decision: dict[str, Any] = {"cache": settings.cache_state, "last_level_cache_bytes": llc,
@@ -183,11 +183,15 @@ GROUP_SIZE = 16
 
 
 def _export(job: _BuildJob) -> None:
-    """Export the job's targets that are not cached (in one exporter call); runs in worker processes too."""
+    """Export the job's targets that are not cached (in one exporter call), and quantize them for int8 tables;
+    runs in worker processes too."""
     space = SearchSpace.from_dict(job.space)
     missing = [(t.module(space), t.sample_shape(space), p) for t, p in zip(job.targets, job.paths)
                if not Path(p).is_file()]
     export_onnx_group(missing, opset=job.settings.opset, dynamic_batch=job.settings.dynamic_batch)
+    if job.settings.precision == "int8":
+        for path in job.paths:
+            int8_onnx(path, job.settings.int8, job.settings.cache_dir)
 
 
 def _jobs(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings) -> list[_BuildJob]:
@@ -278,7 +282,7 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
                 advance()
         return loaders
     paths = {t.name: onnx_cache_path(space, t, settings) for t in targets}
-    todo = [t for t in targets if backend.builds_engines or not paths[t.name].is_file()]
+    todo = [t for t in targets if backend.builds_engines or settings.precision == "int8" or not paths[t.name].is_file()]
     for _ in range(len(targets) - len(todo)):
         if advance:
             advance()

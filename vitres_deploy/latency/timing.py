@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from ..convert.int8 import TIMING_CALIBRATION, Int8Settings
 from ..convert.to_onnx import DEFAULT_OPSET
 from ..errors import CheckFailed, ProfileError
 from ..runtime.base import RunnerOptions, measure
@@ -62,22 +63,30 @@ class ProfileSettings:
     workers: int = 2
     cache_dir: Path | None = None
     cache_state: str = "auto"
+    int8: Int8Settings = field(default_factory=Int8Settings)
 
     def runner_options(self) -> RunnerOptions:
         """The options every runner of this profile is built with."""
+        extra = {"int8": self.int8} if self.precision == "int8" else {}
         return RunnerOptions(batch=self.batch, precision=self.precision, threads=self.threads,
-                             device_id=self.device_id, cache_dir=self.cache_dir, cuda_graphs=self.cuda_graphs)
+                             device_id=self.device_id, cache_dir=self.cache_dir, cuda_graphs=self.cuda_graphs,
+                             extra=extra)
 
     def recorded_options(self) -> dict[str, Any]:
-        """Backend options that change results and are not already top-level metadata."""
-        return {"cuda_graphs": self.cuda_graphs} if self.backend == "torch-cuda" else {}
+        """Backend options that change results and are not already top-level metadata: CUDA graphs (torch-cuda)
+        and how int8 models are quantized (int8 tables)."""
+        options: dict[str, Any] = {"cuda_graphs": self.cuda_graphs} if self.backend == "torch-cuda" else {}
+        if self.precision == "int8":
+            options["int8"] = {**self.int8.to_dict(), "calibration": TIMING_CALIBRATION}
+        return options
 
     @classmethod
     def from_table(cls, table: LatencyTable, **overrides: Any) -> ProfileSettings:
         """The settings a table was measured with (``overrides``: workers, cache_dir, ...)."""
         m = table.meta
         base = cls(backend=m.backend, precision=m.precision, batch=m.batch, threads=m.threads, protocol=m.protocol,
-                   cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch)
+                   cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch,
+                   int8=Int8Settings.from_dict(m.options.get("int8", {})))
         return replace(base, **overrides)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import BackendUnavailable, RuntimeFailure
 from .statistics import Protocol, TimingStats
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class NoisyMeasurement(UserWarning):

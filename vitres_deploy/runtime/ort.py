@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import BackendUnavailable, RuntimeFailure, first_line
 from .base import Runner, RunnerOptions, TensorSpec
-from .cache import cache_root, fp16_onnx
+from .cache import cache_root, fp16_onnx, int8_onnx
 from .loaders import OnnxFile
 from .versions import ort_tensorrt_major
+
+if TYPE_CHECKING:
+    from ..convert.int8 import Int8Settings
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(double)": "float64"}
@@ -120,6 +123,13 @@ def nodes_by_provider(session: Any) -> dict[str, int]:
 FP16_SAFE_LIMIT = 32752.0
 
 
+def int8_settings(options: RunnerOptions) -> Int8Settings:
+    """The int8 settings a runner quantizes with: ``options.extra["int8"]``, else the defaults."""
+    from ..convert.int8 import Int8Settings
+
+    return options.extra.get("int8") or Int8Settings()
+
+
 def node_id(node: Any) -> str:
     """How a node of an ONNX graph is named in records: its name, else its first output's."""
     return node.name or node.output[0]
@@ -170,6 +180,8 @@ class _OrtRunner(Runner):
 
     provider: ClassVar[str] = ""
     ort_device: ClassVar[str] = "cpu"
+    #: Whether the provider runs static int8 models (their integer kernels, not float fallbacks).
+    int8: ClassVar[bool] = False
 
     def __init__(self, model: OnnxFile, options: RunnerOptions | None = None) -> None:
         super().__init__(options)
@@ -223,7 +235,10 @@ class _OrtRunner(Runner):
         return None
 
     def _model_path(self, onnx_path: Path) -> Path:
-        """The file the session loads: ``onnx_path``, or a precision-specific version of it."""
+        """The file the session loads: ``onnx_path``, or a precision-specific version of it (int8: the static
+        int8 model of :func:`~.cache.int8_onnx` with the ``int8`` settings of the options' ``extra``)."""
+        if self.options.precision == "int8" and self.int8:
+            return int8_onnx(onnx_path, int8_settings(self.options), self.options.cache_dir)
         if self.options.precision != "fp32":
             raise BackendUnavailable(f"{self.backend} runs fp32 only: use precision fp32", field="precision")
         return onnx_path
@@ -274,6 +289,7 @@ class _OrtRunner(Runner):
             "graph_optimization_level": "ORT_ENABLE_ALL",
             "io_binding": True,
             "nodes_by_provider": nodes_by_provider(self.session),
+            "model_file": self._model_file.name,
         }
 
 
@@ -282,6 +298,7 @@ class OrtCpuRunner(_OrtRunner):
 
     backend = "ort-cpu"
     provider = "CPUExecutionProvider"
+    int8 = True
 
 
 class _OrtGpuRunner(_OrtRunner):

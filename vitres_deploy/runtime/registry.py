@@ -159,7 +159,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
-        Backend("ort-cpu", "cpu", "onnx", ("fp32",), "ONNX Runtime, CPU provider, IO binding, fixed threads",
+        Backend("ort-cpu", "cpu", "onnx", ("fp32", "int8"), "ONNX Runtime, CPU provider, IO binding, fixed threads",
                 lambda: _ort_reason("CPUExecutionProvider", False), _ort_version, _make_ort("cpu")),
         Backend("ort-cuda", "cuda", "onnx", ("fp32", "fp16"), "ONNX Runtime, CUDA provider, IO binding on the GPU",
                 lambda: _ort_reason("CUDAExecutionProvider", True), _ort_version, _make_ort("cuda")),

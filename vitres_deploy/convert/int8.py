@@ -1,0 +1,229 @@
+"""Static int8 ONNX models, calibrated with ONNX Runtime's quantization tool (``onnxruntime.quantization``).
+
+:func:`quantize_onnx` rewrites an fp32 model: the weights of the ops in :attr:`Int8Settings.op_types` (MatMul,
+Conv and Gemm by default) become int8 (per output channel by default), and their input activations are
+quantized with scales calibrated on the images handed in (:data:`METHODS`: min/max, entropy or percentile of
+the activations). Every other op (LayerNorm, Softmax, GELU, the residual additions) stays in float, and the
+record says which op types those were. The graph inputs and outputs stay fp32, so callers feed the same arrays
+as to the fp32 model.
+
+Two layouts (:data:`FORMATS`): ``qoperator`` writes ONNX Runtime's fused integer ops (``QLinearMatMul``,
+``QLinearConv``, ``QGemm``), ``qdq`` writes ``QuantizeLinear``/``DequantizeLinear`` pairs around float ops
+(the explicit-quantization layout TensorRT builds int8 engines from). Which one runs faster depends on the
+runtime, so it is a recorded setting.
+
+Calibration is deterministic: the same model, images and settings give the same file. Latency tables calibrate
+on seeded random inputs (:func:`timing_calibration`): scales and zero points are constants of the graph, so
+the values do not change the speed, only the accuracy; accuracy is always measured on a model calibrated on
+training images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConversionError, SettingsError, first_line
+from ..files import atomic_write
+
+METHODS = ("minmax", "entropy", "percentile")
+FORMATS = ("qoperator", "qdq")
+DEFAULT_OP_TYPES = ("Conv", "Gemm", "MatMul")
+#: Op types that mark a model as already quantized (it is run as it is, never quantized twice).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "QLinearConv", "QGemm",
+                           "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"})
+#: How the models of latency tables are calibrated (recorded in the table; see the module docstring).
+TIMING_CALIBRATION = "seeded standard-normal inputs, 8 per model (scales change the accuracy, not the speed)"
+#: Images per calibration batch fed to ONNX Runtime's calibrator.
+CALIBRATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How a model is quantized: calibration method, layout, per-channel weights, which op types get int8.
+
+    ``activations`` are ``uint8`` by default (ONNX Runtime's fast path on x86 CPUs with VNNI is u8 activations
+    times s8 weights), ``weights`` are ``int8``.
+    """
+
+    method: str = "minmax"
+    format: str = "qoperator"
+    per_channel: bool = True
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    activations: str = "uint8"
+    weights: str = "int8"
+
+    def __post_init__(self) -> None:
+        choices = {"method": METHODS, "format": FORMATS, "activations": ("uint8", "int8"), "weights": ("int8",)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"int8_{name} {getattr(self, name)!r}: use one of {', '.join(allowed)}",
+                                    field=f"int8_{name}")
+        if not self.op_types:
+            raise SettingsError("int8_ops: name at least one op type to quantize", field="int8_ops")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (recorded in tables, arch files and manifests)."""
+        return {**asdict(self), "op_types": list(self.op_types)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Int8Settings:
+        """Inverse of :meth:`to_dict`; unknown or bad values are a :class:`SettingsError`."""
+        if not isinstance(data, dict):
+            raise SettingsError(f"int8 settings must be an object, got {type(data).__name__}", field="int8")
+        known = {k: data[k] for k in ("method", "format", "per_channel", "activations", "weights") if k in data}
+        if "op_types" in data:
+            if not isinstance(data["op_types"], list) or not all(isinstance(t, str) for t in data["op_types"]):
+                raise SettingsError("int8_ops must be a list of op type names", field="int8_ops")
+            known["op_types"] = tuple(data["op_types"])
+        return cls(**known)
+
+    def key(self) -> str:
+        """A short digest of the settings, for cache file names."""
+        return hashlib.sha256(repr(sorted(self.to_dict().items())).encode()).hexdigest()[:12]
+
+
+def calibration_digest(images: np.ndarray) -> str:
+    """sha256 (first 16 hex digits) of the calibration images' shape, dtype and bytes."""
+    h = hashlib.sha256(f"{images.shape}{images.dtype}".encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    return h.hexdigest()[:16]
+
+
+def timing_calibration(path: str | Path, count: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded standard-normal inputs for every input of the ONNX file ``path`` (``count`` samples each), to
+    calibrate models that are only timed (see the module docstring)."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
+        dtype = helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        inputs[inp.name] = rng.standard_normal((count, *dims)).astype(dtype)
+    return inputs
+
+
+def is_quantized(path: str | Path) -> bool:
+    """Whether the ONNX file ``path`` already holds quantized ops."""
+    import onnx
+
+    return any(n.op_type in QUANTIZED_OPS for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Silence the quantization tool's advice on the root logger (it logs through ``logging.warning``)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class _Reader:
+    """A calibration data reader over arrays (``onnxruntime.quantization.CalibrationDataReader``'s protocol)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray]) -> None:
+        count = len(next(iter(inputs.values())))
+        self._batches = iter([{name: x[i:i + CALIBRATION_BATCH] for name, x in inputs.items()}
+                              for i in range(0, count, CALIBRATION_BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.get_next, None)
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.ndarray] | np.ndarray,
+                  settings: Int8Settings | None = None, *, source: str = "images") -> dict[str, Any]:
+    """Write the static int8 version of the fp32 ONNX file ``src`` to ``dst`` (atomically), calibrated on
+    ``calibration`` (an array for the model's single input, or arrays by input name).
+
+    Returns the record of what was done: the settings, the calibration (``source``, image count, digest), and
+    the op types left in float. A model without any op to quantize is copied as it is. A model the quantization
+    tool cannot handle is a :class:`ConversionError`.
+    """
+    import onnx
+    from onnxruntime import quantization as q
+
+    settings = settings or Int8Settings()
+    model = onnx.load(str(src))
+    if not isinstance(calibration, dict):
+        names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        if len(names) != 1:
+            raise ConversionError(f"{Path(src).name} has {len(names)} inputs: give calibration arrays by name")
+        calibration = {names[0]: calibration}
+    count = len(next(iter(calibration.values())))
+    if count < 1:
+        raise SettingsError("calibration needs at least one image", field="calibration_images")
+    method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+              "percentile": q.CalibrationMethod.Percentile}[settings.method]
+    types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+
+    def write(tmp: Path) -> None:
+        if not any(n.op_type in settings.op_types for n in model.graph.node):  # nothing to quantize or calibrate
+            shutil.copyfile(src, tmp)
+            return
+        with _quiet_quantizer():
+            q.quantize_static(
+                str(src), str(tmp), _Reader(calibration),
+                quant_format=q.QuantFormat.QOperator if settings.format == "qoperator" else q.QuantFormat.QDQ,
+                op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
+                activation_type=types[settings.activations], weight_type=types[settings.weights],
+                calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
+            )
+
+    try:
+        atomic_write(Path(dst), write, suffix=".onnx")
+    except (SettingsError, ConversionError):
+        raise
+    except Exception as e:  # the quantization tool raises plain exceptions on graphs it cannot handle
+        raise ConversionError(f"int8 quantization of {Path(src).name} failed: {first_line(e)}") from None
+    return quantization_record(model, settings, calibration, source)
+
+
+def quantization_record(model: Any, settings: Int8Settings, calibration: dict[str, np.ndarray],
+                        source: str) -> dict[str, Any]:
+    """What a quantization did, for tables, arch files and manifests (see :func:`quantize_onnx`)."""
+    float_ops = sorted({n.op_type for n in model.graph.node} - set(settings.op_types))
+    first = next(iter(calibration.values()))
+    return {"settings": settings.to_dict(), "calibration": {"source": source, "images": len(first),
+                                                            "digest": calibration_digest(first)},
+            "float_ops": float_ops}
+
+
+def quantized_share(path: str | Path, op_types: Sequence[str] = DEFAULT_OP_TYPES) -> float:
+    """Share of the compute ops (``op_types``, counted in the fp32 graph's terms) that run quantized in the
+    int8 ONNX file ``path``: fused integer ops, or float ops with a DequantizeLinear on their inputs."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    fused = {"QLinearMatMul": "MatMul", "QLinearConv": "Conv", "QGemm": "Gemm", "MatMulInteger": "MatMul",
+             "ConvInteger": "Conv"}
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    total = quantized = 0
+    for n in graph.node:
+        if fused.get(n.op_type) in op_types:
+            total += 1
+            quantized += 1
+        elif n.op_type in op_types:
+            total += 1
+            quantized += any(i in dequantized for i in n.input)
+    return quantized / total if total else 0.0
