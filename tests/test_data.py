@@ -100,3 +100,19 @@ def test_image_folder_batches_repeat_for_a_seed_and_epoch_and_change_with_them(t
     assert all(torch.equal(a, b) for a, b in zip(first, next(data.train_batches(4, epoch=0, seed=0))))
     assert not torch.equal(first[0], next(data.train_batches(4, epoch=1, seed=0))[0])
     assert not torch.equal(first[0], next(data.train_batches(4, epoch=0, seed=1))[0])
+
+
+def test_calibration_images_are_seeded_training_images_never_holdout_or_test(fmnist_data, tmp_path):
+    a = fmnist_data.calibration_images(64, seed=0)
+    assert a.shape == (64, 1, 28, 28) and torch.equal(a, fmnist_data.calibration_images(64, seed=0))
+    assert not torch.equal(a, fmnist_data.calibration_images(64, seed=1))
+    held = {x.numpy().tobytes() for batch, _ in fmnist_data.eval_batches("holdout", 6000) for x in batch}
+    assert len(held) > 5000
+    train = {x.numpy().tobytes() for x in fmnist_data._normalise(fmnist_data._train[0][:54_000:50])}
+    assert not any(x.numpy().tobytes() in held for x in a)
+    assert any(x.numpy().tobytes() in train for x in fmnist_data.calibration_images(54_000 // 4, seed=0))
+    with pytest.raises(DataError, match="calibration_images 0: use 1 to 54000"):
+        fmnist_data.calibration_images(0)
+    folders = _image_folders(tmp_path)
+    assert folders.calibration_images(3, seed=0).shape == (3, 3, 32, 32)
+    assert torch.equal(folders.calibration_images(3, seed=0), folders.calibration_images(3, seed=0))

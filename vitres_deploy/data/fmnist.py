@@ -104,6 +104,15 @@ class FashionMNIST:
             stop = min(start + batch_size, n)
             yield self._normalise(images[start:stop]), labels[start:stop]
 
+    def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` training images drawn by ``seed`` (hold-out excluded), normalised, not augmented."""
+        images = self._train[0]
+        if not 1 <= count <= len(images):
+            raise DataError(f"calibration_images {count}: use 1 to {len(images)} (the training images)",
+                            field="calibration_images")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+        return self._normalise(images[order.sort().values])
+
     def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "holdout":
             return self._holdout

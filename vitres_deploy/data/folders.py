@@ -143,3 +143,13 @@ class ImageFolderData:
             raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         samples = samples[:limit] if limit is not None else samples
         yield from DataLoader(_Images(samples, self._size, train=False), batch_size, num_workers=self._workers)
+
+    def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` training images drawn by ``seed`` (hold-out excluded), with the eval transform."""
+        if not 1 <= count <= len(self._train):
+            raise DataError(f"calibration_images {count}: use 1 to {len(self._train)} (the training images)",
+                            field="calibration_images")
+        order = torch.randperm(len(self._train), generator=torch.Generator().manual_seed(seed))[:count]
+        samples = [self._train[i] for i in sorted(order.tolist())]
+        return torch.cat([x for x, _ in DataLoader(_Images(samples, self._size, train=False), 64,
+                                                   num_workers=self._workers)])

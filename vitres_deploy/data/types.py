@@ -85,6 +85,11 @@ class ImageData(Protocol):
         """Normalised ``holdout`` or ``test`` batches in a fixed order (the first ``limit`` images if given)."""
         ...
 
+    def calibration_images(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` training images (hold-out excluded), drawn by ``seed``, normalised with the eval transform (no
+        augmentation): the images int8 models are calibrated on, never the test split."""
+        ...
+
 
 def data_spec(data: ImageData) -> dict[str, Any]:
     """What a checkpoint records about its data: kind, normalisation, classes, and the hold-out split."""
