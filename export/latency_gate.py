@@ -20,9 +20,10 @@ from ..errors import ProfileError
 from ..latency.drift import DriftReport, trusted_table
 from ..latency.predict import predict
 from ..latency.table import LatencyTable
-from ..latency.timing import Measurement, measure_module, measure_onnx
+from ..latency.timing import Measurement, ProfileSettings, measure_module, measure_onnx
 from ..runtime.base import NoisyMeasurement
 from ..runtime.registry import get_backend
+from ..runtime.tensorrt import engine_profile
 from ..space import SearchSpace
 from .checks import CheckResult
 
@@ -66,9 +67,9 @@ def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
 
     ONNX backends time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as when
     profiling); torch tables time the static module. ``tensorrt`` tables time an engine of ``onnx_path`` built
-    the way the table's entries were, with its optimization profile fixed at the table's batch (min = opt = max),
-    not the bundle's ``model.plan``: that engine is tuned for ``batch_range.opt``, and timing it at another batch
-    would time other tactics than the table's.
+    the way the table's entries were, with its optimization profile fixed at the table's batch
+    (:func:`timed_engine_profile`), not the bundle's ``model.plan``: that engine is tuned for ``batch_range.opt``,
+    and timing it at another batch would time other tactics than the table's.
     """
     meta = gate.table.meta
     with warnings.catch_warnings():
@@ -76,6 +77,14 @@ def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
         if get_backend(meta.backend).source == "onnx":
             return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(gate.table, onnx_path)
         return "pytorch", measure_module(gate.table, module, sample_shape)
+
+
+def timed_engine_profile(table: LatencyTable) -> dict[str, int] | None:
+    """The batch profile (min, opt, max) of the engine the gate times for a ``tensorrt`` table, built as the
+    table's entries were (:func:`~vitres_deploy.runtime.tensorrt.engine_profile`); None for other backends."""
+    if table.meta.backend != "tensorrt":
+        return None
+    return dict(zip(("min", "opt", "max"), engine_profile(ProfileSettings.from_table(table).runner_options())))
 
 
 def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, budget_ms: float | None,
@@ -114,6 +123,7 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         "spread": measurement.to_dict()["spread"], "stats": stats.to_dict(), "budget_ms": budget_ms,
         "tolerance": tolerance,
         "allow_over_budget": allow_over_budget, "artifact": artifact,
+        "engine_profile": timed_engine_profile(gate.table),
         "drift_check": gate.drift.to_dict(items=False) if gate.drift else None,
         "rescaled_by": gate.table.correction.details.get("rescaled_by"),
     }

@@ -14,13 +14,7 @@ from typing import Any
 
 from ..errors import BackendUnavailable, CheckFailed, EngineBuildError
 from ..runtime.base import RunnerOptions
-from ..runtime.tensorrt import (
-    cuda_device_name,
-    import_tensorrt,
-    precision_record,
-    serialize_engine,
-    strongly_typed_fp16,
-)
+from ..runtime.tensorrt import cuda_device_name, import_tensorrt, precision_record, serialize_engine
 
 
 def build_plan(fp32_onnx: str | Path, fp16_onnx: str | Path | None, precision: str,
@@ -28,21 +22,20 @@ def build_plan(fp32_onnx: str | Path, fp16_onnx: str | Path | None, precision: s
                cache_dir: str | Path | None = None) -> tuple[bytes, dict[str, Any]]:
     """Serialized engine with the batch dimension profiled at ``batch_range`` (min, opt, max), and its record.
 
-    fp32 and fp16 on TensorRT 10 build from ``fp32_onnx``; fp16 on TensorRT 11 from the strongly typed
-    ``fp16_onnx``. The timing cache in the vitres-deploy cache is read and updated. A model TensorRT cannot
-    parse or build is a :class:`CheckFailed`.
+    fp32 builds from ``fp32_onnx``, fp16 (TensorRT 10 and 11) from the strongly typed ``fp16_onnx``, whose
+    nodes kept in fp32 stay fp32 in the engine. The timing cache in the vitres-deploy cache is read and
+    updated. A model TensorRT cannot parse or build is a :class:`CheckFailed`.
     """
     trt = import_tensorrt()
     device = cuda_device_name(device_id)
-    strongly_typed = strongly_typed_fp16(trt, precision)
-    if strongly_typed and fp16_onnx is None:
-        raise BackendUnavailable(f"tensorrt {trt.__version__} builds fp16 only from a strongly typed fp16 ONNX")
+    if precision == "fp16" and fp16_onnx is None:
+        raise BackendUnavailable("tensorrt builds fp16 only from a strongly typed fp16 ONNX")
     options = RunnerOptions(batch=batch_range[1], precision=precision, device_id=device_id,
                             workspace_mb=workspace_mb, cache_dir=Path(cache_dir) if cache_dir is not None else None)
     try:
-        plan = serialize_engine(fp16_onnx if strongly_typed else fp32_onnx, options, batch_range)
+        plan = serialize_engine(fp16_onnx if precision == "fp16" else fp32_onnx, options, batch_range)
     except EngineBuildError as e:
         raise CheckFailed(str(e)) from None
     record = {"tensorrt": trt.__version__, "device": device, "profile": dict(zip(("min", "opt", "max"), batch_range)),
-              **precision_record(trt, precision)}
+              **precision_record(precision)}
     return plan, record

@@ -1,12 +1,13 @@
 """Strongly typed fp16 ONNX models, with LayerNorm and softmax kept in fp32.
 
-TensorRT 11 removed the builder flags that let it pick fp16 kernels on its own (weak typing): an fp16
-engine is built from a network whose tensors are fp16 in the graph itself. :func:`convert_to_fp16`
+TensorRT 11 removed the builder flags that let it pick fp16 kernels on its own (weak typing), and on 10.x
+they would ignore the nodes kept in fp32: an fp16 engine is built from a strongly typed network whose
+tensors are fp16 in the graph itself. :func:`convert_to_fp16`
 rewrites an fp32 model that way: float initializers, constants and activations become fp16, except
 around the ops in ``keep_fp32`` (LayerNormalization and Softmax by default: their reductions lose
-accuracy in fp16) and the nodes named in ``keep_nodes`` (those whose activations overflow fp16 on calibration
-images, :func:`vitres_deploy.runtime.ort.overflowing_nodes`, as NVIDIA's AutoCast does), which get their
-float inputs cast to fp32 and their outputs cast back. With
+accuracy in fp16) and the nodes named in ``keep_nodes`` (those that read or write activations beyond
+fp16's range on calibration images, :func:`vitres_deploy.runtime.ort.overflowing_nodes`, as NVIDIA's
+AutoCast does), which get their float inputs cast to fp32 and their outputs cast back. With
 ``keep_io_types`` the graph inputs and outputs stay fp32 (casts at the edges), so callers feed the
 same arrays as to the fp32 model. The result is type-checked by ONNX shape inference and the checker.
 

@@ -418,13 +418,22 @@ def time_entries(table: LatencyTable, specs: Sequence[EntrySpec], sources: Mappi
 
     The table is saved at most every :data:`SAVE_EVERY_S` while timing, always at the end, and on an
     interrupt. ``timed(entry, final)`` is called after each pass, ``final`` when the entry needs no more.
+    The lowest share of an entry's nodes run by TensorRT (``ort-trt``) is kept in the table's runner record.
     """
     by_key = {s.key: s for s in specs}
     protocol = settings.protocol
     saved_at = time.monotonic()
+    last_info: dict[str, Any] = {}
+
+    def measure_pass(source: ModelLoader, s: ProfileSettings) -> TimingStats:
+        stats, info = measure_source(source, s)
+        last_info.clear()
+        last_info.update(info)
+        return stats
 
     def record(key: str, passes: list[TimingStats]) -> None:
         nonlocal saved_at
+        note_node_share(table, key, last_info)
         entry = Entry.measured(by_key[key], table.space, passes, protocol)
         table.entries[key] = entry
         if time.monotonic() - saved_at >= SAVE_EVERY_S:
@@ -433,9 +442,20 @@ def time_entries(table: LatencyTable, specs: Sequence[EntrySpec], sources: Mappi
         timed(entry, not needs_pass(passes, protocol))
 
     try:
-        time_until_stable({key: sources[key] for key in by_key}, settings, done, record)
+        time_until_stable({key: sources[key] for key in by_key}, settings, done, record, measure_pass)
     finally:
         table.save()
+
+
+def note_node_share(table: LatencyTable, key: str, info: Mapping[str, Any]) -> None:
+    """Keep in ``table``'s runner record the lowest ``tensorrt_node_share`` of the runner ``info`` of its entries
+    (``ort-trt``: the share of nodes not left to the CUDA provider), with the entry ``key`` it was measured on."""
+    share = info.get("tensorrt_node_share")
+    lowest = table.meta.runner.get("lowest_tensorrt_node_share")
+    if share is None or (lowest is not None and lowest["share"] <= share):
+        return
+    table.meta = replace(table.meta, runner={**table.meta.runner,
+                                             "lowest_tensorrt_node_share": {"share": share, "entry": key}})
 
 
 def noisy_entries(table: LatencyTable) -> list[str]:

@@ -92,17 +92,18 @@ class ProfileSettings:
 
 def measure_source(source: ModelLoader, settings: ProfileSettings) -> tuple[TimingStats, dict[str, Any]]:
     """Time one pass of a model (an :class:`OnnxFile` or a :class:`ModuleLoader`) with a fresh runner of the
-    settings' backend; returns the pass's statistics and the runner's recorded settings. An fp16 model whose
-    output holds Inf or NaN fails loudly (:class:`CheckFailed`)."""
+    settings' backend; returns the pass's statistics and the runner's recorded settings. A model whose output
+    holds Inf or NaN, at any precision, fails loudly (:class:`CheckFailed`): its timing would not be the model's."""
     backend = get_backend(settings.backend)
     with backend.runner(source, settings.runner_options()) as runner:
         stats = measure(runner, settings.protocol)
-        if settings.precision == "fp16":
-            bad = [name for name, out in runner.outputs().items() if not np.isfinite(out).all()]
-            if bad:
-                model = source.path.name if isinstance(source, OnnxFile) else "the module"
-                raise CheckFailed(f"{settings.backend} fp16: output {bad[0]!r} of {model} has Inf or NaN: fp16 "
-                                  "overflows in this model (profile it in fp32)", field="precision")
+        bad = [name for name, out in runner.outputs().items() if not np.isfinite(out).all()]
+        if bad:
+            model = source.path.name if isinstance(source, OnnxFile) else "the module"
+            fp16 = settings.precision == "fp16"
+            raise CheckFailed(f"{settings.backend} {settings.precision}: output {bad[0]!r} of {model} has Inf or NaN"
+                              + (": fp16 overflows in this model (profile it in fp32)" if fp16 else ""),
+                              field="precision" if fp16 else None)
         return stats, runner.info()
 
 

@@ -70,6 +70,8 @@ class RunnerOptions:
             raise BackendUnavailable(f"batch must be >= 1, got {self.batch}")
         if self.threads < 1:
             raise BackendUnavailable(f"threads must be >= 1, got {self.threads}")
+        if self.device_id < 0:
+            raise BackendUnavailable(f"device_id must be >= 0, got {self.device_id}", field="device_id")
 
 
 class Runner(ABC):
@@ -299,3 +301,14 @@ def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) 
             stacklevel=2,
         )
     return stats
+
+
+def require_cuda_device(device_id: int, backend: str) -> None:
+    """Check that torch sees CUDA device ``device_id``; else a :class:`BackendUnavailable` for ``backend`` saying
+    how many devices it sees (the one check of every GPU runner and engine build)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not 0 <= device_id < count:
+        raise BackendUnavailable(f"{backend}: CUDA device {device_id} does not exist: torch sees {count}"
+                                 + ("" if count else " (no CUDA GPU is visible)"), field="device_id")

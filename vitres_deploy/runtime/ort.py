@@ -11,19 +11,21 @@ fp32 means fp32 on the GPU too: the CUDA provider's ``use_tf32`` (on by default)
 whose builder allows TF32 by default and whose ONNX Runtime provider has no option for it, runs in a process
 with ``NVIDIA_TF32_OVERRIDE=0``, set before the process's first TensorRT session (the variable is read once).
 Every session records which execution provider each node was placed on (``nodes_by_provider`` in
-:meth:`_OrtRunner.info`), so a TensorRT run shows the share of nodes that fell back to CUDA.
+:meth:`_OrtRunner.info`), so a TensorRT run shows the share of nodes that fell back to CUDA, and warns
+(:class:`TensorRTFallback`) when some did.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import BackendUnavailable, RuntimeFailure, first_line
-from .base import Runner, RunnerOptions, TensorSpec
+from .base import Runner, RunnerOptions, TensorSpec, require_cuda_device
 from .cache import cache_root, fp16_onnx, int8_onnx
 from .loaders import OnnxFile
 from .versions import ort_tensorrt_major
@@ -84,15 +86,17 @@ def cuda_provider_options(device_id: int, stream: int, precision: str) -> dict[s
     return options
 
 
-def tensorrt_provider_options(device_id: int, stream: int, *, fp16_flag: bool, engines: Path, shapes: str,
+def tensorrt_provider_options(device_id: int, stream: int, *, engines: Path, shapes: str,
                               workspace_mb: int) -> dict[str, str]:
     """Options of ONNX Runtime's TensorRT provider: engine and timing caches under ``engines``, one optimization
-    profile fixed at ``shapes`` (``name:AxBxC,...``), ``trt_fp16_enable`` set to ``fp16_flag``. TF32 has no
-    option here (see :func:`tensorrt_environment`)."""
+    profile fixed at ``shapes`` (``name:AxBxC,...``), and ``trt_fp16_enable`` off at every precision: without it
+    (and without int8) the provider builds a strongly typed network (TensorRT 10 and later), which runs every
+    tensor at the type the ONNX gives it, so fp16 comes from a strongly typed fp16 ONNX, nodes kept in fp32
+    included. TF32 has no option here (see :func:`tensorrt_environment`)."""
     return {
         "device_id": str(device_id),
         "user_compute_stream": str(stream),
-        "trt_fp16_enable": "True" if fp16_flag else "False",
+        "trt_fp16_enable": "False",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True",
@@ -107,6 +111,10 @@ def tensorrt_provider_options(device_id: int, stream: int, *, fp16_flag: bool, e
 def tensorrt_environment(precision: str) -> dict[str, str]:
     """Environment variables a process needs before its first TensorRT session at ``precision``: TF32 off for fp32."""
     return {TF32_OVERRIDE: "0"} if precision == "fp32" else {}
+
+
+class TensorRTFallback(UserWarning):
+    """ONNX Runtime placed some nodes of an ``ort-trt`` session on the CUDA provider instead of TensorRT."""
 
 
 def nodes_by_provider(session: Any) -> dict[str, int]:
@@ -135,10 +143,10 @@ def node_id(node: Any) -> str:
     return node.name or node.output[0]
 
 
-def activation_peaks(path: str | Path, images: np.ndarray) -> dict[str, float]:
-    """Largest magnitude of every float output of every node of the fp32 ONNX file ``path``, by :func:`node_id`,
-    over ``images`` (one batch for its first input), run in ONNX Runtime on the CPU with every intermediate
-    tensor exposed as a graph output. A model ONNX Runtime cannot run is a :class:`RuntimeFailure`."""
+def tensor_peaks(path: str | Path, images: np.ndarray) -> dict[str, float]:
+    """Largest magnitude of every float tensor of the fp32 ONNX file ``path`` (its first input, ``images``, and
+    every node's float outputs), by name, run in ONNX Runtime on the CPU with every intermediate tensor exposed
+    as a graph output. A model ONNX Runtime cannot run is a :class:`RuntimeFailure`."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto
@@ -155,24 +163,29 @@ def activation_peaks(path: str | Path, images: np.ndarray) -> dict[str, float]:
     so.log_severity_level = 3
     try:
         session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        values = session.run(None, {session.get_inputs()[0].name: images.astype(np.float32)})
+        feed = {session.get_inputs()[0].name: images.astype(np.float32)}
+        values = session.run(None, feed)
     except Exception as e:  # onnxruntime's own exception types
         raise RuntimeFailure(f"onnxruntime could not run {Path(path).name} to measure activations: "
                              f"{first_line(e)}") from None
-    by_tensor = {out.name: float(np.abs(v).max()) if v.size else 0.0
-                 for out, v in zip(session.get_outputs(), values) if out.name in floats}
-    peaks = {}
-    for node in model.graph.node:
-        outs = [by_tensor[o] for o in node.output if o in by_tensor]
-        if outs:
-            peaks[node_id(node)] = max(outs)
-    return peaks
+    arrays = {**feed, **{out.name: v for out, v in zip(session.get_outputs(), values) if out.name in floats}}
+    return {name: float(np.abs(v).max()) if v.size else 0.0 for name, v in arrays.items()}
 
 
 def overflowing_nodes(path: str | Path, images: np.ndarray, limit: float = FP16_SAFE_LIMIT) -> dict[str, float]:
-    """The nodes of ``path`` whose outputs exceed ``limit`` in magnitude on ``images`` (:func:`activation_peaks`),
-    with their peaks: the nodes an fp16 model keeps in fp32."""
-    return {name: peak for name, peak in activation_peaks(path, images).items() if not peak <= limit}
+    """The nodes of ``path`` (by :func:`node_id`) that read or write a tensor beyond ``limit`` in magnitude on
+    ``images`` (:func:`tensor_peaks`), with the largest such magnitude: the nodes an fp16 model keeps in fp32.
+    The producer of an overflowing tensor and all its consumers stay fp32, so the tensor is never cast to fp16
+    (as NVIDIA's AutoCast does)."""
+    import onnx
+
+    peaks = tensor_peaks(path, images)
+    kept = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        worst = max((peaks[t] for t in (*node.input, *node.output) if t in peaks), default=0.0)
+        if not worst <= limit:
+            kept[node_id(node)] = worst
+    return kept
 
 
 class _OrtRunner(Runner):
@@ -307,8 +320,7 @@ class _OrtGpuRunner(_OrtRunner):
     def _stream(self) -> Any:
         import torch
 
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(f"{self.backend}: no CUDA GPU is visible to torch")
+        require_cuda_device(self.options.device_id, self.backend)
         torch.cuda.set_device(self.options.device_id)
         return torch.cuda.Stream(device=self.options.device_id)
 
@@ -334,10 +346,10 @@ class OrtCudaRunner(_OrtGpuRunner):
 class OrtTrtRunner(_OrtGpuRunner):
     """``ort-trt``: ONNX Runtime's TensorRT provider with engine and timing caches, CUDA provider as fallback.
 
-    fp16 follows the TensorRT that ONNX Runtime's provider loads (:func:`~.versions.ort_tensorrt_major`), not
-    the ``tensorrt`` Python package: ``trt_fp16_enable`` on TensorRT 10; TensorRT 11 has no weak typing, so
-    there the model itself is converted to a strongly typed fp16 ONNX. When the provider's TensorRT cannot be
-    told, fp16 is refused. fp32 runs with TF32 off (:func:`tensorrt_environment`).
+    fp16 runs the strongly typed fp16 ONNX with ``trt_fp16_enable`` off (:func:`tensorrt_provider_options`), the
+    same on TensorRT 10 and 11, whichever the provider loads (:func:`~.versions.ort_tensorrt_major`, recorded).
+    fp32 runs with TF32 off (:func:`tensorrt_environment`). A session that leaves nodes to the CUDA provider
+    warns (:class:`TensorRTFallback`).
     """
 
     backend = "ort-trt"
@@ -345,6 +357,13 @@ class OrtTrtRunner(_OrtGpuRunner):
 
     #: The TF32 override this process's first TensorRT session started with (None: no session yet).
     _process_tf32: ClassVar[str | None] = None
+
+    def _activate(self) -> None:
+        super()._activate()
+        share = self.tensorrt_node_share()
+        if share < 1:
+            warnings.warn(TensorRTFallback(f"{self.backend}: {1 - share:.0%} of the nodes of {self._model_file.name} "
+                                           "fell back from TensorRT to the CUDA provider"), stacklevel=2)
 
     def _prepare_process(self) -> None:
         """Set :func:`tensorrt_environment` before the first TensorRT session of the process; refuse fp32 when an
@@ -358,35 +377,27 @@ class OrtTrtRunner(_OrtGpuRunner):
             raise BackendUnavailable(f"{self.backend}: TF32 cannot be turned off after this process ran TensorRT "
                                      "with it on: run fp32 in a new process", field="precision")
 
-    def _strongly_typed_fp16(self) -> bool:
-        if self.options.precision != "fp16":
-            return False
-        major = ort_tensorrt_major()
-        if major is None:
-            raise BackendUnavailable(f"{self.backend}: cannot tell which TensorRT onnxruntime's TensorRT provider "
-                                     "loads, so not how to build fp16: use precision fp32, or the tensorrt backend",
-                                     field="precision")
-        return major >= 11
-
     def _model_path(self, onnx_path: Path) -> Path:
-        return fp16_onnx(onnx_path, self.options.cache_dir) if self._strongly_typed_fp16() else onnx_path
+        return fp16_onnx(onnx_path, self.options.cache_dir) if self.options.precision == "fp16" else onnx_path
 
     def _providers(self, model_path: Path) -> list[Any]:
         engines = cache_root(self.options.cache_dir) / "ort-trt"
         engines.mkdir(parents=True, exist_ok=True)
         specs = onnx_input_specs(model_path, self.options.batch)
         shapes = ",".join(f"{s.name}:{'x'.join(map(str, s.shape))}" for s in specs)
-        fp16_flag = self.options.precision == "fp16" and not self._strongly_typed_fp16()
-        trt = tensorrt_provider_options(self.options.device_id, self.stream.cuda_stream, fp16_flag=fp16_flag,
-                                        engines=engines, shapes=shapes, workspace_mb=self.options.workspace_mb)
+        trt = tensorrt_provider_options(self.options.device_id, self.stream.cuda_stream, engines=engines,
+                                        shapes=shapes, workspace_mb=self.options.workspace_mb)
         return [(self.provider, trt), ("CUDAExecutionProvider", self._cuda_options())]
+
+    def tensorrt_node_share(self) -> float:
+        """The share of the active session's nodes that ONNX Runtime placed on TensorRT (the rest: CUDA)."""
+        nodes = nodes_by_provider(self.session)
+        return nodes.get(self.provider, 0) / max(1, sum(nodes.values()))
 
     def info(self) -> dict[str, Any]:
         info = super().info()
-        nodes = info["nodes_by_provider"]
         info["tensorrt_major"] = ort_tensorrt_major()
-        info["tensorrt_node_share"] = nodes.get(self.provider, 0) / max(1, sum(nodes.values()))
-        info["fp16_via"] = ("strongly typed fp16 ONNX" if self._strongly_typed_fp16()
-                            else "trt_fp16_enable" if self.options.precision == "fp16" else None)
+        info["tensorrt_node_share"] = self.tensorrt_node_share()
+        info["fp16_via"] = "strongly typed fp16 ONNX" if self.options.precision == "fp16" else None
         info["tf32"] = os.environ.get(TF32_OVERRIDE) != "0"
         return info

@@ -13,22 +13,54 @@ from typing import Any
 from ..errors import BackendUnavailable
 from .base import Runner, RunnerOptions
 from .loaders import ModelLoader, ModuleLoader, OnnxFile
-from .versions import SUPPORTED_TENSORRT_MAJORS, installed_version, major_version
+from .versions import (
+    SUPPORTED_TENSORRT_MAJORS,
+    installed_version,
+    major_version,
+    nvinfer_loadable,
+    ort_tensorrt_major,
+)
+
+
+def cuda_reason(cuda_build: str | None, version: str, gpu_visible: bool) -> str | None:
+    """Why torch cannot run on a CUDA GPU here, None when it can: ``cuda_build`` is ``torch.version.cuda`` (None
+    on a CPU-only build), ``version`` torch's version, ``gpu_visible`` whether torch sees a GPU."""
+    if cuda_build is None:
+        base = version.split("+")[0]
+        return (f"torch {version} is a CPU-only build: install a CUDA build of torch {base} "
+                "(pytorch.org gives the pip command for each CUDA version)")
+    if not gpu_visible:
+        return "no CUDA GPU is visible to torch (no GPU or no driver)"
+    return None
 
 
 def _cuda_reason() -> str | None:
     import torch
 
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible to torch (CPU-only build or no driver)"
+    return cuda_reason(torch.version.cuda, torch.__version__, torch.cuda.is_available())
+
+
+#: How to install what each kind of backend misses, with the exact package names (extras of pyproject.toml,
+#: installed from the source tree as the README's "On a GPU machine" does).
+INSTALL_ORT_CPU = "pip install -c constraints.txt -e '.[cpu]' (the onnxruntime package)"
+INSTALL_ORT_GPU = ("pip uninstall onnxruntime, then pip install -c constraints.txt -e '.[gpu]' (CUDA 12) or "
+                   "-e '.[gpu-cu13]' (CUDA 13) (the onnxruntime-gpu package)")
+INSTALL_TENSORRT = ("pip install -c constraints.txt -e '.[gpu]' (tensorrt-cu12, CUDA 12) or -e '.[gpu-cu13]' "
+                    "(tensorrt-cu13, CUDA 13)")
+
+
+def tensorrt_runtime_reason(major: int | None, loadable: bool) -> str | None:
+    """Why ONNX Runtime's TensorRT provider cannot start here, None when it can: ``major`` is the TensorRT major
+    version its library links (:func:`~.versions.ort_tensorrt_major`; None when it names none), ``loadable``
+    whether that version's ``libnvinfer`` loads (:func:`~.versions.nvinfer_loadable`). ONNX Runtime lists the
+    provider whenever its own library is installed, TensorRT or not."""
+    if major is None:
+        return "onnxruntime's TensorRT provider library names no libnvinfer: reinstall onnxruntime-gpu"
+    if not loadable:
+        return (f"onnxruntime's TensorRT provider needs TensorRT {major} (libnvinfer.so.{major}), which does not "
+                f"load: pip install 'tensorrt-cu12-libs=={major}.*' (CUDA 12) or "
+                f"'tensorrt-cu13-libs=={major}.*' (CUDA 13)")
     return None
-
-
-#: How to install what each kind of backend misses, with the exact package names (extras of pyproject.toml).
-INSTALL_ORT_CPU = "pip install 'vitres-deploy[cpu]' (the onnxruntime package)"
-INSTALL_ORT_GPU = ("pip uninstall onnxruntime, then pip install 'vitres-deploy[gpu]' (CUDA 12) or "
-                   "'vitres-deploy[gpu-cu13]' (the onnxruntime-gpu package)")
-INSTALL_TENSORRT = "pip install tensorrt-cu12 (CUDA 12) or tensorrt-cu13 (CUDA 13), or 'vitres-deploy[gpu]'"
 
 
 def _ort_reason(provider: str, cuda: bool) -> str | None:
@@ -39,6 +71,11 @@ def _ort_reason(provider: str, cuda: bool) -> str | None:
 
     if provider not in ort.get_available_providers():
         return f"onnxruntime {version} has no {provider}: {INSTALL_ORT_GPU}"
+    if provider == "TensorrtExecutionProvider":
+        major = ort_tensorrt_major()
+        reason = tensorrt_runtime_reason(major, major is not None and nvinfer_loadable(major))
+        if reason:
+            return reason
     return _cuda_reason() if cuda else None
 
 

@@ -12,9 +12,11 @@ torch CUDA stream with device buffers bound once by ``set_tensor_address``, time
 A model TensorRT cannot parse or build is an :class:`EngineBuildError`; an engine that does not deserialize
 or execute is a :class:`RuntimeFailure`.
 
-Precision: fp32 builds clear TF32. fp16 uses ``BuilderFlag.FP16`` on 10.x; 11.x removed weak typing
-(that flag included), so there the ONNX is converted to a strongly typed fp16 model with LayerNorm and
-softmax kept in fp32 (:mod:`vitres_deploy.convert.fp16`) and parsed into a strongly typed network.
+Precision: fp32 builds clear TF32. fp16 engines are built, on 10.x and 11.x alike, from a strongly typed fp16
+ONNX (:mod:`vitres_deploy.convert.fp16`: LayerNorm, softmax and the nodes an export keeps for their activation
+range stay fp32) parsed into a strongly typed network, which runs every tensor at the type the ONNX gives
+it. 11.x has no other way (it removed weak typing, ``BuilderFlag.FP16`` included); on 10.x that flag would
+let TensorRT run the nodes kept in fp32 in fp16 too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from ..errors import BackendUnavailable, EngineBuildError, RuntimeFailure
 from ..files import atomic_write_bytes, sha256_file
 from ..text import slug
-from .base import Runner, RunnerOptions, TensorSpec
+from .base import Runner, RunnerOptions, TensorSpec, require_cuda_device
 from .cache import cache_root, fp16_onnx
 from .loaders import OnnxFile
 from .ort import onnx_input_specs
@@ -49,33 +51,31 @@ def import_tensorrt() -> Any:
 
 
 def cuda_device_name(device_id: int) -> str:
-    """Name of CUDA device ``device_id``; :class:`BackendUnavailable` when torch sees no GPU."""
+    """Name of CUDA device ``device_id``; :class:`BackendUnavailable` when torch does not see that device."""
     import torch
 
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("tensorrt: no CUDA GPU is visible to torch")
+    require_cuda_device(device_id, "tensorrt")
     return torch.cuda.get_device_name(device_id)
 
 
-def strongly_typed_fp16(trt: Any, precision: str) -> bool:
-    """Whether ``precision`` is built from a strongly typed fp16 ONNX (fp16 on TensorRT 11, which has no weak
-    typing) rather than from the fp32 ONNX."""
-    return precision == "fp16" and major_version(trt.__version__) >= 11
-
-
-def precision_record(trt: Any, precision: str) -> dict[str, Any]:
+def precision_record(precision: str) -> dict[str, Any]:
     """How ``precision`` is obtained, for records: ``fp16_via`` (None for fp32) and ``tf32`` (False for fp32)."""
-    return {"fp16_via": None if precision == "fp32"
-            else "strongly typed fp16 ONNX" if strongly_typed_fp16(trt, precision) else "BuilderFlag.FP16",
+    return {"fp16_via": "strongly typed fp16 ONNX" if precision == "fp16" else None,
             "tf32": False if precision == "fp32" else None}
+
+
+def engine_profile(options: RunnerOptions) -> tuple[int, int, int]:
+    """The batch profile (min, opt, max) of the engines the ``tensorrt`` backend builds for ``options``: fixed at
+    ``options.batch``, so TensorRT tunes its tactics for the batch that is timed (tables, the export's gate)."""
+    return (options.batch,) * 3
 
 
 def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profile: tuple[int, int, int]) -> bytes:
     """Build the engine of the ONNX file ``model_path`` for ``options``; returns the serialized plan.
 
     The one optimization profile spans the batch dimension at ``batch_profile`` (min, opt, max; latency
-    tables fix it: min = opt = max = their batch); the other dimensions are the model's. ``model_path`` must
-    already be the strongly typed fp16 ONNX where :func:`strongly_typed_fp16` says so. The engine is built and
+    tables fix it: :func:`engine_profile`); the other dimensions are the model's. For fp16 ``model_path`` must
+    already be a strongly typed fp16 ONNX (:func:`~.cache.fp16_onnx`, or an export's). The engine is built and
     tuned on CUDA device ``options.device_id`` (made current for the build), whose name keys the timing cache
     of ``options.cache_dir``, read and updated atomically; ``options.batch`` is not used. A model that does
     not parse or build is an :class:`EngineBuildError`.
@@ -95,8 +95,7 @@ def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
     specs = onnx_input_specs(model_path, opt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    strongly_typed = strongly_typed_fp16(trt, options.precision)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if options.precision == "fp16" else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
@@ -104,8 +103,6 @@ def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
         raise EngineBuildError(f"tensorrt could not parse {model_path.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    if options.precision == "fp16" and not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)
     if options.precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
@@ -124,14 +121,14 @@ def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
 
 
 def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
-    """Build (or find in the cache) the engine of ``onnx_path`` fixed at batch ``options.batch``; returns its path.
+    """Build (or find in the cache) the engine of ``onnx_path`` at :func:`engine_profile`; returns its path.
 
     The plan and the timing cache are written atomically. Builds are one at a time per GPU: concurrent builds
     would tune each other's tactics (:func:`~vitres_deploy.latency.profiler.prepare_sources` runs them in turn).
     """
     trt = import_tensorrt()
     device = cuda_device_name(options.device_id)
-    model_path = _engine_onnx(trt, onnx_path, options)
+    model_path = fp16_onnx(onnx_path, options.cache_dir) if options.precision == "fp16" else Path(onnx_path)
     specs = onnx_input_specs(model_path, options.batch)
     key = hashlib.sha256(json.dumps({
         "onnx": sha256_file(model_path)[:16], "trt": trt.__version__, "device": device,
@@ -141,13 +138,7 @@ def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
     plan_path = cache_root(options.cache_dir) / "tensorrt" / "engines" / f"{model_path.stem}-{key}.plan"
     if plan_path.is_file():
         return plan_path
-    return atomic_write_bytes(plan_path, serialize_engine(model_path, options, (options.batch,) * 3))
-
-
-def _engine_onnx(trt: Any, onnx_path: str | Path, options: RunnerOptions) -> Path:
-    """The ONNX file an engine of ``onnx_path`` is parsed from: the cached strongly typed fp16 one on 11.x."""
-    return fp16_onnx(onnx_path, options.cache_dir) if strongly_typed_fp16(trt, options.precision) \
-        else Path(onnx_path)
+    return atomic_write_bytes(plan_path, serialize_engine(model_path, options, engine_profile(options)))
 
 
 def _save_timing_cache(config: Any, path: Path) -> None:
@@ -220,7 +211,7 @@ class TensorRTRunner(Runner):
         import torch
 
         trt = import_tensorrt()
-        cuda_device_name(self.options.device_id)
+        require_cuda_device(self.options.device_id, self.backend)
         torch.cuda.set_device(self.options.device_id)
         self.stream = torch.cuda.Stream(device=self.options.device_id)
         self._trt = trt
@@ -288,6 +279,6 @@ class TensorRTRunner(Runner):
         return {
             "tensorrt": self._trt.__version__,
             "plan": self.plan_path.name,
-            **precision_record(self._trt, self.options.precision),
+            **precision_record(self.options.precision),
             "optimization_profile": {s.name: list(s.shape) for s in self.input_specs},
         }

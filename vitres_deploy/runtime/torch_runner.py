@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailable, RuntimeFailure, first_line
-from .base import Runner, RunnerOptions, TensorSpec
+from .base import Runner, RunnerOptions, TensorSpec, require_cuda_device
 from .loaders import ModuleLoader
 
 
@@ -89,8 +89,7 @@ class TorchCudaRunner(TorchRunner):
         self._graph: Any = None
 
     def _start(self) -> None:
-        if not self._torch.cuda.is_available():
-            raise BackendUnavailable("torch-cuda: no CUDA GPU is visible to torch")
+        require_cuda_device(self.options.device_id, self.backend)
         self.stream = self._torch.cuda.Stream(device=self.options.device_id)
 
     def _deactivate(self) -> None:

@@ -6,9 +6,11 @@ report versions on machines without onnxruntime-gpu or TensorRT.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 #: TensorRT major versions whose Python API the ``tensorrt`` and ``ort-trt`` backends are written against.
@@ -37,17 +39,33 @@ def nvinfer_major(library: bytes) -> int | None:
     return None if found is None else int(found.group(1) or found.group(2))
 
 
-def ort_tensorrt_major() -> int | None:
+def ort_tensorrt_major(capi: Path | None = None) -> int | None:
     """Major version of the TensorRT that ONNX Runtime's TensorRT provider loads, read from the provider library
-    onnxruntime ships (``libonnxruntime_providers_tensorrt.so``); None when there is none or it names none.
+    in ``capi`` (default: the ``capi`` folder of the installed onnxruntime, where it ships
+    ``libonnxruntime_providers_tensorrt.so``); None when there is none or it names none.
 
     This, not the ``tensorrt`` Python package, is the TensorRT that runs ``ort-trt``: the two may differ.
     """
-    spec = importlib.util.find_spec("onnxruntime")
-    if spec is None or spec.origin is None:
-        return None
-    capi = Path(spec.origin).parent / "capi"
+    if capi is None:
+        spec = importlib.util.find_spec("onnxruntime")
+        if spec is None or spec.origin is None:
+            return None
+        capi = Path(spec.origin).parent / "capi"
     for name in ("libonnxruntime_providers_tensorrt.so", "onnxruntime_providers_tensorrt.dll"):
         if (capi / name).is_file():
             return nvinfer_major((capi / name).read_bytes())
     return None
+
+
+def nvinfer_loadable(major: int) -> bool:
+    """Whether TensorRT ``major``'s runtime library (``libnvinfer.so.<major>``) loads in this process: from the
+    library path, or from the ``tensorrt-cu12-libs``/``tensorrt-cu13-libs`` wheel, whose ``tensorrt_libs``
+    package loads its libraries when imported (ONNX Runtime's provider then finds them loaded)."""
+    if importlib.util.find_spec("tensorrt_libs") is not None:
+        importlib.import_module("tensorrt_libs")
+    name = f"nvinfer_{major}.dll" if sys.platform == "win32" else f"libnvinfer.so.{major}"
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
