@@ -10,6 +10,7 @@ The pieces, each in its own module::
     plan         SearchOptions and the pre-flight: budgets no arch can meet are refused before any data is read
     run          the search in steps: open the folder -> evolve -> the best of each budget -> write the outputs
     outputs      best.json / best-<budget>.json (typed as vitres_deploy.archfile.ArchFile), pareto.json, search.png
+    precisions   architecture and precision together: one search per table (fp32, int8), the best per budget
 
 Import as ``vitres_deploy.search``::
 
@@ -23,6 +24,7 @@ from .constraints import Constraint, CostModel, Metrics, check_budgets
 from .evolution import PRESETS, EvolutionConfig
 from .fitness import Fitness
 from .plan import SearchOptions, SearchPlan, plan_search
+from .precisions import PrecisionSearchResult, search_precisions
 from .records import Record
 from .run import SearchResult, run_search
 
@@ -33,6 +35,7 @@ __all__ = [
     "EvolutionConfig",
     "Fitness",
     "Metrics",
+    "PrecisionSearchResult",
     "Record",
     "SearchOptions",
     "SearchPlan",
@@ -40,4 +43,5 @@ __all__ = [
     "check_budgets",
     "plan_search",
     "run_search",
+    "search_precisions",
 ]

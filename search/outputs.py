@@ -23,6 +23,7 @@ from ..archfile import ArchFile, SearchedRecord
 from ..checkpoint import Checkpoint
 from ..files import atomic_write_json, sha256_file
 from ..latency import LatencyTable
+from ..quantized import Calibration
 from .constraints import Constraint
 from .records import Record
 
@@ -60,8 +61,9 @@ def wilson_interval(fraction: float, n: int, z: float = 1.96) -> tuple[float, fl
 
 
 def best_file(record: Record, constraint: Constraint, records: Sequence[Record], table: dict[str, Any],
-              supernet: dict[str, Any]) -> ArchFile:
-    """The best file of ``constraint``: the arch with its metrics, the budget and the table's identity.
+              supernet: dict[str, Any], calibration: Calibration | None = None) -> ArchFile:
+    """The best file of ``constraint``: the arch with its metrics, the budget, the table's identity, and the
+    precision it was searched in (the table's) with its calibration (int8).
 
     ``holdout_top1_ci95`` is the best's 95% interval on the hold-out images and ``within_ci95`` counts
     the other archs of ``records`` in the window whose hold-out top-1 reaches its lower end: their
@@ -76,7 +78,8 @@ def best_file(record: Record, constraint: Constraint, records: Sequence[Record],
         holdout_top1_ci95=(low, high), within_ci95=within, alpha=constraint.alpha,
         window_ms=(constraint.low_ms, constraint.limit_ms), max_macs=constraint.max_macs,
         max_params=constraint.max_params, evaluated=len(records), table=table, supernet=supernet,
-        margin=constraint.margin)
+        margin=constraint.margin, precision=table["precision"],
+        calibration=calibration.to_dict() if calibration else None)
     return ArchFile(record.arch, constraint.budget_ms, searched)
 
 

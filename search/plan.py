@@ -18,6 +18,7 @@ from ..distributed import Ranks
 from ..errors import SettingsError, VitresError
 from ..latency import LatencyRange, LatencyTable, latency_range
 from ..latency.drift import DriftReport, trusted_table
+from ..quantized import Calibration
 from .constraints import Constraint, CostModel, check_budgets
 from .evolution import EvolutionConfig
 from .outputs import supernet_identity, table_identity
@@ -36,7 +37,9 @@ class SearchOptions:
     ``eval_limit``: evaluate on the first N hold-out images only (quick runs); ``drift_check``: re-time a
     handful of the table's entries and networks first and stop if the table no longer describes this
     machine, unless ``rescale`` (apply the measured ratio); ``allow_other_device``: use a table of another
-    device fingerprint. Out-of-range settings raise :class:`SettingsError` naming the field.
+    device fingerprint; ``calibration``: how int8 candidates are calibrated (a table of int8 precision: each
+    candidate's hold-out top-1 is measured on its int8 network). Out-of-range settings raise
+    :class:`SettingsError` naming the field.
     """
 
     budgets_ms: tuple[float, ...]
@@ -53,6 +56,7 @@ class SearchOptions:
     drift_check: bool = True
     rescale: bool = False
     allow_other_device: bool = False
+    calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
@@ -83,6 +87,11 @@ class SearchPlan:
     table_id: dict[str, Any]
     supernet_id: dict[str, Any]
     drift: DriftReport | None = None
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """How candidates are calibrated: the options' calibration for an int8 table, else None (float)."""
+        return self.options.calibration if self.table.meta.precision == "int8" else None
 
 
 def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOptions,

@@ -1,11 +1,13 @@
 """``search.png``: hold-out top-1 against predicted latency for every evaluated arch, with the frontier,
-the latency window of each budget and the arch chosen for it (matplotlib, Agg, imported here only)."""
+the latency window of each budget and the arch chosen for it; for a precision search, each precision's archs
+and the (arch, precision) chosen per budget (matplotlib, Agg, imported here only)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..archfile import ArchFile
 from ..files import atomic_write
 from .constraints import Constraint
 from .records import Record
@@ -37,6 +39,39 @@ def plot_search(path: Path, records: Sequence[Record], front: Sequence[Record], 
         ax.set_xlabel("predicted latency (ms)")
         ax.set_ylabel("hold-out top-1 (%)")
         ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def plot_precisions(path: Path, records: dict[str, Sequence[Record]], budgets_ms: Sequence[float],
+                    winners: Sequence[ArchFile]) -> None:
+    """Draw a precision search into ``path`` (PNG, written atomically): each precision's evaluated archs in its
+    own colour, the budgets, and the (arch, precision) chosen for each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    try:
+        colors = dict(zip(records, plt.get_cmap("tab10").colors))
+        for precision, rs in records.items():
+            ax.scatter([r.latency_ms for r in rs], [100 * r.holdout_top1 for r in rs], s=10, alpha=0.6,
+                       color=colors[precision], linewidths=0, label=f"{precision}: {len(rs)} evaluated")
+        for budget, winner in zip(budgets_ms, winners):
+            s = winner.searched
+            assert s is not None  # a search's best file
+            ax.axvline(budget, color="0.3", linestyle="--", linewidth=1.0)
+            ax.scatter([s.latency_ms], [100 * s.holdout_top1], marker="*", s=240, color=colors[s.precision],
+                       edgecolors="black", linewidths=0.8, zorder=5,
+                       label=f"{budget:g} ms: {s.precision}, {100 * s.holdout_top1:.2f}% at {s.latency_ms:.3g} ms")
+        ax.set_xlabel("predicted latency (ms), each precision's own table")
+        ax.set_ylabel("hold-out top-1 (%), measured in the precision")
+        ax.set_title("architecture and precision search: dashed lines are the budgets", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         fig.tight_layout()

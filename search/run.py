@@ -74,7 +74,7 @@ def run_search(plan: SearchPlan, data: ImageData, *, ranks: Ranks | None = None,
         saved = _broadcast_call(ranks, claim)
         evolution, new = evolve(plan, data, saved, ranks, progress, on_record)
         bests = best_records(evolution)
-        files = [best_file(b, c, evolution.records, plan.table_id, plan.supernet_id)
+        files = [best_file(b, c, evolution.records, plan.table_id, plan.supernet_id, plan.calibration)
                  for c, b in zip(plan.constraints, bests)]
         if ranks.main:
             m = plan.table.meta
@@ -93,7 +93,8 @@ def search_settings(plan: SearchPlan, data: ImageData) -> dict[str, Any]:
             "alpha": o.alpha, "max_macs": o.max_macs, "max_params": o.max_params,
             "evolution": dataclasses.asdict(o.evolution), "table_sha256": plan.table_id["sha256"],
             "supernet_sha256": plan.supernet_id["sha256"], "holdout_sha256": data.holdout_digest,
-            "eval_limit": o.eval_limit}
+            "eval_limit": o.eval_limit, "precision": plan.table.meta.precision,
+            "calibration": plan.calibration.to_dict() if plan.calibration else None}
 
 
 def run_info(plan: SearchPlan) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def evolve(plan: SearchPlan, data: ImageData, saved: Sequence[Record], ranks: Ra
     """
     o, config, out = plan.options, plan.options.evolution, plan.options.out_dir
     evolution = Evolution(GeneLayout.of(plan.checkpoint.space), plan.cost, plan.constraints, config)
-    fitness = Fitness(plan.checkpoint.supernet, data, ranks, o.batch_size, o.eval_limit)
+    fitness = Fitness(plan.checkpoint.supernet, data, ranks, o.batch_size, o.eval_limit, plan.calibration)
     replay = collections.deque(saved)
     new = 0
     per_iteration = (config.mutations + config.crossovers) * len(plan.constraints)

@@ -20,7 +20,7 @@ from .files import JSONError, loads_json
 from .space import SearchSpace
 
 #: Fields of a search's record that files written by earlier versions lack (their defaults apply).
-OPTIONAL = ("margin",)
+OPTIONAL = ("margin", "precision", "calibration")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ class SearchedRecord:
     ``holdout_top1_ci95`` is the Wilson 95% interval of ``holdout_top1`` on ``holdout_images`` images;
     ``within_ci95`` counts the other archs of the budget's window that score inside it. ``table`` and
     ``supernet`` identify the latency table and the supernet (path, sha256, what they hold, the drift check);
-    ``margin`` is how far below the budget the window ended (the table's validated under-prediction).
+    ``margin`` is how far below the budget the window ended (the table's validated under-prediction);
+    ``precision`` is the precision the arch was searched (and its accuracy measured) in, ``calibration`` how its
+    int8 network was calibrated (None in float).
     """
 
     hash: str
@@ -50,6 +52,8 @@ class SearchedRecord:
     table: dict[str, Any]
     supernet: dict[str, Any]
     margin: float = 0.0
+    precision: str = "fp32"
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the fields beside ``space`` and ``stages`` in ``best.json``)."""

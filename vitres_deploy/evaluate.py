@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,9 +31,14 @@ class TopKAccuracy:
 def topk_accuracy(model: nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> TopKAccuracy:
     """Top-1 and top-5 accuracy of ``model`` (put in eval mode) over ``batches``."""
     model.eval()
+    return count_topk(lambda x: model(x.to(device, non_blocking=True)), batches)
+
+
+def count_topk(predict: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[Batch]) -> TopKAccuracy:
+    """Top-1 and top-5 accuracy of the logits ``predict`` gives for each batch's images, over ``batches``."""
     correct1 = correct5 = n = 0
     for x, y in batches:
-        logits = model(x.to(device, non_blocking=True))
+        logits = predict(x)
         y = y.to(logits.device)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += int((top[:, 0] == y).sum())

@@ -12,15 +12,15 @@ from ..convert.int8 import DEFAULT_OP_TYPES, FORMATS, METHODS, Int8Settings
 
 
 def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--int8-method``, ``--int8-format``, ``--int8-ops`` and ``--int8-per-tensor`` (used with ``--precision
-    int8``); the command receives them as one ``int8`` keyword (:class:`Int8Settings`)."""
+    """``--int8-method``, ``--int8-format``, ``--int8-ops``, ``--int8-per-tensor`` and ``--int8-full-range`` (used
+    with ``--precision int8``); the command receives them as one ``int8`` keyword (:class:`Int8Settings`)."""
 
     @functools.wraps(command)
     def settings(*args: Any, int8_method: str, int8_format: str, int8_ops: str, int8_per_tensor: bool,
-                 **kwargs: Any) -> Any:
+                 int8_full_range: bool, **kwargs: Any) -> Any:
         ops = tuple(op.strip() for op in int8_ops.split(",") if op.strip())
         kwargs["int8"] = Int8Settings(method=int8_method, format=int8_format, op_types=ops,
-                                      per_channel=not int8_per_tensor)
+                                      per_channel=not int8_per_tensor, reduce_range=not int8_full_range)
         return command(*args, **kwargs)
 
     decorated: Callable[..., Any] = settings
@@ -34,6 +34,9 @@ def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="int8: op types quantized, comma-separated; every other op (LayerNorm, Softmax, GELU, "
                           "additions) stays float and is recorded."),
         click.option("--int8-per-tensor", is_flag=True, help="int8: one weight scale per tensor, not per channel."),
+        click.option("--int8-full-range", is_flag=True,
+                     help="int8: 8-bit weights (default 7-bit: x86 CPUs without VNNI saturate full-range u8 x s8 "
+                          "products)."),
     ]):
         decorated = option(decorated)
     return decorated

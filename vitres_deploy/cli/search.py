@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,8 +58,9 @@ def _preset_help() -> str:
 
 @click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True, help="Supernet checkpoint file or fmnist-demo.")
-@click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Latency table of the target device (`vitres-deploy profile`).")
+@click.option("--profile", "table_paths", required=True,
+              help="Latency table of the target device (`vitres-deploy profile`); several of one device and batch in "
+                   "different precisions (fp32.json,int8.json) search the architecture and the precision together.")
 @click.option("--budget-ms", "budgets_ms", required=True,
               help="Latency budget B in ms, or several (1.0,1.5,2.0): one search sharing its evaluations. NN% is "
                    "NN% of the way from the fastest to the slowest arch the table predicts (after the drift check).")
@@ -84,25 +86,31 @@ def _preset_help() -> str:
 @trust_options("searching")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on the first N hold-out images (quick runs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch.")
+@click.option("--calibration-images", type=click.IntRange(min=1), default=512, show_default=True,
+              help="int8 tables: training images (hold-out excluded, drawn by --seed) each candidate's int8 network is "
+                   "calibrated on, quantized with the table's int8 settings.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads per process. More can be many times slower on a shared machine; to use N "
                    "cores run N processes: torchrun --nproc_per_node N -m vitres_deploy.cli search ...")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Evaluation device (default: cuda if available).")
 @click.option("--resume", is_flag=True, help="Continue the search in --out (same flags) from its evaluated.jsonl.")
 @click.option("--json", "as_json", is_flag=True, help="Print best.json (a list for several budgets).")
-def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, max_params: str | None,
+def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, max_params: str | None,
            data_dir: str | None, out_dir: Path, seed: int, preset: str, alpha: float, eval_limit: int | None,
-           batch_size: int, threads: int, device: str | None, resume: bool, as_json: bool, margin: float | None,
-           no_drift_check: bool, rescale: bool, allow_other_device: bool, **overrides: float | None) -> None:
+           batch_size: int, calibration_images: int, threads: int, device: str | None, resume: bool, as_json: bool,
+           margin: float | None, no_drift_check: bool, rescale: bool, allow_other_device: bool,
+           **overrides: float | None) -> None:
     """Evolutionary search for the most accurate sub-network under a latency budget (works under torchrun)."""
     import dataclasses
 
     import torch
 
     from ..checkpoint import load_checkpoint
+    from ..convert.int8 import Int8Settings
     from ..data import open_checkpoint_data
     from ..distributed import join_ranks
     from ..latency import LatencyTable
+    from ..quantized import Calibration
     from ..search import SearchOptions, plan_search, run_search
 
     budgets, shares = parse_budgets(budgets_ms)
@@ -114,7 +122,17 @@ def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, m
                             margin=margin, drift_check=not no_drift_check, rescale=rescale,
                             allow_other_device=allow_other_device)
     torch.set_num_threads(threads)
-    table = LatencyTable.load(table_path)
+    tables = [LatencyTable.load(Path(p.strip())) for p in table_paths.split(",") if p.strip()]
+    if not tables:
+        raise SettingsError("table_paths: give a latency table file", field="table_paths")
+    int8 = [t for t in tables if t.meta.precision == "int8"]
+    if int8:
+        options = dataclasses.replace(options, calibration=Calibration(
+            calibration_images, seed, Int8Settings.from_dict(int8[0].meta.options.get("int8", {}))))
+    if len(tables) > 1:
+        _search_precisions(ckpt, tables, options, data_dir, device, as_json)
+        return
+    table, table_path = tables[0], tables[0].path
     with join_ranks(device) as ranks:
         plan = plan_search(load_checkpoint(ckpt, map_location=ranks.device), table, options, ranks)
         result = run_search(plan, open_checkpoint_data(plan.checkpoint, data_dir), ranks=ranks, progress=not as_json)
@@ -151,6 +169,41 @@ def search(ckpt: str, table_path: Path, budgets_ms: str, max_macs: str | None, m
     click.echo(f"{len(result.records)} archs evaluated ({result.new_evaluations} new) in {result.seconds:.1f} s; "
                f"achievable {result.achievable.fastest_ms:.4g} .. {result.achievable.slowest_ms:.4g} ms; "
                f"results in {out_dir}")
+
+
+def _search_precisions(ckpt: str, tables: list[Any], options: Any, data_dir: str | None, device: str | None,
+                       as_json: bool) -> None:
+    """``search`` with several tables: architecture and precision searched together, the choice printed."""
+    from ..checkpoint import load_checkpoint
+    from ..data import open_checkpoint_data
+    from ..distributed import join_ranks
+    from ..search import search_precisions
+    from ..search.precisions import choice_record
+
+    with join_ranks(device) as ranks:
+        checkpoint = load_checkpoint(ckpt, map_location=ranks.device)
+        result = search_precisions(checkpoint, tables, options, open_checkpoint_data(checkpoint, data_dir),
+                                   ranks=ranks, progress=not as_json)
+        if not ranks.main:
+            return
+    if as_json:
+        files = [f.to_dict() for f in result.winners]
+        print_json(files[0] if len(files) == 1 else files)
+        return
+    record = choice_record(result)
+    precisions = list(result.searches)
+    rows = []
+    for row, winner in zip(record["budgets"], result.winners):
+        cells = [f"{row['budget_ms']:g}", row["chosen"], winner.arch.hash]
+        for p in precisions:
+            pick = row["picks"].get(p)
+            cells.append(f"{100 * pick['holdout_top1']:.2f}% @ {pick['latency_ms']:.4g} ms" if pick else "-")
+        rows.append(tuple(cells))
+    m = tables[0].meta
+    print_table(f"architecture and precision search on {m.device} ({m.backend}, batch {m.batch})",
+                ["budget (ms)", "chosen", "arch", *(f"best {p} (hold-out @ predicted)" for p in precisions)], rows)
+    spent = ", ".join(f"{p}: {record['evaluated'][p]} archs in {record['seconds'][p]:.0f} s" for p in precisions)
+    click.echo(f"{spent}; results in {result.out_dir} (one search folder per precision inside)")
 
 
 COMMANDS = [search]

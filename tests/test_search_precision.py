@@ -1,0 +1,97 @@
+"""Architecture and precision searched together: one search per table (fp32, int8 on ort-cpu, both measured),
+every int8 candidate scored on its calibrated int8 network, the best (arch, precision) per budget recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from vitres_deploy.checkpoint import Checkpoint, load_checkpoint
+from vitres_deploy.cli import main
+from vitres_deploy.convert.int8 import Int8Settings
+from vitres_deploy.data import open_checkpoint_data
+from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, profile_space
+from vitres_deploy.quantized import Calibration, evaluate_arch_int8
+from vitres_deploy.runtime import Protocol
+from vitres_deploy.search import EvolutionConfig, SearchOptions, search_precisions
+from vitres_deploy.space import SearchSpace
+
+pytestmark = [pytest.mark.usefixtures("fmnist_dir", "torch_one_thread"),
+              pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
+
+SPACE = {
+    "name": "precision-mini", "image_size": 28, "in_chans": 1, "num_classes": 10, "patch_size": 4, "stem_channels": 8,
+    "stages": [
+        {"embed_dims": [24, 16], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [32], "depths": [2, 1]},
+        {"embed_dims": [32], "heads": [2], "head_dim": 8, "mlp_hidden": [64, 32], "depths": [1]},
+    ],
+}
+SMALL = EvolutionConfig(population=4, iterations=1, parents=2, mutations=2, crossovers=1, seed=0)
+LIMIT, CALIBRATION = 60, Calibration(images=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A two-step supernet of the small space, its data, and real ort-cpu tables of it in fp32 and int8."""
+    from vitres_deploy.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("precision")
+    (root / "space.json").write_text(json.dumps(SPACE))
+    checkpoint = load_checkpoint(train(TrainConfig(space=str(root / "space.json"), epochs=1, steps_per_epoch=2,
+                                                   batch_size=32, eval_limit=100), root / "supernet", progress=False))
+    quick = Protocol(warmup_s=0.0, min_iterations=5, min_seconds=0.005, rounds=1, min_rounds=1)
+    space = SearchSpace.from_dict(SPACE)
+    tables = [profile_space(space, ProfileSettings(backend="ort-cpu", precision=p, protocol=quick, workers=1,
+                                                   cache_dir=root / "cache"), root / f"{p}.json", progress=False)
+              for p in ("fp32", "int8")]
+    return {"root": root, "checkpoint": checkpoint, "data": open_checkpoint_data(checkpoint), "tables": tables}
+
+
+def _budget(tables: list[LatencyTable]) -> float:
+    """A budget every table can meet: the slower of the two fastest archs, plus a fifth of the fp32 range."""
+    ranges = [latency_range(t) for t in tables]
+    return max(r.fastest_ms for r in ranges) + 0.2 * (ranges[0].slowest_ms - ranges[0].fastest_ms)
+
+
+def test_each_precision_is_searched_in_its_own_precision_and_the_best_is_chosen(setup: dict[str, Any]) -> None:
+    checkpoint: Checkpoint = setup["checkpoint"]
+    out = setup["root"] / "search"
+    budget = _budget(setup["tables"])
+    options = SearchOptions(budgets_ms=(budget,), out_dir=out, evolution=SMALL, eval_limit=LIMIT, drift_check=False,
+                            calibration=CALIBRATION)
+    result = search_precisions(checkpoint, setup["tables"], options, setup["data"])
+    assert set(result.searches) == {"fp32", "int8"}
+    assert (out / "fp32" / "best.json").is_file() and (out / "int8" / "best.json").is_file()
+    picks = {p: s.best_files[0].searched for p, s in result.searches.items()}
+    assert picks["int8"].precision == "int8" and picks["int8"].calibration == CALIBRATION.to_dict()
+    assert picks["fp32"].precision == "fp32" and picks["fp32"].calibration is None
+    chosen = json.loads((out / "best.json").read_text())
+    best = max(picks.values(), key=lambda s: (s.holdout_top1, -s.latency_ms))
+    assert chosen["precision"] == best.precision and chosen["hash"] == best.hash
+    record = json.loads((out / "precisions.json").read_text())
+    assert record["budgets"][0]["chosen"] == best.precision and set(record["budgets"][0]["picks"]) == {"fp32", "int8"}
+    assert (out / "search.png").stat().st_size > 10_000
+    # an int8 record's accuracy is its int8 network's, calibrated as recorded
+    int8 = result.searches["int8"].records[0]
+    again = evaluate_arch_int8(checkpoint.supernet, int8.arch, setup["data"], CALIBRATION, limit=LIMIT)
+    assert again.top1 == int8.holdout_top1
+
+
+def test_tables_that_cannot_be_searched_together_are_one_line_errors(setup: dict[str, Any], tmp_path: Path) -> None:
+    fp32, int8 = setup["tables"]
+    base = ["search", "--supernet", str(setup["checkpoint"].path), "--budget-ms", f"{_budget(setup['tables']):.6g}",
+            "--out", str(tmp_path / "s"), "--no-drift-check"]
+    result = CliRunner().invoke(main, [*base, "--profile", f"{fp32.path},{fp32.path}"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: --profile: two tables of one precision (fp32, fp32): give one per precision"]
+    doc = json.loads(Path(int8.path).read_text())
+    doc["meta"]["batch"] = 4
+    (tmp_path / "b4.json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, [*base, "--profile", f"{fp32.path},{tmp_path / 'b4.json'}"])
+    assert result.exit_code != 0 and len(result.stderr.splitlines()) == 1
+    assert "differ in batch (1 vs 4)" in result.stderr
+    assert Int8Settings.from_dict(int8.meta.options["int8"]) == Int8Settings()
