@@ -24,6 +24,7 @@ import dataclasses
 import random
 import statistics
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from vitres_deploy.files import atomic_write, atomic_write_json
 from vitres_deploy.latency import LatencyTable, predict
 from vitres_deploy.latency.entries import network_sample_shape
 from vitres_deploy.latency.timing import ProfileSettings, measure_onnx
-from vitres_deploy.runtime import OnnxFile, RunnerOptions, get_backend
+from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, RunnerOptions, get_backend
 from vitres_deploy.runtime.cache import int8_onnx
 from vitres_deploy.vit_resnas import vit_resnas
 
@@ -78,7 +79,7 @@ def plot_blocks(path: Path, rows: list[dict[str, Any]], title: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         others = sorted({r["kind"] for r in rows} - {"block"})
-        bx.boxplot([[r["ratio"] for r in rows if r["kind"] == k] for k in others], labels=others)
+        bx.boxplot([[r["ratio"] for r in rows if r["kind"] == k] for k in others], tick_labels=others)
         bx.axhline(1.0, color="black", linewidth=1.0)
         bx.grid(True, alpha=0.3)
         fig.suptitle(title, fontsize=10)
@@ -148,6 +149,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(1)
+    warnings.simplefilter("ignore", NoisyMeasurement)  # the protocol's passes settle; CVs are not the statistic
     fp32, int8 = LatencyTable.load(args.fp32), LatencyTable.load(args.int8)
     rows = block_ratios(fp32, int8)
     kinds = by_kind(rows)
