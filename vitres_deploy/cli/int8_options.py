@@ -12,15 +12,15 @@ from ..convert.int8 import DEFAULT_OP_TYPES, FORMATS, METHODS, Int8Settings
 
 
 def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--int8-method``, ``--int8-format``, ``--int8-ops`` and ``--int8-per-tensor`` (used with ``--precision
-    int8``); the command receives them as one ``int8`` keyword (:class:`Int8Settings`)."""
+    """``--int8-method``, ``--int8-format``, ``--int8-ops``, ``--int8-per-tensor`` and ``--int8-activations``
+    (used with ``--precision int8``); the command receives them as one ``int8`` keyword (:class:`Int8Settings`)."""
 
     @functools.wraps(command)
     def settings(*args: Any, int8_method: str, int8_format: str, int8_ops: str, int8_per_tensor: bool,
-                 **kwargs: Any) -> Any:
+                 int8_activations: str, **kwargs: Any) -> Any:
         ops = tuple(op.strip() for op in int8_ops.split(",") if op.strip())
         kwargs["int8"] = Int8Settings(method=int8_method, format=int8_format, op_types=ops,
-                                      per_channel=not int8_per_tensor)
+                                      per_channel=not int8_per_tensor, activations=int8_activations)
         return command(*args, **kwargs)
 
     decorated: Callable[..., Any] = settings
@@ -34,6 +34,9 @@ def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="int8: op types quantized, comma-separated; every other op (LayerNorm, Softmax, GELU, "
                           "additions) stays float and is recorded."),
         click.option("--int8-per-tensor", is_flag=True, help="int8: one weight scale per tensor, not per channel."),
+        click.option("--int8-activations", type=click.Choice(("uint8", "int8")), default="uint8", show_default=True,
+                     help="int8: activation type. uint8 (times int8 weights) is ONNX Runtime's fast path on x86 CPUs "
+                          "with VNNI; on x86 CPUs without VNNI its products can saturate (int8 avoids that)."),
     ]):
         decorated = option(decorated)
     return decorated
