@@ -3,9 +3,11 @@
 Two kinds of checks run on every artifact (ONNX model, TensorRT engine):
 
 * *numerics*: the artifact's outputs on a seeded batch of real images against PyTorch fp32's, with the
-  comparator of :mod:`vitres_deploy.export.compare` (Polygraphy's element-wise rule, cosine, top-1, NaN/Inf);
+  comparator of :mod:`vitres_deploy.export.compare` (Polygraphy's element-wise rule, off for int8; cosine,
+  top-1 agreement, NaN/Inf);
 * *top-1 drop* (named ``accuracy`` in manifests and reports): the artifact's top-1 on the eval split against
-  PyTorch's, failing above a maximum drop in percentage points.
+  PyTorch's, failing above a maximum drop in percentage points; the share of images where both predict the
+  same class (top-1 agreement) is reported beside it.
 
 On the way to the artifacts, the static sub-network is checked against the supernet (``supernet``) and every
 ONNX file written against ``onnx.checker`` (``checker``).
@@ -30,7 +32,7 @@ from ..errors import CheckFailed, first_line
 from .compare import Comparison, Tolerances, compare
 
 #: Maximum top-1 drop against PyTorch fp32, in percentage points, per precision.
-DEFAULT_MAX_DROP = {"fp32": 0.1, "fp16": 0.5}
+DEFAULT_MAX_DROP = {"fp32": 0.1, "fp16": 0.5, "int8": 0.5}
 #: The name of the top-1 drop check in manifests and reports.
 TOP1_DROP_CHECK = "accuracy"
 #: Tolerances of a transformation that must not change what the network computes (extraction from the
@@ -109,9 +111,10 @@ def numerics_check(artifact: str, runtime: str, reference: np.ndarray, actual: n
     """Compare one artifact's outputs with the reference outputs on the same inputs."""
     c: Comparison = compare(reference, actual, tolerances)
     batch = c.shape[0] if c.shape else 1
-    summary = (f"batch {batch}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}, {c.failed_elements}/{c.elements} "
-               f"elements out, cosine {c.min_cosine:.6f}, top-1 agree {c.top1_agreement:.2%}, "
-               f"NaN {c.nan}, Inf {c.inf}")
+    out = f", {c.failed_elements}/{c.elements} elements out" if tolerances.elementwise else ""
+    mean = f" (mean {c.mean_cosine:.6f})" if tolerances.min_mean_cosine is not None else ""
+    summary = (f"batch {batch}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}{out}, cosine {c.min_cosine:.6f}"
+               f"{mean}, top-1 agree {c.top1_agreement:.2%}, NaN {c.nan}, Inf {c.inf}")
     values = {k: v for k, v in c.to_dict().items() if k not in ("limits", "failures", "passed")}
     values["batch"] = batch
     return CheckResult(artifact, runtime, check, c.passed, summary, values, tolerances.to_dict(),

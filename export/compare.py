@@ -5,6 +5,13 @@ An element fails only if its absolute error exceeds ``atol`` *and* its relative 
 comparison reports the maximum absolute and relative errors, the smallest per-sample cosine similarity,
 top-1 agreement (argmax over the last axis) and NaN/Inf counts, and turns each into PASS/FAIL against
 :class:`Tolerances`.
+
+A limit of ``None`` is off. int8 has no element-wise rule by default (quantization moves every logit by a
+few quantization steps, so no ``atol`` separates a good int8 model from a broken one); it is held to the
+*mean* per-sample cosine similarity of the batch, a per-sample floor, top-1 agreement and NaN/Inf instead.
+The mean, not the smallest value, is what separates them: over the 6,000 hold-out images of a ``fmnist``
+arch, a well calibrated int8 model had 0.25% of its images below cosine 0.99 (a 32-image batch holds one
+8% of the time) and a mean of 0.9993; one losing 3.8 points of top-1 had a mean of 0.971.
 """
 
 from __future__ import annotations
@@ -20,23 +27,35 @@ _TINY = float(np.finfo(np.float32).tiny)
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Limits of a numerics check: element-wise ``atol``/``rtol``, minimum cosine and top-1 agreement."""
+    """Limits of a numerics check: element-wise ``atol``/``rtol`` (``None``: that limit is off; an element fails
+    when it is beyond every limit that is on, and none fails with both off), the smallest per-sample cosine,
+    top-1 agreement, and the smallest mean per-sample cosine of the batch (``None``: off)."""
 
-    atol: float
-    rtol: float
+    atol: float | None
+    rtol: float | None
     min_cosine: float
     min_top1_agreement: float
+    min_mean_cosine: float | None = None
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         """Plain-JSON form."""
         return asdict(self)
 
+    @property
+    def elementwise(self) -> str:
+        """The element-wise rule in words (``"atol 0.0001 and rtol 0.001"``); empty when it is off."""
+        return " and ".join(f"{name} {value:g}" for name, value in (("atol", self.atol), ("rtol", self.rtol))
+                            if value is not None)
+
 
 # Defaults per precision. fp32: errors of a different kernel order (~1e-6 relative on logits) pass with a
-# wide margin; fp16: ~1e-3 relative error of half-precision activations.
+# wide margin; fp16: ~1e-3 relative error of half-precision activations; int8 (see the module docstring): no
+# element-wise rule, the logits' direction kept on average (mean cosine >= 0.99), no image's output turned
+# around (cosine >= 0.5 each), most predictions unchanged.
 DEFAULT_TOLERANCES = {
     "fp32": Tolerances(atol=1e-4, rtol=1e-3, min_cosine=0.99999, min_top1_agreement=0.99),
     "fp16": Tolerances(atol=2e-2, rtol=2e-2, min_cosine=0.999, min_top1_agreement=0.97),
+    "int8": Tolerances(atol=None, rtol=None, min_cosine=0.5, min_top1_agreement=0.9, min_mean_cosine=0.99),
 }
 
 
@@ -51,6 +70,7 @@ class Comparison:
     max_rel: float
     failed_elements: int
     min_cosine: float
+    mean_cosine: float
     top1_agreement: float
     nan: int
     inf: int
@@ -98,9 +118,14 @@ def compare(reference: np.ndarray, actual: np.ndarray, tolerances: Tolerances) -
     finite = np.isfinite(out) & np.isfinite(ref)
     abs_err = np.where(finite, np.abs(out - ref), 0.0)
     rel_err = abs_err / np.maximum(np.abs(ref), _TINY)
-    failed = int(((abs_err > tolerances.atol) & (rel_err > tolerances.rtol)).sum()) + nan + inf
+    beyond = np.full(ref.shape, bool(tolerances.elementwise))
+    for error, limit in ((abs_err, tolerances.atol), (rel_err, tolerances.rtol)):
+        if limit is not None:
+            beyond &= error > limit
+    failed = int(beyond.sum()) + nan + inf
     cos = cosine_per_sample(np.where(finite, ref, 0.0), np.where(finite, out, 0.0))
     min_cos = float(cos.min()) if cos.size else 1.0
+    mean_cos = float(cos.mean()) if cos.size else 1.0
     if ref.ndim >= 1 and ref.shape[-1] > 1 and ref.size:
         top1 = float((ref.argmax(axis=-1) == np.where(finite, out, -np.inf).argmax(axis=-1)).mean())
     else:
@@ -109,8 +134,10 @@ def compare(reference: np.ndarray, actual: np.ndarray, tolerances: Tolerances) -
     if nan or inf:
         failures.append(f"{nan} NaN and {inf} Inf values")
     if failed - nan - inf > 0:
-        failures.append(f"{failed - nan - inf} of {ref.size} elements beyond atol {tolerances.atol:g} and rtol "
-                        f"{tolerances.rtol:g} (max abs error {abs_err.max():.3g}, max rel {rel_err.max():.3g})")
+        failures.append(f"{failed - nan - inf} of {ref.size} elements beyond {tolerances.elementwise} "
+                        f"(max abs error {abs_err.max():.3g}, max rel {rel_err.max():.3g})")
+    if tolerances.min_mean_cosine is not None and mean_cos < tolerances.min_mean_cosine:
+        failures.append(f"mean cosine similarity {mean_cos:.6f} below {tolerances.min_mean_cosine:g}")
     if min_cos < tolerances.min_cosine:
         failures.append(f"cosine similarity {min_cos:.6f} below {tolerances.min_cosine:g}")
     if top1 < tolerances.min_top1_agreement:
@@ -123,6 +150,7 @@ def compare(reference: np.ndarray, actual: np.ndarray, tolerances: Tolerances) -
         max_rel=float(rel_err.max()) if ref.size else 0.0,
         failed_elements=failed,
         min_cosine=min_cos,
+        mean_cosine=mean_cos,
         top1_agreement=top1,
         nan=nan,
         inf=inf,

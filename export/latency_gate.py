@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..arch import Arch
+from ..convert.int8 import Int8Settings
 from ..errors import ProfileError
 from ..latency.drift import DriftReport, trusted_table
 from ..latency.predict import predict
@@ -37,11 +38,32 @@ class LatencyGate:
     drift: DriftReport | None = None
 
 
+#: How an int8 table's models were quantized, as far as it changes their speed, and the flag of each setting (the
+#: calibration method and images change the scales, constants of the graph, not the speed).
+INT8_SPEED_SETTINGS = {"format": "int8_format", "op_types": "int8_ops", "per_channel": "int8_per_tensor",
+                       "activations": "int8_activations", "weights": "int8_weights"}
+
+
+def check_int8_settings(table_path: str | Path, table: Int8Settings, export: Int8Settings) -> None:
+    """Raise :class:`ProfileError` unless the int8 models of the table at ``table_path`` were quantized like the
+    export's in every setting that changes their speed (:data:`INT8_SPEED_SETTINGS`)."""
+    for name, field in INT8_SPEED_SETTINGS.items():
+        ours, theirs = getattr(export, name), getattr(table, name)
+        if ours != theirs:
+            show = ",".join(theirs) if isinstance(theirs, tuple) else theirs
+            mine = ",".join(ours) if isinstance(ours, tuple) else ours
+            raise ProfileError(f"latency table {table_path} times int8 models quantized with {name} {show}, the "
+                               f"export quantizes with {mine}: quantize like the table ({field}) or pass a table of "
+                               "these settings", field=field)
+
+
 def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
                       batch_range: tuple[int, int, int], formats: tuple[str, ...], *, drift_check: bool = True,
-                      rescale: bool = False, allow_other_device: bool = False) -> LatencyGate:
+                      rescale: bool = False, allow_other_device: bool = False,
+                      int8: Int8Settings | None = None) -> LatencyGate:
     """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here:
-    its space, precision and batch, its device fingerprint and (unless ``drift_check`` is off) its drift
+    its space, precision and batch, for int8 how its models were quantized (as ``int8``, the export's settings,
+    in what changes the speed), its device fingerprint and (unless ``drift_check`` is off) its drift
     (:func:`~vitres_deploy.latency.drift.trusted_table`)."""
     table = LatencyTable.load(table_path)
     meta = table.meta
@@ -51,6 +73,8 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
     if meta.precision != precision:
         raise ProfileError(f"latency table {table_path} measures {meta.precision}, the export is {precision}: "
                            f"pass precision {meta.precision} or a {precision} table", field="precision")
+    if precision == "int8":
+        check_int8_settings(table_path, Int8Settings.from_dict(meta.options.get("int8", {})), int8 or Int8Settings())
     backend = get_backend(meta.backend)
     backend.check(meta.precision)
     if meta.backend == "tensorrt" and "tensorrt" in formats and not batch_range[0] <= meta.batch <= batch_range[2]:
@@ -65,11 +89,12 @@ def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
                    sample_shape: tuple[int, ...]) -> tuple[str, Measurement]:
     """Time the exported network with the table's backend, protocol and statistic; returns (artifact, measurement).
 
-    ONNX backends time ``onnx_path`` (the fp32 ONNX; the backend applies the table's precision as when
-    profiling); torch tables time the static module. ``tensorrt`` tables time an engine of ``onnx_path`` built
-    the way the table's entries were, with its optimization profile fixed at the table's batch
-    (:func:`timed_engine_profile`), not the bundle's ``model.plan``: that engine is tuned for ``batch_range.opt``,
-    and timing it at another batch would time other tactics than the table's.
+    ONNX backends time ``onnx_path`` (the fp32 ONNX: the backend applies the table's precision as when
+    profiling; or a quantized ONNX, which int8 runners run as it is); torch tables time the static module.
+    ``tensorrt`` tables time an engine of ``onnx_path`` built the way the table's entries were, with its
+    optimization profile fixed at the table's batch (:func:`timed_engine_profile`), not the bundle's
+    ``model.plan``: that engine is tuned for ``batch_range.opt``, and timing it at another batch would time other
+    tactics than the table's.
     """
     meta = gate.table.meta
     with warnings.catch_warnings():

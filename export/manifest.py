@@ -1,9 +1,10 @@
 """The bundle manifest (``manifest.json``) as one typed document, written by ``export`` and read by ``verify``.
 
 :class:`Manifest` holds what a bundle is (space, architecture, supernet, I/O, normalisation, classes, data),
-how it was made (versions, device, artifacts, tolerances) and what was checked (the eval-split record, every
-check, the latency gate), with the sha256 of every other file. :meth:`Manifest.to_dict` is the file form
-and :meth:`Manifest.from_dict` its reader; both keep the file's keys and values as they are.
+how it was made (versions, device, artifacts, int8 quantization, tolerances) and what was checked (the
+eval-split record, every check, the latency gate), with the sha256 of every other file.
+:meth:`Manifest.to_dict` is the file form and :meth:`Manifest.from_dict` its reader; both keep the file's keys
+and values as they are.
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ class ArtifactRecord:
 @dataclass
 class Manifest:
     """``manifest.json``: the typed form of every key (see the module docstring); ``latency`` is None
-    without a latency gate. ``files`` lists every other file of the bundle with its sha256."""
+    without a latency gate. ``files`` lists every other file of the bundle with its sha256. ``quantization``
+    is how an int8 model was quantized (settings, calibration images and digest, ops left in float, share of
+    compute ops quantized); None for other precisions."""
 
     name: str
     created: str
@@ -202,13 +205,15 @@ class Manifest:
     latency: dict[str, Any] | None
     timings_s: dict[str, float]
     files: dict[str, str] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The file form."""
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "name": self.name, "created": self.created,
             "vitres_deploy": self.vitres_deploy, "space": self.space.to_dict(), "arch": self.arch.to_dict(),
-            "supernet": self.supernet.to_dict(), "precision": self.precision, "opset": self.opset,
+            "supernet": self.supernet.to_dict(), "precision": self.precision, "quantization": self.quantization,
+            "opset": self.opset,
             "formats": list(self.formats), "batch_range": self.batch_range.to_dict(), "input": self.input.to_dict(),
             "output": self.output.to_dict(), "normalization": self.normalization.to_dict(),
             "class_names": list(self.class_names), "data": self.data.to_dict(), "versions": self.versions,
@@ -234,7 +239,7 @@ class Manifest:
                 name=data["name"], created=data["created"], vitres_deploy=data["vitres_deploy"],
                 space=SpaceRecord.from_dict(data["space"]), arch=ArchRecord.from_dict(data["arch"]),
                 supernet=SupernetRecord.from_dict(data["supernet"]), precision=data["precision"],
-                opset=data["opset"], formats=list(data["formats"]),
+                quantization=data.get("quantization"), opset=data["opset"], formats=list(data["formats"]),
                 batch_range=BatchRange.from_dict(data["batch_range"]), input=ModelInput.from_dict(data["input"]),
                 output=ModelOutput.from_dict(data["output"]),
                 normalization=Normalization.from_dict(data["normalization"]),

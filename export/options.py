@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..convert.int8 import Int8Settings
 from ..convert.to_onnx import DEFAULT_OPSET, max_opset
 from ..data import SPLITS
 from ..errors import SettingsError
@@ -64,7 +65,8 @@ class ExportOptions:
     """Every setting of an export. Tolerances and the top-1 drop limit default per precision.
 
     ``table_path`` is a latency table: with it the export is timed the table's way and gated on
-    ``budget_ms`` (given, or the architecture file's).
+    ``budget_ms`` (given, or the architecture file's). ``int8`` and ``calibration_images`` say how an int8
+    export is quantized: calibrated on that many training images drawn with ``seed``.
     """
 
     formats: tuple[str, ...] = ("onnx",)
@@ -87,13 +89,21 @@ class ExportOptions:
     drift_check: bool = True
     rescale: bool = False
     allow_other_device: bool = False
+    int8: Int8Settings = field(default_factory=Int8Settings)
+    calibration_images: int = 512
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
             raise SettingsError(f"formats: unknown format {unknown[0]!r}; use onnx or onnx,tensorrt", field="formats")
         if self.precision not in DEFAULT_TOLERANCES:
-            raise SettingsError(f"precision {self.precision!r}: use fp32 or fp16", field="precision")
+            raise SettingsError(f"precision {self.precision!r}: use {', '.join(DEFAULT_TOLERANCES)}", field="precision")
+        if self.precision == "int8" and "tensorrt" in self.formats:
+            raise SettingsError("formats tensorrt: int8 exports are ONNX only (the tensorrt backend builds fp32 and "
+                                "fp16 engines, not int8 ones yet)", field="formats")
+        if self.calibration_images < 1:
+            raise SettingsError(f"calibration_images {self.calibration_images}: must be at least 1",
+                                field="calibration_images")
         if self.opset < 18:
             raise SettingsError(f"opset {self.opset}: the dynamo exporter needs opset 18 or newer", field="opset")
         if self.opset > max_opset():
@@ -125,7 +135,7 @@ class ExportOptions:
             raise SettingsError(f"max_accuracy_drop {self.max_accuracy_drop}: must be a finite number >= 0",
                                 field="max_accuracy_drop")
         for name, value in (self.tolerances.to_dict() if self.tolerances else {}).items():
-            if not (math.isfinite(value) and value >= 0):
+            if value is not None and not (math.isfinite(value) and value >= 0):
                 raise SettingsError(f"{name} {value}: must be a finite number >= 0", field=name)
 
     @property

@@ -11,11 +11,13 @@ architecture, the latency table and the budget (:func:`plan_export`);
 2. ``torch.onnx.export(dynamo=True)`` (opset >= 18, dynamic batch), ``onnx.checker`` with ``full_check``;
 3. optional onnxslim simplification, kept only if ONNX Runtime outputs still match the unsimplified model;
 4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, and every node whose activations on the
-   first batch exceed half the fp16 range, named in the manifest; fp32 inputs/outputs);
+   first batch exceed half the fp16 range, named in the manifest; fp32 inputs/outputs); int8: the static int8
+   ONNX (:func:`quantize`), calibrated on seeded training images, its record in the manifest;
 5. TensorRT engine when asked for and available, profiled over the batch range, with a timing cache;
 
 **check** (:func:`check`): every artifact against PyTorch fp32 (numerics on a seeded batch, top-1 drop on the
-eval split) and, with a latency table, the latency gate (:func:`gate_latency`);
+eval split) and, with a latency table, the latency gate (:func:`gate_latency`: the served int8 model itself
+for int8);
 
 **write** (:func:`write`): ``arch.json``, ``reference.npz``, the Triton repository and ``manifest.json``; the
 bundle is renamed into place only if every check passed.
@@ -42,6 +44,7 @@ from ..arch import Arch
 from ..archfile import ArchFile
 from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
+from ..convert.int8 import quantize_onnx, quantized_share, uint8_may_saturate
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
 from ..errors import DataError, first_line
@@ -72,7 +75,7 @@ from .manifest import (
 )
 from .options import ExportOptions
 from .tensorrt_plan import build_plan
-from .triton import TensorConfig, write_repository
+from .triton import TensorConfig, int8_parameters, write_repository
 
 ONNX_FILE, ENGINE_FILE = "model.onnx", "model.plan"
 
@@ -187,7 +190,7 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     if opts.table_path is not None:
         gate = plan_latency_gate(opts.table_path, chosen, space, opts.precision, opts.batch_range.as_tuple(),
                                  opts.all_formats, drift_check=opts.drift_check, rescale=opts.rescale,
-                                 allow_other_device=opts.allow_other_device)
+                                 allow_other_device=opts.allow_other_device, int8=opts.int8)
     return ExportPlan(checkpoint, chosen, setup.target, opts, setup.onnx_runtime, budget, gate)
 
 
@@ -213,7 +216,8 @@ class Build:
     """What the build step made, and the checks it ran on the way.
 
     ``fp32_onnx`` is the (simplified) fp32 ONNX in the scratch directory, the source of the engine and of
-    the latency measurement; ``artifacts`` are the bundle's served files, ready to be checked.
+    the latency measurement (but for int8); ``artifacts`` are the bundle's served files, ready to be checked;
+    ``quantization`` is the record of an int8 model (:func:`quantize`), None for other precisions.
     """
 
     model: torch.nn.Module
@@ -224,6 +228,12 @@ class Build:
     checks: list[CheckResult]
     notes: list[str] = field(default_factory=list)
     fp32_nodes: dict[str, float] = field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
+
+    @property
+    def onnx(self) -> Path:
+        """The bundle's ONNX model (the first artifact)."""
+        return self.artifacts[0].path
 
 
 @contextlib.contextmanager
@@ -285,6 +295,17 @@ def _network(plan: ExportPlan, x: torch.Tensor) -> tuple[torch.nn.Module, list[C
     return model, [supernet_check(checkpoint, model, plan.arch, x)], []
 
 
+def quantize(plan: ExportPlan, data: ImageData, fp32_onnx: Path, dst: Path) -> dict[str, Any]:
+    """Write the static int8 version of ``fp32_onnx`` to ``dst``, calibrated on the options' number of training
+    images (hold-out excluded) drawn with the options' seed; returns its record (settings, calibration source,
+    image count and digest, the op types left in float, the share of compute ops quantized)."""
+    opts = plan.options
+    images = data.calibration_images(opts.calibration_images, opts.seed).numpy()
+    record = quantize_onnx(fp32_onnx, dst, images, opts.int8,
+                           source=f"{data.kind} training images (hold-out excluded), seed {opts.seed}")
+    return {**record, "quantized_share": quantized_share(dst, opts.int8.op_types)}
+
+
 def _first_batch(plan: ExportPlan, data: ImageData) -> torch.Tensor:
     batch, split = plan.options.batch_range.max, plan.options.eval_split
     try:
@@ -322,7 +343,16 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
 
     onnx_path = root / ONNX_FILE
     fp32_nodes: dict[str, float] = {}
-    if opts.precision == "fp16":
+    quantization = None
+    if opts.precision == "int8":
+        quantization = quantize(plan, data, fp32_onnx, onnx_path)
+        if opts.int8.activations == "uint8" and not opts.int8.reduce_range and uint8_may_saturate():
+            notes.append("uint8 activations and full-range weights on an x86 CPU without VNNI: ONNX Runtime's "
+                         "uint8 x int8 products can saturate here; if a check fails, drop --int8-full-range")
+        checks.append(checker_check(onnx_path, opts.opset))
+        raise_for_failures(checks)
+        clock.lap("quantize")
+    elif opts.precision == "fp16":
         fp32_nodes = overflowing_nodes(fp32_onnx, x.numpy())
         convert_file(fp32_onnx, onnx_path, keep_nodes=fp32_nodes)
         if fp32_nodes:
@@ -341,7 +371,7 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
         (root / ENGINE_FILE).write_bytes(plan_bytes)
         artifacts.append(plan_artifact(root / ENGINE_FILE, opts.precision))
         clock.lap("tensorrt_build")
-    return Build(model, fp32_onnx, simplification, artifacts, engine, checks, notes, fp32_nodes)
+    return Build(model, fp32_onnx, simplification, artifacts, engine, checks, notes, fp32_nodes, quantization)
 
 
 # -------------------------------------------------------------------------------------------- check
@@ -373,10 +403,12 @@ def check(plan: ExportPlan, built: Build, data: ImageData, *, progress: bool = F
 
 
 def gate_latency(gate: LatencyGate, plan: ExportPlan, built: Build) -> tuple[CheckResult, dict[str, Any]]:
-    """Time the export the way ``gate``'s latency table was measured and judge it against the budget."""
+    """Time the export the way ``gate``'s latency table was measured and judge it against the budget: the fp32
+    ONNX, which the table's backend converts as it did when profiling, or for int8 the bundle's quantized
+    model itself (a quantized file is run as it is), not the fp32 one quantized again."""
     opts = plan.options
-    artifact, stats = measure_export(gate, onnx_path=built.fp32_onnx, module=built.model,
-                                     sample_shape=plan.sample_shape)
+    onnx_path = built.onnx if opts.precision == "int8" else built.fp32_onnx
+    artifact, stats = measure_export(gate, onnx_path=onnx_path, module=built.model, sample_shape=plan.sample_shape)
     return latency_check(gate, artifact, stats, plan.budget_ms, opts.latency_tolerance, opts.allow_over_budget)
 
 
@@ -397,7 +429,8 @@ def _artifact_records(plan: ExportPlan, built: Build, root: Path, files: dict[st
         return ArtifactRecord(fmt, precision, checked_on, details, files[rel], (root / rel).stat().st_size)
 
     records = {ONNX_FILE: record(ONNX_FILE, "onnx", plan.onnx_runtime, {"simplification": built.simplification,
-                                                                     "fp32_nodes": built.fp32_nodes})}
+                                                                     "fp32_nodes": built.fp32_nodes,
+                                                                     "quantization": built.quantization})}
     if built.engine is not None:
         records[ENGINE_FILE] = record(ENGINE_FILE, "tensorrt", "tensorrt", built.engine)
     return records
@@ -429,7 +462,8 @@ def _manifest(plan: ExportPlan, built: Build, data: ImageData, evaluation: Evalu
         space=SpaceRecord(space.name, space.family, space.image_size, space.in_chans, space.num_classes),
         arch=ArchRecord(arch.hash, arch.short(), cost.macs, cost.params),
         supernet=_weights_record(checkpoint),
-        precision=opts.precision, opset=opts.opset, formats=list(opts.all_formats), batch_range=opts.batch_range,
+        precision=opts.precision, quantization=built.quantization, opset=opts.opset, formats=list(opts.all_formats),
+        batch_range=opts.batch_range,
         input=model_input, output=model_output,
         normalization=Normalization(list(data.mean), list(data.std), 1 / 255), class_names=list(data.class_names),
         data=DataRecord(data.kind, data.holdout, data.holdout_digest),
@@ -447,7 +481,8 @@ def write(plan: ExportPlan, built: Build, data: ImageData, evaluation: Evaluatio
     model_input, model_output = _model_io(plan)
     write_repository(root, plan.name, plan.options.all_formats, plan.options.batch_range,
                      [TensorConfig(model_input.name, model_input.dtype, plan.sample_shape)],
-                     [TensorConfig(model_output.name, model_output.dtype, (plan.checkpoint.space.num_classes,))])
+                     [TensorConfig(model_output.name, model_output.dtype, (plan.checkpoint.space.num_classes,))],
+                     int8_parameters(built.quantization))
     manifest = _manifest(plan, built, data, evaluation, checks, latency, timings, root)
     write_manifest(root, manifest)
     return manifest

@@ -5,13 +5,18 @@ and ``triton/<name>_trt/...`` with ``model.plan`` when an engine was built), wri
 :func:`write_repository`. Configurations declare the batch dimension through ``max_batch_size`` (so ``dims``
 are per sample) and turn dynamic batching on. :func:`parse_pbtxt` reads the protobuf text format subset such
 files use, so ``verify`` can check that a configuration still matches the model it serves.
+
+An int8 ONNX model keeps fp32 inputs and outputs, so its configuration declares the same tensors; its
+quantization is stated in the model's ``parameters`` (:func:`int8_parameters`: Triton keeps a model's
+parameters as strings for its backend, and the ONNX Runtime backend reads only the keys it knows), and in full
+in the bundle's manifest.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,30 @@ class TensorConfig:
     dims: tuple[int, ...]
 
 
+def int8_parameters(quantization: Mapping[str, Any] | None) -> dict[str, str]:
+    """The model parameters that state an int8 model's quantization (``{}`` without one): its precision, and
+    its settings and calibration in one line (the manifest's ``quantization`` holds the full record)."""
+    if quantization is None:
+        return {}
+    settings, calibration = quantization["settings"], quantization["calibration"]
+    weights = "per-channel" if settings["per_channel"] else "per-tensor"
+    return {"vitres_deploy.precision": "int8",
+            "vitres_deploy.int8": (f"static {settings['format']}, {settings['activations']} activations, {weights} "
+                                   f"{settings['weights']} weights of {', '.join(settings['op_types'])}; "
+                                   f"{settings['method']} calibration on {calibration['images']} "
+                                   f"{calibration['source']} (sha256 {calibration['digest']})")}
+
+
+def _quoted(text: str) -> str:
+    """``text`` as a protobuf text format string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def model_config(name: str, fmt: str, max_batch_size: int, preferred_batch_sizes: Sequence[int],
                  inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
-                 max_queue_delay_us: int = 100) -> str:
-    """The ``config.pbtxt`` text of a model in format ``onnx`` or ``tensorrt``, dynamic batching on."""
+                 max_queue_delay_us: int = 100, parameters: Mapping[str, str] | None = None) -> str:
+    """The ``config.pbtxt`` text of a model in format ``onnx`` or ``tensorrt``, dynamic batching on, with
+    ``parameters`` (string values) for the backend."""
     platform, filename = PLATFORMS[fmt]
     lines = [f'name: "{name}"', f'platform: "{platform}"', f'default_model_filename: "{filename}"',
              f"max_batch_size: {max_batch_size}"]
@@ -55,15 +80,18 @@ def model_config(name: str, fmt: str, max_batch_size: int, preferred_batch_sizes
     lines.append("}")
     if fmt == "tensorrt":
         lines.append("instance_group [\n  {\n    kind: KIND_GPU\n    count: 1\n  }\n]")
+    for key, value in (parameters or {}).items():
+        lines.append(f"parameters {{\n  key: {_quoted(key)}\n  value: {{ string_value: {_quoted(value)} }}\n}}")
     return "\n".join(lines) + "\n"
 
 
 def write_repository(root: Path, name: str, formats: Sequence[str], batch_range: BatchRange,
-                     inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig]) -> None:
+                     inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
+                     onnx_parameters: Mapping[str, str] | None = None) -> None:
     """Write ``root/triton``: per format, a copy of the bundle's model file and its configuration.
 
-    The ONNX model is served as ``name``, the TensorRT engine as ``name_trt``; both batch up to
-    ``batch_range.max`` and prefer ``opt`` and ``max``.
+    The ONNX model is served as ``name`` (with ``onnx_parameters``), the TensorRT engine as ``name_trt``; both
+    batch up to ``batch_range.max`` and prefer ``opt`` and ``max``.
     """
     for fmt in formats:
         model = name if fmt == "onnx" else f"{name}_trt"
@@ -71,7 +99,8 @@ def write_repository(root: Path, name: str, formats: Sequence[str], batch_range:
         version = root / "triton" / model / "1"
         version.mkdir(parents=True)
         shutil.copyfile(root / filename, version / filename)
-        text = model_config(model, fmt, batch_range.max, (batch_range.opt, batch_range.max), inputs, outputs)
+        text = model_config(model, fmt, batch_range.max, (batch_range.opt, batch_range.max), inputs, outputs,
+                            parameters=onnx_parameters if fmt == "onnx" else None)
         (root / "triton" / model / "config.pbtxt").write_text(text)
 
 
@@ -160,6 +189,14 @@ def _value(tokens: list[str], pos: int) -> tuple[Any, int]:
         except ValueError:
             continue
     return {"true": True, "false": False}.get(token, token), pos + 1
+
+
+def parameters_of(config: dict[str, list[Any]]) -> dict[str, str]:
+    """The ``parameters`` of a parsed configuration, ``{key: string_value}``."""
+    try:
+        return {p["key"][0]: p["value"][0]["string_value"][0] for p in config.get("parameters", [])}
+    except (KeyError, IndexError, TypeError):
+        raise PbtxtError("config.pbtxt: a parameters entry lacks key or value.string_value") from None
 
 
 def tensors_of(config: dict[str, list[Any]], key: str) -> list[TensorConfig]:

@@ -22,7 +22,7 @@ from .bundle import MANIFEST, REFERENCE, check_listing, read_manifest, read_refe
 from .checks import DEFAULT_MAX_DROP, CheckResult, raise_for_failures
 from .compare import DEFAULT_TOLERANCES
 from .manifest import BundleCorrupt, Manifest
-from .triton import PLATFORMS, PbtxtError, TensorConfig, parse_pbtxt, tensors_of
+from .triton import PLATFORMS, PbtxtError, TensorConfig, int8_parameters, parameters_of, parse_pbtxt, tensors_of
 
 
 @dataclass
@@ -55,7 +55,8 @@ class VerifyReport:
 
 
 def check_triton(bundle: Path, manifest: Manifest) -> int:
-    """Every Triton configuration must parse and match the manifest's I/O and batch range; returns their count."""
+    """Every Triton configuration must parse and match the manifest's I/O, batch range and (the ONNX model's)
+    int8 quantization; returns their count."""
     want_in = [TensorConfig(manifest.input.name, manifest.input.dtype, manifest.space.sample_shape)]
     want_out = [TensorConfig(manifest.output.name, manifest.output.dtype, (manifest.space.num_classes,))]
     configs = sorted(rel for rel in manifest.files if rel.startswith("triton/") and rel.endswith("/config.pbtxt"))
@@ -78,6 +79,8 @@ def check_triton(bundle: Path, manifest: Manifest) -> int:
                 problems.append("inputs/outputs differ from the model's")
             if "dynamic_batching" not in config:
                 problems.append("dynamic batching is off")
+            if parameters_of(config) != (int8_parameters(manifest.quantization) if fmt == "onnx" else {}):
+                problems.append("parameters differ from the manifest's quantization")
         except PbtxtError as e:
             problems = [first_line(e)]
         if problems:

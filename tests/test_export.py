@@ -120,9 +120,9 @@ def test_manifest_records_versions_io_normalisation_and_checks(exported, small_s
 
 
 MANIFEST_KEYS = ["format", "format_version", "name", "created", "vitres_deploy", "space", "arch", "supernet",
-                 "precision", "opset", "formats", "batch_range", "input", "output", "normalization", "class_names",
-                 "data", "versions", "device", "artifacts", "tolerances", "max_accuracy_drop_points", "evaluation",
-                 "checks", "latency", "timings_s", "files"]
+                 "precision", "quantization", "opset", "formats", "batch_range", "input", "output", "normalization",
+                 "class_names", "data", "versions", "device", "artifacts", "tolerances", "max_accuracy_drop_points",
+                 "evaluation", "checks", "latency", "timings_s", "files"]
 
 
 def test_manifest_is_one_typed_document_that_reads_back_to_the_same_file(exported):
@@ -339,7 +339,7 @@ def _bad_inputs(tmp_path: Path, fmnist, latency_table: Path, exported) -> dict[s
         "arch outside the space": (["--arch", _arch_file(tmp_path, "outside.json", outside)], "heads=99 not in"),
         "arch of another space": (["--arch", _arch_file(tmp_path, "tiny.json", other_space)], "expected 'fmnist'"),
         "tensorrt unavailable": (["--formats", "onnx,tensorrt"], "backend tensorrt is not usable here"),
-        "fp16 without a backend for it": (["--precision", "fp16"], "ort-cpu: runs fp32 only"),
+        "fp16 without a backend for it": (["--precision", "fp16"], "ort-cpu: runs fp32/int8 only"),
         "unknown format": (["--formats", "onnx,tflite"], "unknown format 'tflite'"),
         "bad batch range": (["--batch-range", "8:4:2"], "MIN <= OPT <= MAX"),
         "table of another space": (["--profile", other_table], "profiled for space 'vit-resnas-tiny'"),

@@ -23,10 +23,18 @@ from vitres_deploy.export.checks import (
     raise_for_failures,
     top1_drop_check,
 )
-from vitres_deploy.export.compare import Tolerances, compare, cosine_per_sample
+from vitres_deploy.export.compare import DEFAULT_TOLERANCES, Tolerances, compare, cosine_per_sample
 from vitres_deploy.export.manifest import FORMAT, FORMAT_VERSION, ArtifactRecord
 from vitres_deploy.export.options import BatchRange, ExportOptions
-from vitres_deploy.export.triton import PbtxtError, TensorConfig, model_config, parse_pbtxt, tensors_of
+from vitres_deploy.export.triton import (
+    PbtxtError,
+    TensorConfig,
+    int8_parameters,
+    model_config,
+    parameters_of,
+    parse_pbtxt,
+    tensors_of,
+)
 from vitres_deploy.files import atomic_write_json
 
 LOOSE = Tolerances(atol=1e-3, rtol=1e-2, min_cosine=0.0, min_top1_agreement=0.0)
@@ -66,6 +74,29 @@ def test_cosine_and_top1_agreement():
     c = compare(ref, got, Tolerances(atol=10, rtol=10, min_cosine=0.5, min_top1_agreement=0.9))
     assert c.min_cosine == 0.0 and c.top1_agreement == pytest.approx(2 / 3)
     assert [f.split()[0] for f in c.failures] == ["cosine", "top-1"]
+
+
+def test_int8_has_no_elementwise_rule_and_is_held_to_the_mean_cosine():
+    """Every logit moved by a few quantization steps passes; one output turned around fails on the mean cosine
+    (and on the per-image floor); a limit that is on alone (atol) is the whole element-wise rule."""
+    int8 = DEFAULT_TOLERANCES["int8"]
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((32, 10)) * 4
+    moved = ref + rng.uniform(-0.05, 0.05, ref.shape)
+    c = compare(ref, moved, int8)
+    assert c.passed and c.failed_elements == 0 and c.mean_cosine > 0.999
+    turned = moved.copy()
+    turned[3] = -turned[3]
+    c = compare(ref, turned, int8)
+    assert c.failures[0] == f"mean cosine similarity {c.mean_cosine:.6f} below 0.99"
+    assert c.failures[1].startswith("cosine similarity -0.99") and c.failed_elements == 0
+    nan = moved.copy()
+    nan[0, 0] = np.nan
+    assert compare(ref, nan, int8).failures[0] == "1 NaN and 0 Inf values"
+    c = compare(ref, moved, Tolerances(atol=0.01, rtol=None, min_cosine=0, min_top1_agreement=0))
+    assert c.failed_elements > 0 and "elements beyond atol 0.01 (max abs" in c.failures[0]
+    summary = numerics_check("onnx", "ort-cpu", ref, moved, int8).summary
+    assert "elements out" not in summary and f"(mean {compare(ref, moved, int8).mean_cosine:.6f})" in summary
 
 
 def test_shape_mismatch_is_an_error():
@@ -127,6 +158,22 @@ def test_triton_config_round_trips_through_the_parser():
     assert config["instance_group"][0]["kind"] == ["KIND_GPU"]
     assert tensors_of(config, "input") == [TensorConfig("input", "float32", (3, 224, 224))]
     assert config["parameters"][0]["value"][0]["string_value"] == ["a b"]
+
+
+def test_an_int8_models_config_states_its_quantization_in_parameters_that_read_back():
+    record = {"settings": {"method": "entropy", "format": "qdq", "per_channel": False, "op_types": ["MatMul"],
+                           "activations": "uint8", "weights": "int8"},
+              "calibration": {"source": 'training images "quoted"', "images": 8, "digest": "abc"}}
+    parameters = int8_parameters(record)
+    assert parameters["vitres_deploy.precision"] == "int8"
+    assert parameters["vitres_deploy.int8"] == ("static qdq, uint8 activations, per-tensor int8 weights of MatMul; "
+                                                'entropy calibration on 8 training images "quoted" (sha256 abc)')
+    text = model_config("m", "onnx", 8, (8,), [TensorConfig("input", "float32", (1, 28, 28))],
+                        [TensorConfig("output", "float32", (10,))], parameters=parameters)
+    config = parse_pbtxt(text)
+    assert parameters_of(config) == parameters and tensors_of(config, "input")[0].dtype == "float32"
+    assert int8_parameters(None) == {} and parameters_of(parse_pbtxt(model_config(
+        "m", "onnx", 8, (8,), [], []))) == {}
 
 
 @pytest.mark.parametrize("bad", ['name: "x" {', "input [ { name: } ]", "max_batch_size: 4 }", '"x": 3'])
@@ -196,6 +243,7 @@ def test_staging_commits_atomically_and_cleans_up_failures(tmp_path):
     ({"name": "a b"}, "name", "--name", "a b"),
     ({"latency_tolerance": -0.5}, "latency_tolerance", "--latency-tolerance", "-0.5"),
     ({"formats": ("onnx", "tflite")}, "formats", "--formats", "onnx,tflite"),
+    ({"calibration_images": 0}, "calibration_images", "--calibration-images", "0"),
 ])
 def test_bad_export_setting_names_its_field_in_python_and_its_flag_on_the_command_line(setting, field, flag, value):
     with pytest.raises(SettingsError) as e:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 import click
 
 from .boundary import Command
+from .int8_options import int8_options
 from .output import print_json, print_table
 from .table_options import trust_options
 
 if TYPE_CHECKING:
+    from ..convert.int8 import Int8Settings
     from ..export.checks import CheckResult
 
 
@@ -27,9 +29,11 @@ def check_rows(checks: list[CheckResult]) -> list[tuple[str, str, str, str, str,
 
 def _limits(c: CheckResult) -> str:
     lim = c.limits
-    if "atol" in lim:
-        return (f"atol {lim['atol']:g} & rtol {lim['rtol']:g}, cos >= {lim['min_cosine']:g}, "
-                f"top-1 >= {lim['min_top1_agreement']:.0%}")
+    if "min_cosine" in lim:
+        rule = " & ".join(f"{name} {lim[name]:g}" for name in ("atol", "rtol") if lim.get(name) is not None)
+        mean = f"mean cos >= {lim['min_mean_cosine']:g}" if lim.get("min_mean_cosine") is not None else ""
+        parts = [rule, mean, f"cos >= {lim['min_cosine']:g}", f"top-1 >= {lim['min_top1_agreement']:.0%}"]
+        return ", ".join(part for part in parts if part)
     if "max_drop_points" in lim:
         return f"drop <= {lim['max_drop_points']:g} pt"
     if lim.get("budget_ms") is not None:
@@ -46,7 +50,12 @@ def _limits(c: CheckResult) -> str:
               help="Architecture file (a search's best.json gives the latency budget too), max, min or random:SEED.")
 @click.option("--formats", default="onnx", show_default=True,
               help="onnx or onnx,tensorrt (the ONNX model is always part of the bundle).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: static int8 ONNX (ONNX Runtime's quantization tool), calibrated on training images.")
+@int8_options
+@click.option("--calibration-images", type=int, default=512, show_default=True,
+              help="int8: training images (hold-out excluded, drawn with --seed) the activation ranges are "
+                   "calibrated on.")
 @click.option("--batch-range", default="1:8:32", show_default=True,
               help="MIN:OPT:MAX batch sizes served (TensorRT optimization profile, Triton max_batch_size).")
 @click.option("--profile", "table_path", default=None,
@@ -60,26 +69,34 @@ def _limits(c: CheckResult) -> str:
 @click.option("--eval-split", type=click.Choice(["holdout", "test"]), default="holdout", show_default=True,
               help="Split of the accuracy check.")
 @click.option("--eval-limit", type=int, default=None, help="Check accuracy on the first N images only.")
-@click.option("--atol", type=float, default=None, help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2).")
-@click.option("--rtol", type=float, default=None, help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2).")
-@click.option("--min-cosine", type=float, default=None, help="Numerics: minimum cosine similarity per image.")
-@click.option("--min-top1-agreement", type=float, default=None, help="Numerics: minimum top-1 agreement (0..1).")
+@click.option("--atol", type=float, default=None,
+              help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2, int8 none).")
+@click.option("--rtol", type=float, default=None,
+              help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2, int8 none).")
+@click.option("--min-cosine", type=float, default=None,
+              help="Numerics: minimum cosine similarity per image (fp32 0.99999, fp16 0.999, int8 0.5).")
+@click.option("--min-mean-cosine", type=float, default=None,
+              help="Numerics: minimum mean cosine similarity of the batch (int8 0.99; fp32 and fp16 none).")
+@click.option("--min-top1-agreement", type=float, default=None,
+              help="Numerics: minimum top-1 agreement (0..1; fp32 0.99, fp16 0.97, int8 0.9).")
 @click.option("--max-accuracy-drop", type=float, default=None,
-              help="Maximum top-1 drop against PyTorch fp32, in points (fp32 0.1, fp16 0.5).")
+              help="Maximum top-1 drop against PyTorch fp32, in points (fp32 0.1, fp16 0.5, int8 0.5).")
 @click.option("--no-simplify", is_flag=True, help="Skip the onnxslim simplification.")
 @click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the numerics check batch.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the numerics check batch and of the int8 calibration images.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")
 @click.option("--name", default=None, help="Triton model name (default: <space>_<arch hash>).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--out", "out", required=True, help="Bundle directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range: str, table_path: str | None,
-           budget_ms: float | None, latency_tolerance: float, allow_over_budget: bool, data_dir: str | None,
-           eval_split: str, eval_limit: int | None, atol: float | None, rtol: float | None,
-           min_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
-           no_simplify: bool, opset: int, seed: int, threads: int, name: str | None, force: bool, out: str,
-           as_json: bool, no_drift_check: bool, rescale: bool, allow_other_device: bool) -> None:
+def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Settings, calibration_images: int,
+           batch_range: str, table_path: str | None, budget_ms: float | None, latency_tolerance: float,
+           allow_over_budget: bool, data_dir: str | None, eval_split: str, eval_limit: int | None,
+           atol: float | None, rtol: float | None, min_cosine: float | None, min_mean_cosine: float | None,
+           min_top1_agreement: float | None, max_accuracy_drop: float | None, no_simplify: bool, opset: int,
+           seed: int, threads: int, name: str | None, force: bool, out: str, as_json: bool, no_drift_check: bool,
+           rescale: bool, allow_other_device: bool) -> None:
     """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
     import dataclasses
 
@@ -91,7 +108,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
     from ..export.pipeline import check_setup, plan_export, run_export
 
     start = time.perf_counter()
-    given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine,
+    given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_mean_cosine": min_mean_cosine,
                                "min_top1_agreement": min_top1_agreement}.items() if v is not None}
     options = ExportOptions(
         formats=tuple(f.strip() for f in formats.split(",") if f.strip()), precision=precision,
@@ -100,7 +117,8 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
         tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
         max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, table_path=table_path,
         budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
-        drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device)
+        drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device, int8=int8,
+        calibration_images=calibration_images)
     setup = check_setup(out, options)
     checkpoint = load_any_checkpoint(ckpt)
     plan = plan_export(setup, checkpoint, resolve_arch_file(arch_spec, checkpoint.space))
@@ -133,20 +151,24 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, batch_range:
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads of the checks.")
 @click.option("--atol", type=float, default=None,
-              help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2; never the manifest's own).")
+              help="Numerics: absolute tolerance (fp32 1e-4, fp16 2e-2, int8 none; never the manifest's own).")
 @click.option("--rtol", type=float, default=None,
-              help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2; never the manifest's own).")
+              help="Numerics: relative tolerance (fp32 1e-3, fp16 2e-2, int8 none; never the manifest's own).")
+@click.option("--min-mean-cosine", type=float, default=None,
+              help="Numerics: minimum mean cosine similarity of the batch (int8 0.99, fp32 and fp16 none; never the "
+                   "manifest's own).")
 @click.option("--max-accuracy-drop", type=float, default=None,
               help="Maximum top-1 difference from the recorded PyTorch fp32 top-1, in points, either way "
-                   "(fp32 0.1, fp16 0.5; never the manifest's own).")
+                   "(fp32 0.1, fp16 0.5, int8 0.5; never the manifest's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def verify(bundle: str, data_dir: str | None, threads: int, atol: float | None, rtol: float | None,
-           max_accuracy_drop: float | None, as_json: bool) -> None:
+           min_mean_cosine: float | None, max_accuracy_drop: float | None, as_json: bool) -> None:
     """Re-check a bundle: file list and hashes, Triton configurations, then the accuracy checks on this machine,
     against limits given here (or the defaults), not the manifest's."""
     from ..export.verify import verify_bundle
 
-    given = {k: v for k, v in {"atol": atol, "rtol": rtol}.items() if v is not None}
+    given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_mean_cosine": min_mean_cosine}.items()
+             if v is not None}
     report = verify_bundle(bundle, data_dir=data_dir, threads=threads, tolerances=given,
                            max_drop=max_accuracy_drop, progress=not as_json)
     if as_json:

@@ -12,15 +12,17 @@ from ..convert.int8 import DEFAULT_OP_TYPES, FORMATS, METHODS, Int8Settings
 
 
 def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--int8-method``, ``--int8-format``, ``--int8-ops``, ``--int8-per-tensor`` and ``--int8-full-range`` (used
-    with ``--precision int8``); the command receives them as one ``int8`` keyword (:class:`Int8Settings`)."""
+    """``--int8-method``, ``--int8-format``, ``--int8-ops``, ``--int8-per-tensor``, ``--int8-full-range`` and
+    ``--int8-activations`` (used with ``--precision int8``); the command receives them as one ``int8`` keyword
+    (:class:`Int8Settings`)."""
 
     @functools.wraps(command)
     def settings(*args: Any, int8_method: str, int8_format: str, int8_ops: str, int8_per_tensor: bool,
-                 int8_full_range: bool, **kwargs: Any) -> Any:
+                 int8_full_range: bool, int8_activations: str, **kwargs: Any) -> Any:
         ops = tuple(op.strip() for op in int8_ops.split(",") if op.strip())
         kwargs["int8"] = Int8Settings(method=int8_method, format=int8_format, op_types=ops,
-                                      per_channel=not int8_per_tensor, reduce_range=not int8_full_range)
+                                      per_channel=not int8_per_tensor, reduce_range=not int8_full_range,
+                                      activations=int8_activations)
         return command(*args, **kwargs)
 
     decorated: Callable[..., Any] = settings
@@ -37,6 +39,9 @@ def int8_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--int8-full-range", is_flag=True,
                      help="int8: 8-bit weights (default 7-bit: x86 CPUs without VNNI saturate full-range u8 x s8 "
                           "products)."),
+        click.option("--int8-activations", type=click.Choice(("uint8", "int8")), default="uint8", show_default=True,
+                     help="int8: activation type. uint8 times (7-bit) int8 weights is ONNX Runtime's fast x86 path; "
+                          "int8 activations avoid saturation with full-range weights but run slower on x86."),
     ]):
         decorated = option(decorated)
     return decorated
