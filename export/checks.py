@@ -121,15 +121,23 @@ def numerics_check(artifact: str, runtime: str, reference: np.ndarray, actual: n
                        "; ".join(c.failures))
 
 
+#: Images a re-checked artifact may be right on beyond the drop limit above its recorded reference (see
+#: :func:`top1_drop_check`).
+RISE_SLACK_IMAGES = 3
+
+
 def top1_drop_check(artifact: str, runtime: str, split: str, reference_top1: float, top1: float, images: int,
                     agreement: float | None, max_drop_points: float, *, two_sided: bool = False) -> CheckResult:
     """Top-1 of one artifact against PyTorch fp32's on the same ``images`` of ``split``.
 
-    With ``two_sided`` (a reference read from a file, not measured here) a rise of more than the limit fails
-    too: it means the recorded reference does not belong to this artifact.
+    With ``two_sided`` (a reference read from a file, not measured here) a rise of more than the limit plus
+    :data:`RISE_SLACK_IMAGES` images fails too: it means the recorded reference does not belong to this artifact.
+    The slack is sampling noise: a model that differs from the reference (int8) may be right on a few images the
+    reference gets wrong (on 320 images, 2 images are 0.62 points).
     """
     drop = (reference_top1 - top1) * 100.0
-    rose = two_sided and -drop > max_drop_points + 1e-9
+    rise_limit = max_drop_points + 100.0 * RISE_SLACK_IMAGES / max(images, 1)
+    rose = two_sided and -drop > rise_limit + 1e-9
     passed = drop <= max_drop_points + 1e-9 and not rose
     agree = f", top-1 agree {agreement:.2%}" if agreement is not None else ""
     summary = (f"{split} ({images} images): top-1 {top1:.2%} vs PyTorch {reference_top1:.2%}, "
@@ -138,8 +146,8 @@ def top1_drop_check(artifact: str, runtime: str, split: str, reference_top1: flo
               "drop_points": drop, "top1_agreement": agreement}
     if rose:
         failure = (f"top-1 is {-drop:.2f} points above the recorded reference ({reference_top1:.2%} -> {top1:.2%}), "
-                   f"beyond the {max_drop_points:g}-point limit: the recorded reference_top1 does not belong to "
-                   "this artifact")
+                   f"beyond the {max_drop_points:g}-point limit and {RISE_SLACK_IMAGES} images: the recorded "
+                   "reference_top1 does not belong to this artifact")
     else:
         failure = "" if passed else (f"top-1 dropped {drop:.2f} points ({reference_top1:.2%} -> {top1:.2%}), "
                                      f"{drop - max_drop_points:.2f} points over the {max_drop_points:g}-point limit")
