@@ -4,9 +4,11 @@ Given latency tables of one device, backend and batch in several precisions (fp3
 table, in a sub-folder named after its precision (``<out>/fp32``, ``<out>/int8``: each a complete, resumable search
 folder), every candidate measured in its own precision (int8: its calibrated int8 network in ONNX Runtime,
 :mod:`vitres_deploy.quantized`). Each budget then takes the best of the precisions' picks by hold-out top-1 (the
-faster on a tie). A budget only some tables can meet is searched in those; one that none can meet is refused
-before anything runs. The choice is written to ``<out>``: the best file(s) of the winners (their
+faster on a tie). A budget only some tables can search is searched in those; one that none can is refused before
+anything runs. The choice is written to ``<out>``: the best file(s) of the winners (their
 ``precision`` field says which), ``precisions.json`` (every precision's pick per budget) and ``search.png``.
+A budget outside a table's achievable range (below its fastest arch, or above its slowest: no window there) is
+left to the other tables.
 """
 
 from __future__ import annotations
@@ -79,11 +81,13 @@ def search_precisions(checkpoint: Checkpoint, tables: Sequence[LatencyTable], op
     t0 = time.perf_counter()
     check_tables(tables)
     budgets = absolute_budgets(tables, options)
-    reachable = {t.meta.precision: [b for b in budgets if b >= latency_range(t).fastest_ms] for t in tables}
+    ranges = {t.meta.precision: latency_range(t) for t in tables}
+    reachable = {p: [b for b in budgets if r.fastest_ms <= b <= r.slowest_ms] for p, r in ranges.items()}
     unreachable = [b for b in budgets if not any(b in r for r in reachable.values())]
     if unreachable:
-        fastest = min(latency_range(t).fastest_ms for t in tables)
-        raise BudgetError(f"budget {unreachable[0]:g} ms is below the fastest arch of every table ({fastest:.4g} ms)")
+        spans = ", ".join(f"{p} {r.fastest_ms:.4g} .. {r.slowest_ms:.4g} ms" for p, r in ranges.items())
+        raise BudgetError(f"budget {unreachable[0]:g} ms is outside the achievable range of every table ({spans})",
+                          field="budgets_ms")
     searches: dict[str, SearchResult] = {}
     for table in tables:
         precision = table.meta.precision
