@@ -1,5 +1,7 @@
 """``demo`` into a folder that holds a demo run: refused without ``--resume``; with it, finished steps are reused
-and changed settings refused, naming the flag (issue 19 item 13). The end-to-end runs are in test_docs.py."""
+and changed settings refused, naming the flag, but --allow-over-budget may be added after an export measured over
+the budget (issue 19 item 13); bad values are refused before the folder is made. The README's runs are in
+test_docs.py."""
 
 from __future__ import annotations
 
@@ -57,6 +59,22 @@ def test_resume_where_no_demo_ran_is_refused(tmp_path: Path) -> None:
     assert line == (f"error: --resume: nothing to resume in {tmp_path / 'none'} ({STATE} not found): start "
                     "without it")
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--budget-ms", "-1"], "--budget-ms -1.0 must be a finite number > 0"),
+    (["--budget-ms", "inf"], "--budget-ms inf must be a finite number > 0"),
+    (["--eval-limit", "0"], "--eval-limit 0 must be a whole number of at least 1"),
+    (["--budget-fraction", "0"], "--budget-fraction 0.0 must be a finite number > 0 and < 1"),
+    (["--budget-fraction", "-0.5"], "--budget-fraction -0.5 must be a finite number > 0 and < 1"),
+    (["--budget-fraction", "nan"], "--budget-fraction nan must be a finite number > 0 and < 1"),
+])
+def test_a_bad_value_is_refused_before_the_folder_is_made(tmp_path: Path, flags: list[str], message: str) -> None:
+    """A value a later step would refuse is refused first: no folder that no second run (with or without
+    --resume) could use."""
+    out = tmp_path / "demo"
+    assert one_error_line(["demo", "--reuse-profile", *flags, "--out", str(out)]) == f"error: {message}"
+    assert not out.exists()
 
 
 class SearchReached(Exception):
