@@ -335,7 +335,7 @@ def shipped_table_data() -> dict:
     (lambda d: d["entries"]["stem/32"].update(latency_ms=-14.6), "entry stem/32 latency_ms is -14.6"),
     (lambda d: d["entries"]["stem/32"].update(latency_ms=float("inf")), "entry stem/32 latency_ms is inf"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms=float("nan")), "entry stem/32 median_ms is nan"),
-    (lambda d: d["entries"]["stem/32"].update(latency_ms=None), "malformed"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=None), "entry stem/32 latency_ms is None"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms="0.1"), "median_ms is '0.1'"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(iterations=0), "iterations is 0"),
     (lambda d: d["entries"].update({"stem/999": d["entries"]["stem/32"]}), "stem/999 is not a choice of space"),
@@ -343,6 +343,20 @@ def shipped_table_data() -> dict:
     (lambda d: d["overhead"].update(median_ms=-1.0), "overhead median_ms is -1.0"),
     (lambda d: d["correction"].update(scale="x"), "correction scale is 'x'"),
     (lambda d: d["correction"].update(offset_ms=float("nan")), "correction offset_ms is nan"),
+    (lambda d: [e.update(latency_ms=1e308) for e in d["entries"].values()], "latency_ms is 1e+308: it must be a "
+                                                                            "finite number above 0 and at most 1e+06"),
+    (lambda d: d["entries"]["stem/32"]["stats"].update(p99_ms=1e300), "entry stem/32 p99_ms is 1e+300"),
+    (lambda d: d["correction"].update(offset_ms=-1e7), "correction offset_ms is -10000000.0"),
+    (lambda d: d["correction"].update(offset_ms=-1e6), "predicts -1e+06 ms for the fastest arch of its space"),
+    (lambda d: d["correction"].update(per_call_ms=1.0), "ms for the fastest arch of its space: its correction "
+                                                        "(scale 1, offset_ms -5.19911e-05, per_call_ms 1)"),
+    (lambda d: d["correction"].update(per_call_ms=1e7), "correction per_call_ms is 10000000.0"),
+    (lambda d: d["correction"].update(scale=1e3), "correction scale is 1000.0"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms="0.1"), "entry stem/32 latency_ms is '0.1'"),
+    (lambda d: d["meta"].update(batch="x"), "batch is 'x': it must be a whole number of at least 1"),
+    (lambda d: d["meta"].update(threads=-3), "threads is -3: it must be a whole number of at least 1"),
+    (lambda d: d["meta"].update(backend=None), "backend is None: it must be text"),
+    (lambda d: d["meta"]["protocol"].update(warmup_s=float("nan")), "is malformed: protocol: warmup_s nan must be"),
 ])
 def test_tables_with_impossible_values_are_refused_on_load(tmp_path: Path, edit, message: str) -> None:
     """NaN, infinite, negative, mistyped values and unknown entries: one-line errors, on load and in the CLI."""
