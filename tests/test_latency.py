@@ -596,6 +596,52 @@ def test_build_workers_die_with_a_killed_profile(mini_file: Path, tmp_path: Path
     assert not [w for w in workers if _alive(w)]
 
 
+def _descendants(pid: int) -> set[int]:
+    """Pids of every live descendant of ``pid``."""
+    found, todo = set(), [pid]
+    while todo:
+        children = _children(todo.pop())
+        todo += children - found
+        found |= children
+    return found
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_build_workers_die_with_a_profile_killed_as_they_start(mini_file: Path, tmp_path: Path) -> None:
+    """SIGKILL of `profile` the moment its first build worker is spawned, while the worker is still starting up
+    (importing torch takes seconds): the worker and every other process `profile` started (the resource
+    tracker) are gone within 3 s."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "VITRES_DEPLOY_CACHE": str(tmp_path / "cache")}
+    cli = Path(sys.executable).with_name("vitres-deploy")
+    proc = subprocess.Popen([str(cli), "profile", "--space", str(mini_file), "--backend", "ort-cpu", "--workers", "2",
+                             "--out", str(tmp_path / "t.json"), *QUICK_FLAGS[:-2]], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (not any(b"spawn_main" in _command(c) for c in _children(proc.pid)) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    family = _descendants(proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert any(b"spawn_main" in _command(p) for p in family), "no build worker was spawned"
+    deadline = time.monotonic() + 3
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [(p, _command(p)) for p in family if _alive(p)]
+
+
 def test_incomplete_tables_say_what_is_missing(tmp_path: Path) -> None:
     data = shipped_table_data()
     data["overhead"] = None
