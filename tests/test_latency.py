@@ -395,6 +395,23 @@ def test_validating_a_shipped_table_writes_a_copy_in_the_current_folder(
     assert copy.validation is not None and len(copy.validation.rows) == 4
 
 
+def test_validating_a_table_another_process_writes_is_refused_before_measuring(tmp_path: Path) -> None:
+    """`profile validate` holds the lock of the table it writes: while another process holds it (a profile or a
+    validation of that table), it is refused in one line and the table is left as it was."""
+    from vitres_deploy.rundir import hold_output
+
+    table = tmp_path / "t.json"
+    shutil.copyfile(shipped_profiles() / SHIPPED_TABLE, table)
+    before = table.read_bytes()
+    with hold_output(table):
+        r = CliRunner().invoke(main, ["profile", "validate", "--profile", str(table), "--samples", "4",
+                                      "--workers", "1"], env={"VITRES_DEPLOY_CACHE": str(tmp_path / "cache")})
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: --out {table} is in use by another vitres-deploy process (pid ")
+    assert table.read_bytes() == before and not (tmp_path / "cache").exists()
+
+
 def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:
     """The table's protocol, not a default one: its rounds (one pass each), its CV limit and its timed seconds."""
     spec = enumerate_entries(mini)[0]
