@@ -17,6 +17,7 @@ from typing import Any
 from ..data import open_data
 from ..errors import BackendUnavailable, DataError, VitresError, first_line
 from ..runtime.registry import get_backend
+from ..values import check_real
 from .artifacts import Artifact, check_artifacts, onnx_artifact, onnx_runtime_for, plan_artifact
 from .bundle import MANIFEST, REFERENCE, check_listing, read_manifest, read_reference, verify_hashes
 from .checks import DEFAULT_MAX_DROP, CheckResult, raise_for_failures
@@ -129,6 +130,16 @@ def model_files(manifest: Manifest) -> list[str]:
     return ["model.onnx", REFERENCE, *manifest.artifacts]
 
 
+def check_limits(tolerances: Mapping[str, float], max_drop: float | None) -> None:
+    """Refuse limits no check can hold a bundle to: a tolerance (or the top-1 drop) that is not a finite number
+    >= 0 (with NaN every comparison is false: an element could never fail), naming it (the drop as
+    ``max_accuracy_drop``, the setting's name in export and on the command line)."""
+    for name, value in tolerances.items():
+        check_real(name, value, low=0.0)
+    if max_drop is not None:
+        check_real("max_accuracy_drop", max_drop, low=0.0)
+
+
 def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, threads: int = 1,
                   tolerances: Mapping[str, float] | None = None, max_drop: float | None = None,
                   progress: bool = False) -> VerifyReport:
@@ -137,9 +148,11 @@ def verify_bundle(bundle: str | Path, *, data_dir: str | Path | None = None, thr
 
     The limits come from the caller, never from the manifest under test: the precision's default
     tolerances with ``tolerances`` (e.g. ``{"atol": 1e-3}``) in place of some, and ``max_drop`` (top-1 points,
-    either way: the recorded reference top-1 is checked too; default: the precision's).
+    either way: the recorded reference top-1 is checked too; default: the precision's). A limit that is not a
+    finite number >= 0 is a :class:`~vitres_deploy.errors.SettingsError` naming it, before the bundle is read.
     Runtime check failures are in the report (:meth:`VerifyReport.raise_for_failures`).
     """
+    check_limits(tolerances or {}, max_drop)
     root = Path(bundle)
     manifest = read_manifest(root)
     try:

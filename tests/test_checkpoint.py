@@ -107,6 +107,30 @@ def test_bad_checkpoint_metadata_and_tensors_are_one_line_errors(tmp_path):
         load_checkpoint(_crafted(tmp_path, edit_tensors=lambda t: t.update({"head.weight": torch.zeros(3, 3)})))
 
 
+@pytest.mark.parametrize(("data", "message"), [
+    ({"kind": "fmnist", "holdout": [1]}, "a hold-out split is a mapping (seed, fraction or per_class), not [1]"),
+    ({"kind": "fmnist", "holdout": {"per_class": -3}}, "hold-out per_class -3 must be a whole number of at least 1"),
+    ({"kind": "fmnist", "holdout": {"fraction": "0.1"}}, "hold-out fraction '0.1' must be a finite number > 0 and < 1"),
+    ({"kind": "fmnist", "holdout": {"seed": 1.5, "fraction": 0.1}}, "hold-out seed 1.5 must be a whole number"),
+    ({"kind": 5, "holdout": {"fraction": 0.1}}, "its kind 5 is not a name"),
+])
+def test_a_malformed_data_spec_in_checkpoint_metadata_is_a_one_line_error(tmp_path, data, message):
+    """The hold-out split a checkpoint records is parsed before any data is opened: a crafted one is a
+    CheckpointError naming the file, never a traceback."""
+    from click.testing import CliRunner
+
+    from vitres_deploy.cli import main
+    from vitres_deploy.data import open_checkpoint_data
+
+    path = _crafted(tmp_path, lambda m: m.update(data=data))
+    expected = f"crafted.safetensors records a malformed data spec: {message}"
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint_data(load_checkpoint(path))
+    assert str(error.value) == expected
+    result = CliRunner().invoke(main, ["evaluate", "--supernet", str(path), "--arch", "min"])
+    assert result.exit_code == 2 and result.output == f"error: {expected}\n"
+
+
 def test_metadata_that_is_not_strict_json_writes_nothing(tmp_path):
     """NaN in the metadata (a diverged metric) is refused before the file is written: checkpoints are strict JSON."""
     supernet = build_supernet(PRESETS["fmnist"])

@@ -1,5 +1,7 @@
 """``demo`` into a folder that holds a demo run: refused without ``--resume``; with it, finished steps are reused
-and changed settings refused, naming the flag (issue 19 item 13). The end-to-end runs are in test_docs.py."""
+and changed settings refused, naming the flag, but --allow-over-budget may be added after an export measured over
+the budget (issue 19 item 13); bad values are refused before the folder is made. The README's runs are in
+test_docs.py."""
 
 from __future__ import annotations
 
@@ -59,6 +61,22 @@ def test_resume_where_no_demo_ran_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--budget-ms", "-1"], "--budget-ms -1.0 must be a finite number > 0"),
+    (["--budget-ms", "inf"], "--budget-ms inf must be a finite number > 0"),
+    (["--eval-limit", "0"], "--eval-limit 0 must be a whole number of at least 1"),
+    (["--budget-fraction", "0"], "--budget-fraction 0.0 must be a finite number > 0 and < 1"),
+    (["--budget-fraction", "-0.5"], "--budget-fraction -0.5 must be a finite number > 0 and < 1"),
+    (["--budget-fraction", "nan"], "--budget-fraction nan must be a finite number > 0 and < 1"),
+])
+def test_a_bad_value_is_refused_before_the_folder_is_made(tmp_path: Path, flags: list[str], message: str) -> None:
+    """A value a later step would refuse is refused first: no folder that no second run (with or without
+    --resume) could use."""
+    out = tmp_path / "demo"
+    assert one_error_line(["demo", "--reuse-profile", *flags, "--out", str(out)]) == f"error: {message}"
+    assert not out.exists()
+
+
 class SearchReached(Exception):
     """Raised in place of the search: the steps before it are what is tested."""
 
@@ -91,3 +109,36 @@ def test_resume_reuses_the_finished_table_and_validation(tmp_path: Path, fmnist_
                         "[2/5] validate the table (reusing the finished validation)"]
     assert len(said) == 3 and said[2].startswith("[3/5] search under ")
     assert (out / "profile" / TABLE_NAME).read_bytes() == table_before
+
+
+@pytest.mark.slow  # two real exports of the network (the exporter's fixed cost: about 10 s each on a busy machine)
+def test_an_export_over_the_budget_fails_naming_the_flag_and_the_resumed_run_ships_it(tmp_path: Path,
+                                                                                      fmnist_dir: Path) -> None:
+    """The demo's table predicts a tenth of every latency (the shipped table with its correction scaled by 0.1,
+    and a short protocol), so the searched arch is predicted under the budget and measured far over it by the
+    export's real latency gate: the run fails naming --allow-over-budget and ships nothing; the same run resumed
+    with it writes the bundle and says by how much it is over."""
+    out = tmp_path / "demo"
+    started(out, validate_samples=40, eval_limit=50)  # the shipped table carries a 40-sample validation
+    table = json.loads((out / "profile" / TABLE_NAME).read_text())
+    table["correction"].update(scale=table["correction"]["scale"] * 0.1,
+                               offset_ms=table["correction"]["offset_ms"] * 0.1)
+    table["meta"]["protocol"].update(warmup_s=0.005, min_seconds=0.02, rounds=1, min_rounds=1, round_s=0.0)
+    (out / "profile" / TABLE_NAME).write_text(json.dumps(table))
+    state = json.loads((out / STATE).read_text())
+    (out / STATE).write_text(json.dumps({**state, "finished": ["profile", "validate"]}))
+    args = ["demo", "--out", str(out), "--resume", "--reuse-profile", "--validate-samples", "40", "--eval-limit", "50",
+            "--data", str(fmnist_dir)]
+
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code == 1, failed.output
+    line = failed.output.strip().splitlines()[-1]
+    assert line.startswith("error: latency check of onnx on ort-cpu failed: measured ") and "over the" in line
+    assert line.endswith("pass --allow-over-budget to ship it anyway"), line
+    assert not (out / "bundle").exists()
+
+    shipped = CliRunner().invoke(main, [*args, "--allow-over-budget"])
+    assert shipped.exit_code == 0, shipped.output
+    over = json.loads((out / "summary.json").read_text())["summary"]["over_budget"]
+    assert over > 0.05 and f"OVER the budget (+{over:.1%})" in shipped.output  # beyond the gate's 5% tolerance
+    assert (out / "bundle" / "manifest.json").is_file()

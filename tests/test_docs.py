@@ -49,6 +49,18 @@ def test_quick_start_is_the_two_commands():
     assert _block("Quick start")[:2] == ["make demo", "make test"]
 
 
+def test_step_by_step_says_how_to_reach_the_command():
+    """`make demo` installs into .venv, which is not on PATH: the step by step says how to run vitres-deploy."""
+    section = README.split("\n## Step by step\n", 1)[1].split("\n## ", 1)[0]
+    assert ".venv/bin/vitres-deploy" in section or "source .venv/bin/activate" in section
+
+
+def test_export_doc_says_what_verify_can_and_cannot_prove():
+    """A hash list in the bundle under test proves consistency, not origin: docs/export.md says so plainly."""
+    text = (ROOT / "docs" / "export.md").read_text()
+    assert "What verify can and cannot prove" in text and "not a signature" in text
+
+
 @pytest.mark.slow
 def test_readme_step_by_step_commands_run_as_written(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -283,6 +283,28 @@ def test_verify_does_not_trust_the_manifest_under_test(exported, tmp_path, edit,
     assert result.exit_code == 1 and message in _error_line(result), result.output
 
 
+def test_verify_holds_numerics_to_the_default_atol_not_the_manifests(exported, tmp_path):
+    """One edit: the manifest's atol raised to 1e9; verify's numerics check still uses fp32's 1e-4."""
+    def loosen_atol(m: dict, _: Path) -> None:
+        m["tolerances"]["atol"] = 1e9
+
+    result = _invoke("verify", _tampered_copy(exported, tmp_path, loosen_atol), "--json")
+    assert result.exit_code == 0, result.output
+    numerics = [c for c in json.loads(result.stdout)["checks"] if c["check"] == "numerics"]
+    assert numerics and {c["limits"]["atol"] for c in numerics} == {1e-4}
+
+
+def test_verify_holds_the_recorded_top1_to_the_default_drop_limit_not_the_manifests(exported, tmp_path):
+    """The recorded reference top-1 lowered by half a point with the manifest's drop limit raised to 9.1 points:
+    the artifact is now half a point above its reference, beyond the default 0.1-point limit either way."""
+    def shift_reference(m: dict, _: Path) -> None:
+        m["evaluation"]["reference_top1"] -= 0.005
+        m["max_accuracy_drop_points"] = 9.1
+
+    result = _invoke("verify", _tampered_copy(exported, tmp_path, shift_reference))
+    assert result.exit_code == 1 and "beyond the 0.1-point limit" in _error_line(result), result.output
+
+
 def test_verify_names_a_corrupt_reference_whose_hash_was_updated(exported, tmp_path):
     def garble(m: dict, root: Path) -> None:
         (root / REFERENCE).write_bytes(b"PK\x03\x04 not a zip archive")

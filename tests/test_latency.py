@@ -335,7 +335,7 @@ def shipped_table_data() -> dict:
     (lambda d: d["entries"]["stem/32"].update(latency_ms=-14.6), "entry stem/32 latency_ms is -14.6"),
     (lambda d: d["entries"]["stem/32"].update(latency_ms=float("inf")), "entry stem/32 latency_ms is inf"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms=float("nan")), "entry stem/32 median_ms is nan"),
-    (lambda d: d["entries"]["stem/32"].update(latency_ms=None), "malformed"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms=None), "entry stem/32 latency_ms is None"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(median_ms="0.1"), "median_ms is '0.1'"),
     (lambda d: d["entries"]["stem/32"]["stats"].update(iterations=0), "iterations is 0"),
     (lambda d: d["entries"].update({"stem/999": d["entries"]["stem/32"]}), "stem/999 is not a choice of space"),
@@ -343,6 +343,20 @@ def shipped_table_data() -> dict:
     (lambda d: d["overhead"].update(median_ms=-1.0), "overhead median_ms is -1.0"),
     (lambda d: d["correction"].update(scale="x"), "correction scale is 'x'"),
     (lambda d: d["correction"].update(offset_ms=float("nan")), "correction offset_ms is nan"),
+    (lambda d: [e.update(latency_ms=1e308) for e in d["entries"].values()], "latency_ms is 1e+308: it must be a "
+                                                                            "finite number above 0 and at most 1e+06"),
+    (lambda d: d["entries"]["stem/32"]["stats"].update(p99_ms=1e300), "entry stem/32 p99_ms is 1e+300"),
+    (lambda d: d["correction"].update(offset_ms=-1e7), "correction offset_ms is -10000000.0"),
+    (lambda d: d["correction"].update(offset_ms=-1e6), "predicts -1e+06 ms for the fastest arch of its space"),
+    (lambda d: d["correction"].update(per_call_ms=1.0), "ms for the fastest arch of its space: its correction "
+                                                        "(scale 1, offset_ms -5.19911e-05, per_call_ms 1)"),
+    (lambda d: d["correction"].update(per_call_ms=1e7), "correction per_call_ms is 10000000.0"),
+    (lambda d: d["correction"].update(scale=1e3), "correction scale is 1000.0"),
+    (lambda d: d["entries"]["stem/32"].update(latency_ms="0.1"), "entry stem/32 latency_ms is '0.1'"),
+    (lambda d: d["meta"].update(batch="x"), "batch is 'x': it must be a whole number of at least 1"),
+    (lambda d: d["meta"].update(threads=-3), "threads is -3: it must be a whole number of at least 1"),
+    (lambda d: d["meta"].update(backend=None), "backend is None: it must be text"),
+    (lambda d: d["meta"]["protocol"].update(warmup_s=float("nan")), "is malformed: protocol: warmup_s nan must be"),
 ])
 def test_tables_with_impossible_values_are_refused_on_load(tmp_path: Path, edit, message: str) -> None:
     """NaN, infinite, negative, mistyped values and unknown entries: one-line errors, on load and in the CLI."""
@@ -379,6 +393,23 @@ def test_validating_a_shipped_table_writes_a_copy_in_the_current_folder(
     assert shipped.read_bytes() == before
     copy = LatencyTable.load(tmp_path / "profiles" / SHIPPED_TABLE)
     assert copy.validation is not None and len(copy.validation.rows) == 4
+
+
+def test_validating_a_table_another_process_writes_is_refused_before_measuring(tmp_path: Path) -> None:
+    """`profile validate` holds the lock of the table it writes: while another process holds it (a profile or a
+    validation of that table), it is refused in one line and the table is left as it was."""
+    from vitres_deploy.rundir import hold_output
+
+    table = tmp_path / "t.json"
+    shutil.copyfile(shipped_profiles() / SHIPPED_TABLE, table)
+    before = table.read_bytes()
+    with hold_output(table):
+        r = CliRunner().invoke(main, ["profile", "validate", "--profile", str(table), "--samples", "4",
+                                      "--workers", "1"], env={"VITRES_DEPLOY_CACHE": str(tmp_path / "cache")})
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: --out {table} is in use by another vitres-deploy process (pid ")
+    assert table.read_bytes() == before and not (tmp_path / "cache").exists()
 
 
 def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: SearchSpace, cache: Path) -> None:
@@ -580,6 +611,52 @@ def test_build_workers_die_with_a_killed_profile(mini_file: Path, tmp_path: Path
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [w for w in workers if _alive(w)]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Pids of every live descendant of ``pid``."""
+    found, todo = set(), [pid]
+    while todo:
+        children = _children(todo.pop())
+        todo += children - found
+        found |= children
+    return found
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_build_workers_die_with_a_profile_killed_as_they_start(mini_file: Path, tmp_path: Path) -> None:
+    """SIGKILL of `profile` the moment its first build worker is spawned, while the worker is still starting up
+    (importing torch takes seconds): the worker and every other process `profile` started (the resource
+    tracker) are gone within 3 s."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "VITRES_DEPLOY_CACHE": str(tmp_path / "cache")}
+    cli = Path(sys.executable).with_name("vitres-deploy")
+    proc = subprocess.Popen([str(cli), "profile", "--space", str(mini_file), "--backend", "ort-cpu", "--workers", "2",
+                             "--out", str(tmp_path / "t.json"), *QUICK_FLAGS[:-2]], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (not any(b"spawn_main" in _command(c) for c in _children(proc.pid)) and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    family = _descendants(proc.pid)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert any(b"spawn_main" in _command(p) for p in family), "no build worker was spawned"
+    deadline = time.monotonic() + 3
+    while any(_alive(p) for p in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [(p, _command(p)) for p in family if _alive(p)]
 
 
 def test_incomplete_tables_say_what_is_missing(tmp_path: Path) -> None:

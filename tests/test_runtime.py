@@ -317,6 +317,35 @@ def test_group_export_cuts_out_each_module_as_a_single_export_makes_it(tmp_path:
     assert not list(tmp_path.glob(".*tmp*")), "no temporary file is left behind"
 
 
+def test_group_export_stages_beside_its_files_and_removes_what_a_killed_one_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The joint export is staged beside the files it is cut into (seen from a module's forward while it is
+    exported), never in the system temp folder, where a killed profile's stayed for good; the scratch folders a
+    killed process left there are removed, a running process's are not."""
+    import os
+    import tempfile
+
+    system_tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen: set[str] = set()
+
+    class Watched(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.update(p.name for folder in (system_tmp, cache) for p in folder.iterdir() if "vitres-group" in p.name)
+            return super().forward(x)
+
+    left = {"killed": cache / ".vitres-group-999999999-a", "running": cache / f".vitres-group-{os.getpid()}-b"}
+    for folder in left.values():
+        folder.mkdir(parents=True)
+        (folder / "group.onnx").write_bytes(b"partial")
+    export_onnx_group([(Watched(8, 4), (8,), cache / "a.onnx"), (nn.Linear(8, 2), (8,), cache / "b.onnx")])
+    staged = seen - {left["killed"].name, left["running"].name}
+    assert staged and all(name.startswith(f".vitres-group-{os.getpid()}-") for name in staged), seen
+    assert not [p for p in system_tmp.iterdir() if "vitres-group" in p.name]
+    assert sorted(p.name for p in cache.iterdir()) == sorted([left["running"].name, "a.onnx", "b.onnx"])
+
+
 def test_group_export_falls_back_to_one_by_one_and_names_the_module_that_fails(tmp_path: Path) -> None:
     class Unexportable(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

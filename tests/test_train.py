@@ -85,6 +85,14 @@ def test_resume_refuses_changed_settings_naming_the_flag(tmp_path):
         train(TrainConfig(epochs=2, **{**QUICK, "batch_size": QUICK["batch_size"] * 2}), tmp_path, resume=True,
               progress=False)
     assert error.value.field == "batch_size"
+    with pytest.raises(RunDirError, match="trained with space='fmnist', now space='vit-resnas-tiny@56'") as error:
+        train(TrainConfig(epochs=2, space="vit-resnas-tiny@56", **QUICK), tmp_path, resume=True, progress=False)
+    assert error.value.field == "space"
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--epochs", "1", *flags,
+                                       "--data-kind", "folder", "--data", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot resume {tmp_path}: it was trained with --data-kind='fmnist', now "
+                                    "data='folder'"), result.output
 
 
 def test_train_json_prints_the_supernet_and_its_epochs(tmp_path):

@@ -10,11 +10,14 @@ system) names the target, not the temporary file.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,38 @@ def loads_json(text: str | bytes) -> Any:
         raise JSONError("nested too deeply") from None
     except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits; bad bytes
         raise JSONError(str(e).strip().splitlines()[0]) from None
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder ``.<prefix>-<pid>-*`` in ``parent``, removed after the block.
+
+    Not in the system temp folder: a process killed in the block (SIGKILL runs no cleanup) leaves it beside
+    the outputs it was for, and the next :func:`scratch_folder` of ``prefix`` there removes it: folders of
+    ``prefix`` whose process is no longer running are removed first (a running one's are left to it).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{glob.escape(prefix)}-*"):
+        pid = stale.name[len(prefix) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{prefix}-{os.getpid()}-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (another user's, which this one may not signal, included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_file(path: str | Path) -> str:

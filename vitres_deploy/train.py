@@ -45,28 +45,9 @@ from .rundir import check_same_settings, check_start, hold_output
 from .seeding import drop_path_seed, stream_rng
 from .space import load_space
 from .supernet import ViTResNASSupernet
+from .values import check_count, check_real
 
 LAST, FINAL, LOG = "last.safetensors", "supernet.safetensors", "log.jsonl"
-
-
-def check_count(name: str, value: int) -> None:
-    """Raise :class:`SettingsError` (field ``name``) unless ``value`` is a whole number of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingsError(f"{name} {value!r} must be a whole number of at least 1", field=name)
-
-
-def check_real(name: str, value: float, *, low: float | None = None, low_open: float | None = None,
-               high_open: float | None = None) -> None:
-    """Raise :class:`SettingsError` (field ``name``) unless ``value`` is a finite number in the given range:
-    at least ``low``, above ``low_open``, below ``high_open``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (low is None or value >= low) and (low_open is None or value > low_open)
-    ok = ok and (high_open is None or value < high_open)
-    if not ok:
-        bounds = [f">= {low:g}" if low is not None else "", f"> {low_open:g}" if low_open is not None else "",
-                  f"< {high_open:g}" if high_open is not None else ""]
-        raise SettingsError(f"{name} {value!r} must be a finite number {' and '.join(b for b in bounds if b)}",
-                            field=name)
 
 
 def check_fields(settings: object, *, counts: tuple[str, ...] = (), optional_counts: tuple[str, ...] = (),
@@ -141,6 +122,8 @@ class TrainConfig:
                      optional_counts=("steps_per_epoch", "eval_limit", "holdout_per_class"), positive=("lr",),
                      non_negative=("min_lr", "weight_decay", "warmup_epochs", "lr_warmup_epochs"),
                      fractions=("label_smoothing", "drop_path"))
+        if self.holdout_fraction is not None:
+            check_real("holdout_fraction", self.holdout_fraction, low_open=0.0, high_open=1.0)
 
     def holdout(self) -> HoldoutSpec | None:
         """The hold-out spec asked for, or None for the data set's default."""

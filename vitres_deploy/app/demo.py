@@ -47,6 +47,7 @@ from ..search import PRESETS as SEARCH_PRESETS
 from ..search import SearchOptions, plan_search, run_search
 from ..search.records import SETTINGS as SEARCH_SETTINGS
 from ..space import PRESETS
+from ..values import check_count, check_real
 
 SPACE, BACKEND, SUPERNET = "fmnist", "ort-cpu", "fmnist-demo"
 TABLE_NAME = f"{SPACE}-{BACKEND}-fp32-b1.json"
@@ -73,10 +74,17 @@ class DemoOptions:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        """Refuse settings a step would refuse later, naming the demo's own field."""
+        """Refuse settings a step would refuse later, naming the demo's own field, before anything is written (a
+        folder whose first steps finished under a bad value could not be resumed with a good one)."""
         if self.validate_samples < MIN_SAMPLES:
             raise SettingsError(f"validate_samples {self.validate_samples} must be at least {MIN_SAMPLES}: half fit "
                                 "the correction, half are reported", field="validate_samples")
+        if self.budget_ms is not None:
+            check_real("budget_ms", self.budget_ms, low_open=0.0)
+        check_real("budget_fraction", self.budget_fraction, low_open=0.0, high_open=1.0)
+        check_count("threads", self.threads)
+        if self.eval_limit is not None:
+            check_count("eval_limit", self.eval_limit)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ def _report(key: str, final: Path, epochs: list[dict], as_json: bool) -> None:
 
 @click.command(cls=Command)
 @click.option("--space", default=_DEFAULTS["space"], show_default=True, help="Preset or space file.")
-@click.option("--data-kind", "data_kind", type=click.Choice(["fmnist", "folder"]), default="fmnist",
+# --data-kind sets TrainConfig's data: errors about that field (a refused resume) name the flag
+@click.option("--data-kind", "data", type=click.Choice(["fmnist", "folder"]), default=_DEFAULTS["data"],
               show_default=True, help="Fashion-MNIST IDX files or ImageNet-style train/ val/ folders.")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
 @click.option("--out", "out_dir", required=True,
@@ -91,14 +92,14 @@ def _report(key: str, final: Path, epochs: list[dict], as_json: bool) -> None:
 @click.option("--holdout-fraction", type=float, default=None, help="Hold-out share of each class (fmnist: 0.1).")
 @click.option("--holdout-per-class", type=int, default=None, help="Hold-out images per class (folders: 25).")
 @_run_options("supernet")
-def train(out_dir: str, data_dir: str | None, data_kind: str, resume: bool, as_json: bool, **options) -> None:
+def train(out_dir: str, data_dir: str | None, resume: bool, as_json: bool, **options) -> None:
     """Train a supernet with multi-architectural sampling (works under torchrun)."""
     from ..train import train as run
 
     epochs: list[dict] = []
     on_epoch = _epoch_printer(epochs, as_json, lambda r: f"hold-out top-1 max {r['holdout_top1_max']:.4f} "
                                                          f"min {r['holdout_top1_min']:.4f}")
-    final = run(TrainConfig(data=data_kind, **options), out_dir, resume=resume, data_dir=data_dir, on_epoch=on_epoch)
+    final = run(TrainConfig(**options), out_dir, resume=resume, data_dir=data_dir, on_epoch=on_epoch)
     _report("supernet", final, epochs, as_json)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ConversionError, first_line
-from ..files import atomic_write
+from ..files import atomic_write, scratch_folder
 
 DEFAULT_OPSET = 18
 
@@ -94,7 +93,8 @@ def export_onnx_group(
     call and each one's graph is cut out of the result (``onnx.utils.extract_model``: exactly the nodes and
     weights between its input and its output, renamed ``input``/``output``). The nodes are the ones a separate
     export makes. If the joint export fails, each module is exported alone, so the error names the module that
-    cannot be exported. Each file is written atomically; returns the paths.
+    cannot be exported. Each file is written atomically; the joint export is staged in a scratch folder beside
+    the first file (:func:`~vitres_deploy.files.scratch_folder`). Returns the paths.
     """
     def one_by_one() -> list[Path]:
         return [atomic_write(path, lambda tmp, m=m, shape=shape: export_onnx(m, shape, tmp, opset=opset,
@@ -104,8 +104,8 @@ def export_onnx_group(
     if len(items) <= 1:
         return one_by_one()
     side = _Side([m for m, _, _ in items])
-    with tempfile.TemporaryDirectory(prefix="vitres-group-") as tmp:
-        joint = Path(tmp) / "group.onnx"
+    with scratch_folder(Path(items[0][2]).parent, "vitres-group") as tmp:
+        joint = tmp / "group.onnx"
         try:
             _export_side(side, [shape for _, shape, _ in items], joint, opset, dynamic_batch)
         except ConversionError:

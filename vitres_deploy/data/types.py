@@ -8,7 +8,8 @@ never trained on, used by search) or the ``test`` split (final reporting only).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import reprlib
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..values import check_count, check_real
 
 SPLITS = ("holdout", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -33,10 +35,18 @@ class HoldoutSpec:
     per_class: int | None = None
 
     def __post_init__(self) -> None:
+        """Refuse a split no data set can be cut by (a crafted file's included), as a :class:`DataError`."""
         if (self.fraction is None) == (self.per_class is None):
             raise DataError("a hold-out split needs exactly one of fraction or per_class")
-        if self.fraction is not None and not 0.0 < self.fraction < 1.0:
-            raise DataError(f"hold-out fraction {self.fraction} must be in (0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise DataError(f"hold-out seed {self.seed!r} must be a whole number")
+        try:
+            if self.fraction is not None:
+                check_real("fraction", self.fraction, low_open=0.0, high_open=1.0, error=DataError)
+            if self.per_class is not None:
+                check_count("per_class", self.per_class, error=DataError)
+        except DataError as e:
+            raise DataError(f"hold-out {e}") from None
 
     def indices(self, labels: np.ndarray) -> np.ndarray:
         """Sorted training-set indices of the hold-out images (the same for the same labels and spec)."""
@@ -55,9 +65,11 @@ class HoldoutSpec:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HoldoutSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(seed=int(d.get("seed", 0)), fraction=d.get("fraction"), per_class=d.get("per_class"))
+    def from_dict(cls, d: Mapping[str, Any]) -> HoldoutSpec:
+        """Inverse of :meth:`to_dict`; anything else is a :class:`DataError`."""
+        if not isinstance(d, Mapping):
+            raise DataError(f"a hold-out split is a mapping (seed, fraction or per_class), not {reprlib.repr(d)}")
+        return cls(seed=d.get("seed", 0), fraction=d.get("fraction"), per_class=d.get("per_class"))
 
 
 def indices_digest(indices: np.ndarray) -> str:

@@ -28,6 +28,7 @@ from ..errors import ProfileError
 from ..runtime.base import NoisyMeasurement
 from ..runtime.loaders import ModelLoader
 from ..runtime.statistics import item_latency
+from ..values import check_real
 from .entries import EntrySpec, enumerate_entries
 from .fingerprint import device_fingerprint, fingerprint_difference
 from .predict import predict
@@ -121,7 +122,9 @@ def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], 
 
 def check_drift(table: LatencyTable, *, tolerance: float = DRIFT_TOLERANCE, workers: int = 2,
                 cache_dir: Any = None, seed: int = 0) -> DriftReport:
-    """Re-time the table's drift targets with its own protocol; the report says whether the table drifted."""
+    """Re-time the table's drift targets with its own protocol; the report says whether the table drifted
+    (its median ratio outside ``1 ± tolerance``, a finite fraction above 0)."""
+    check_real("tolerance", tolerance, low_open=0.0)
     table.require_complete()
     start = time.perf_counter()
     settings = ProfileSettings.from_table(table, workers=workers, cache_dir=cache_dir)

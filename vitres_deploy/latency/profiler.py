@@ -22,7 +22,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import os
 import random
 import time
 import warnings
@@ -51,6 +50,7 @@ from ..runtime.registry import Backend, get_backend
 from ..runtime.statistics import TimingStats, item_latency, needs_pass
 from ..space import SearchSpace
 from ..vit_resnas import vit_resnas
+from ..workers import spawning_workers
 from .device import device_info, last_level_cache_bytes
 from .entries import EntrySpec, enumerate_entries, network_sample_shape
 from .fingerprint import device_fingerprint
@@ -225,10 +225,10 @@ def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
             export(job)
             done(job)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
     try:
-        futures = {pool.submit(export, job): job for job in jobs}
+        with spawning_workers():  # the workers, spawned as jobs are submitted, die with this process
+            futures = {pool.submit(export, job): job for job in jobs}
         for fut in as_completed(futures):
             fut.result()
             done(futures[fut])
@@ -242,28 +242,11 @@ def run_builds(jobs: Sequence[Job], workers: int, export: Callable[[Job], Any],
     pool.shutdown(wait=True)
 
 
-def _init_worker(parent: int) -> None:
-    """Set up a build worker: one thread, quiet, and dying with its parent ``parent`` (pid), however it dies."""
-    die_with_parent(parent)
+def _init_worker() -> None:
+    """Set up a build worker (dying with its parent since its first import: :mod:`vitres_deploy.workers`): one
+    thread, quiet."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``); exit at once if
-    the parent ``parent`` is already gone. Elsewhere a no-op: the pool's own shutdown is all there is."""
-    import ctypes
-    import ctypes.util
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: ProfileSettings,

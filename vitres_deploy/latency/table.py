@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProfileError
+from ..errors import ProfileError, VitresError, first_line
 from ..files import JSONError, atomic_write_json, loads_json
 from ..rundir import check_same_settings
 from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
@@ -77,7 +77,7 @@ class Entry:
         stats = TimingStats.from_dict(data["stats"])
         return cls(key, data["kind"], int(data["stage"]), tuple(data["dims"]), tuple(data["sample_shape"]), stats,
                    tuple(TimingStats.from_dict(p) for p in data.get("passes", ())),
-                   float(data.get("latency_ms", stats.median_ms)))
+                   data.get("latency_ms", stats.median_ms))
 
     @classmethod
     def measured(cls, spec: EntrySpec, space: SearchSpace, passes: Sequence[TimingStats], protocol: Protocol
@@ -214,8 +214,8 @@ class LatencyTable:
                 correction=Correction.from_dict(data.get("correction") or {}),
                 validation=ValidationReport.from_dict(data["validation"]) if data.get("validation") else None,
             )
-        except ProfileError:
-            raise
+        except VitresError as e:  # the space's, the protocol's own checks: about the file, not a flag
+            raise ProfileError(f"{source} is malformed: {first_line(e)}") from None
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"{source} is malformed: {type(e).__name__}: {e}") from None
         check_values(table, source)
@@ -251,16 +251,24 @@ class LatencyTable:
 
 POSITIVE_STATS = ("median_ms", "mean_ms", "min_ms", "p90_ms", "p99_ms")
 NON_NEGATIVE_STATS = ("std_ms", "cv", "seconds")
+#: No latency, statistic or correction term of a table is this large (a thousand seconds): such a value is not a
+#: measurement, and predictions summing hundreds of them stay far from a float's overflow.
+MAX_MS = 1e6
+#: The correction's scale is at most this: a fit that multiplies the entries' sum by more is not a correction.
+MAX_SCALE = 100.0
+INT_META = ("resolution", "batch", "threads", "opset")
+TEXT_META = ("space", "family", "backend", "precision", "device", "device_slug", "date")
 
 
-def check_number(value: Any, where: str, *, low: float = 0.0, strict: bool = True) -> None:
-    """Raise :class:`ProfileError` unless ``value`` is a finite number above ``low`` (or at it, without ``strict``)."""
+def check_number(value: Any, where: str, *, low: float = 0.0, strict: bool = True, high: float = MAX_MS) -> None:
+    """Raise :class:`ProfileError` unless ``value`` is a finite number above ``low`` (or at it, without ``strict``)
+    and at most ``high``."""
     try:
         number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     except OverflowError:  # an integer too large for a float
         number = math.inf
-    if not math.isfinite(number) or number < low or (strict and number == low):
-        bound = f"{'above' if strict else 'at least'} {low:g}"
+    if not math.isfinite(number) or number < low or (strict and number == low) or number > high:
+        bound = f"{'above' if strict else 'at least'} {low:g} and at most {high:g}"
         raise ProfileError(f"{where} is {reprlib.repr(value)}: it must be a finite number {bound}")
 
 
@@ -292,9 +300,39 @@ def check_values(table: LatencyTable, source: str = "latency table") -> None:
     if table.overhead is not None:
         check_stats(table.overhead, f"{source} overhead", strict=False)
     correction = table.correction
-    check_number(correction.scale, f"{source} correction scale")
-    check_number(correction.offset_ms, f"{source} correction offset_ms", low=-math.inf)
+    check_number(correction.scale, f"{source} correction scale", high=MAX_SCALE)
+    check_number(correction.offset_ms, f"{source} correction offset_ms", low=-MAX_MS, strict=False)
     check_number(correction.per_call_ms, f"{source} correction per_call_ms", strict=False)
+    check_meta(table.meta, source)
+    if table.complete:
+        check_fastest(table, source)
+
+
+def check_meta(meta: TableMeta, source: str) -> None:
+    """Raise :class:`ProfileError` on metadata of the wrong type: the sizes whole numbers of at least 1, the names
+    text, ``dynamic_batch`` true or false."""
+    for name in INT_META:
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ProfileError(f"{source} {name} is {reprlib.repr(value)}: it must be a whole number of at least 1")
+    for name in TEXT_META:
+        if not isinstance(getattr(meta, name), str):
+            raise ProfileError(f"{source} {name} is {reprlib.repr(getattr(meta, name))}: it must be text")
+    if not isinstance(meta.dynamic_batch, bool):
+        raise ProfileError(f"{source} dynamic_batch is {reprlib.repr(meta.dynamic_batch)}: it must be true or false")
+
+
+def check_fastest(table: LatencyTable, source: str) -> None:
+    """Raise :class:`ProfileError` when the complete ``table`` predicts 0 ms or less for the fastest arch of its
+    space: every value may be in range while the correction's offset or per-call term is not."""
+    from .predict import latency_range  # predict reads tables: imported here, when a table is checked
+
+    fastest = latency_range(table).fastest_ms
+    if not fastest > 0:
+        c = table.correction
+        raise ProfileError(f"{source} predicts {fastest:.4g} ms for the fastest arch of its space: its correction "
+                           f"(scale {c.scale:g}, offset_ms {c.offset_ms:g}, per_call_ms {c.per_call_ms:g}) does not "
+                           "fit its entries; re-validate the table")
 
 
 def shipped_profiles() -> Path:

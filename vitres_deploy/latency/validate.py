@@ -17,6 +17,7 @@ The steps, in order: :func:`sample_archs` -> :func:`measure_networks` -> :func:`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
 import warnings
@@ -29,6 +30,7 @@ from ..arch import Arch, sample_arch
 from ..errors import SettingsError
 from ..macs import arch_cost
 from ..progress import progress_bar
+from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
 from ..runtime.registry import get_backend
 from ..runtime.statistics import Protocol, TimingStats, item_latency, needs_pass
@@ -175,7 +177,8 @@ def validate_table(
 
     The fitted correction and the report are stored in the table, saved atomically when ``save``: to ``out``,
     by default where it was read from, or for a shipped table (read-only) to its copy in the current folder
-    (:func:`~.table.user_copy_path`); ``table.path`` then says where.
+    (:func:`~.table.user_copy_path`); ``table.path`` then says where. The file written is locked while the
+    networks are measured (:func:`~vitres_deploy.rundir.hold_output`).
     """
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
@@ -187,11 +190,13 @@ def validate_table(
                             "reported", field="samples")
     settings = ProfileSettings.from_table(table, workers=workers,
                                           cache_dir=Path(cache_dir) if cache_dir is not None else None)
-    archs = sample_archs(table, samples, seed)
-    networks = measure_networks(table, archs, settings, progress)
-    correction = fit_on_half(table, archs, [n.latency_ms for n in networks])
-    report = judge_on_half(table, archs, networks, correction, seed)
-    table.correction, table.validation = correction, report
-    if save:
-        table.save(target)
+    # one process writes a table: a second validation, or a profile, of the same file is refused before measuring
+    with hold_output(target) if save and target is not None else contextlib.nullcontext():
+        archs = sample_archs(table, samples, seed)
+        networks = measure_networks(table, archs, settings, progress)
+        correction = fit_on_half(table, archs, [n.latency_ms for n in networks])
+        report = judge_on_half(table, archs, networks, correction, seed)
+        table.correction, table.validation = correction, report
+        if save:
+            table.save(target)
     return report

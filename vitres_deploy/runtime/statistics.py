@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ProfileError
+from ..values import check_count, check_real
 
 STATISTICS = ("window_floor", "median")
 
@@ -52,11 +53,16 @@ class Protocol:
     round_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if (self.warmup_s < 0 or self.min_seconds < 0 or self.min_iterations < 1 or self.max_cv <= 0
-                or self.flush_cache_mb < 0 or self.rounds < 1 or self.stable_within < 0 or self.window_s <= 0
-                or self.round_s < 0):
-            raise ProfileError("protocol: needs warmup_s >= 0, min_seconds >= 0, min_iterations >= 1, max_cv > 0, "
-                               "flush_cache_mb >= 0, rounds >= 1, stable_within >= 0, window_s > 0 and round_s >= 0")
+        """Refuse a protocol no measurement can follow (NaN and infinity included), naming the field."""
+        try:
+            for name in ("warmup_s", "min_seconds", "stable_within", "round_s", "flush_cache_mb"):
+                check_real(name, getattr(self, name), low=0.0, error=ProfileError)
+            for name in ("max_cv", "window_s"):
+                check_real(name, getattr(self, name), low_open=0.0, error=ProfileError)
+            for name in ("min_iterations", "rounds"):
+                check_count(name, getattr(self, name), error=ProfileError)
+        except ProfileError as e:
+            raise ProfileError(f"protocol: {e}", field=e.field) from None
         if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
             raise ProfileError(f"protocol: min_rounds {self.min_rounds} must be in 1..rounds ({self.rounds})")
         if self.statistic not in STATISTICS:
