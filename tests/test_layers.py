@@ -20,7 +20,8 @@ PACKAGE_DIRS = {"vitres_deploy": ROOT / "vitres_deploy", "vitres_deploy.search":
 # layer (search and export) do not import each other. Keep in step with the README's "Code map".
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"base": ("vitres_deploy", "vitres_deploy.errors", "vitres_deploy.files", "vitres_deploy.progress",
-              "vitres_deploy.text", "vitres_deploy.distributed", "vitres_deploy.rundir", "vitres_deploy.seeding")},
+              "vitres_deploy.text", "vitres_deploy.distributed", "vitres_deploy.rundir", "vitres_deploy.seeding",
+              "vitres_deploy.values", "vitres_deploy.workers")},
     {"model": ("vitres_deploy.space", "vitres_deploy.arch", "vitres_deploy.macs", "vitres_deploy.vit_resnas",
                "vitres_deploy.supernet", "vitres_deploy.checkpoint", "vitres_deploy.archfile")},
     {"data": ("vitres_deploy.data",)},

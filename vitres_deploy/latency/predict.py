@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..arch import Arch, BlockArch, StageArch
+from ..arch import Arch
 from ..errors import ArchError, ProfileError
-from .entries import EntrySpec, arch_entries
+from .entries import arch_entries
+from .extremes import extreme_sum
 from .table import LatencyTable
 
 
@@ -104,34 +105,4 @@ def latency_range(table: LatencyTable) -> LatencyRange:
 
 def _extreme(table: LatencyTable, pick: Callable[..., Any]) -> tuple[float, Arch]:
     """The min (``pick=min``) or max of the adjusted entry sum over all archs, and an arch reaching it."""
-    space = table.space
-    n = len(space.stages)
-    # Best total up to and including stage i for each width d: (cost, [StageArch, ...]).
-    best: dict[int, tuple[float, list[StageArch]]] = {}
-    for i, st in enumerate(space.stages, 1):
-        stage_best: dict[int, tuple[float, StageArch]] = {}
-        for d in st.embed_dims:
-            block_cost, block = pick(
-                ((_adjusted(table, EntrySpec("block", i, (d, h, m)).key), BlockArch(h, m))
-                 for h in st.heads for m in st.mlp_hidden),
-                key=lambda t: t[0],
-            )
-            depth = pick(st.depths, key=lambda k: k * block_cost)
-            stage_best[d] = (depth * block_cost, StageArch(d, (block,) * depth))
-        new: dict[int, tuple[float, list[StageArch]]] = {}
-        for d, (cost, stage) in stage_best.items():
-            if i == 1:
-                prev_cost, prev = _adjusted(table, EntrySpec("stem", 1, (d,)).key), []
-            else:
-                prev_cost, prev = pick(
-                    ((c + _adjusted(table, EntrySpec("reduction", i, (dp, d)).key), stages)
-                     for dp, (c, stages) in best.items()),
-                    key=lambda t: t[0],
-                )
-            new[d] = (prev_cost + cost, [*prev, stage])
-        best = new
-    total, stages = pick(
-        ((c + _adjusted(table, EntrySpec("head", n, (d,)).key), s) for d, (c, s) in best.items()),
-        key=lambda t: t[0],
-    )
-    return total, Arch(space.family, tuple(stages))
+    return extreme_sum(table.space, lambda key: _adjusted(table, key), pick)

@@ -30,6 +30,7 @@ from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
 from ..space import SearchSpace
 from .correction import Correction
 from .entries import EntrySpec, enumerate_entries
+from .extremes import extreme_sum
 from .report import ValidationReport
 
 FORMAT = "vitres-deploy/latency-table"
@@ -325,11 +326,12 @@ def check_meta(meta: TableMeta, source: str) -> None:
 def check_fastest(table: LatencyTable, source: str) -> None:
     """Raise :class:`ProfileError` when the complete ``table`` predicts 0 ms or less for the fastest arch of its
     space: every value may be in range while the correction's offset or per-call term is not."""
-    from .predict import latency_range  # predict reads tables: imported here, when a table is checked
-
-    fastest = latency_range(table).fastest_ms
+    c = table.correction
+    if not c.scale > 0:
+        raise ProfileError(f"{source} correction has a non-positive scale {c.scale:g}: re-validate the table")
+    lowest, _ = extreme_sum(table.space, lambda key: table.entries[key].latency_ms - c.per_call_ms, min)
+    fastest = c.apply(lowest)
     if not fastest > 0:
-        c = table.correction
         raise ProfileError(f"{source} predicts {fastest:.4g} ms for the fastest arch of its space: its correction "
                            f"(scale {c.scale:g}, offset_ms {c.offset_ms:g}, per_call_ms {c.per_call_ms:g}) does not "
                            "fit its entries; re-validate the table")
