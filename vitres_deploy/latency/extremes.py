@@ -31,7 +31,7 @@ def extreme_sum(space: SearchSpace, cost: Callable[[str], float], pick: Callable
             depth = pick(st.depths, key=lambda k: k * block_cost)
             stage_best[d] = (depth * block_cost, StageArch(d, (block,) * depth))
         new: dict[int, tuple[float, list[StageArch]]] = {}
-        for d, (cost, stage) in stage_best.items():
+        for d, (stage_cost, stage) in stage_best.items():
             if i == 1:
                 prev_cost, prev = cost(EntrySpec("stem", 1, (d,)).key), []
             else:
@@ -40,7 +40,7 @@ def extreme_sum(space: SearchSpace, cost: Callable[[str], float], pick: Callable
                      for dp, (c, stages) in best.items()),
                     key=lambda t: t[0],
                 )
-            new[d] = (prev_cost + cost, [*prev, stage])
+            new[d] = (prev_cost + stage_cost, [*prev, stage])
         best = new
     total, stages = pick(
         ((c + cost(EntrySpec("head", n, (d,)).key), s) for d, (c, s) in best.items()),
