@@ -295,10 +295,11 @@ def test_verify_holds_numerics_to_the_default_atol_not_the_manifests(exported, t
 
 
 def test_verify_holds_the_recorded_top1_to_the_default_drop_limit_not_the_manifests(exported, tmp_path):
-    """The recorded reference top-1 lowered by half a point with the manifest's drop limit raised to 9.1 points:
-    the artifact is now half a point above its reference, beyond the default 0.1-point limit either way."""
+    """The recorded reference top-1 lowered by two points with the manifest's drop limit raised to 9.1 points:
+    the artifact is now two points above its reference, beyond the default 0.1-point limit (and verify's slack
+    of a few images) either way."""
     def shift_reference(m: dict, _: Path) -> None:
-        m["evaluation"]["reference_top1"] -= 0.005
+        m["evaluation"]["reference_top1"] -= 0.02
         m["max_accuracy_drop_points"] = 9.1
 
     result = _invoke("verify", _tampered_copy(exported, tmp_path, shift_reference))
