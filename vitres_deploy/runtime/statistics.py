@@ -57,12 +57,13 @@ class Protocol:
         try:
             for name in ("warmup_s", "min_seconds", "stable_within", "round_s", "flush_cache_mb"):
                 check_real(name, getattr(self, name), low=0.0, error=ProfileError)
-            for name in ("max_cv", "window_s"):
-                check_real(name, getattr(self, name), low_open=0.0, error=ProfileError)
+            check_real("window_s", self.window_s, low_open=0.0, error=ProfileError)
             for name in ("min_iterations", "rounds"):
                 check_count(name, getattr(self, name), error=ProfileError)
         except ProfileError as e:
             raise ProfileError(f"protocol: {e}", field=e.field) from None
+        if not self.max_cv > 0:  # infinity is allowed: no pass is reported as noisy
+            raise ProfileError(f"protocol: max_cv {self.max_cv!r} must be a number > 0", field="max_cv")
         if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
             raise ProfileError(f"protocol: min_rounds {self.min_rounds} must be in 1..rounds ({self.rounds})")
         if self.statistic not in STATISTICS:
