@@ -47,7 +47,7 @@ from ..convert.fp16 import convert_file
 from ..convert.int8 import quantize_onnx, quantized_share, uint8_may_saturate
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
-from ..errors import DataError, SettingsError, first_line
+from ..errors import DataError, first_line
 from ..files import atomic_write_json, sha256_file
 from ..latency.device import device_info
 from ..latency.entries import network_sample_shape
@@ -183,11 +183,6 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     arch_file = arch if isinstance(arch, ArchFile) else ArchFile(arch)
     space = checkpoint.space
     chosen = arch_file.arch.validate(space)
-    searched = arch_file.searched
-    if searched is not None and searched.precision != opts.precision:
-        raise SettingsError(f"precision {opts.precision}: the arch file was searched in {searched.precision} (its "
-                            f"accuracy and latency are {searched.precision}'s): export it in {searched.precision}",
-                            field="precision")
     if isinstance(checkpoint, FinetunedCheckpoint):
         checkpoint.check_arch(chosen)
     budget = opts.budget_ms if opts.budget_ms is not None else arch_file.budget_ms

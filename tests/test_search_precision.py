@@ -91,12 +91,6 @@ def test_each_precision_is_searched_in_its_own_precision_and_the_best_is_chosen(
     int8 = result.searches["int8"].records[0]
     again = evaluate_arch_int8(checkpoint.supernet, int8.arch, setup["data"], CALIBRATION, limit=LIMIT)
     assert again.top1 == int8.holdout_top1
-    # an arch searched in int8 is exported in int8
-    result = CliRunner().invoke(main, ["export", "--supernet", str(checkpoint.path), "--arch",
-                                       str(out / "int8" / "best.json"), "--out", str(out / "bundle")])
-    assert result.exit_code == 2 and result.stderr.splitlines() == [
-        "error: --precision fp32: the arch file was searched in int8 (its accuracy and latency are int8's): export "
-        "it in int8"]
 
 
 def test_tables_that_cannot_be_searched_together_are_one_line_errors(setup: dict[str, Any], tmp_path: Path) -> None:
