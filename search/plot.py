@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..archfile import ArchFile
 from ..files import atomic_write
@@ -36,13 +37,7 @@ def plot_search(path: Path, records: Sequence[Record], front: Sequence[Record], 
             ax.scatter([best.latency_ms], [100 * best.holdout_top1], marker="*", s=220, color=color,
                        edgecolors="black", linewidths=0.8, zorder=5,
                        label=f"chosen: {100 * best.holdout_top1:.2f}% at {best.latency_ms:.3g} ms")
-        ax.set_xlabel("predicted latency (ms)")
-        ax.set_ylabel("hold-out top-1 (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        _finish(fig, ax, path, "predicted latency (ms)", "hold-out top-1 (%)", title)
     finally:
         plt.close(fig)
 
@@ -69,12 +64,19 @@ def plot_precisions(path: Path, records: dict[str, Sequence[Record]], budgets_ms
             ax.scatter([s.latency_ms], [100 * s.holdout_top1], marker="*", s=240, color=colors[s.precision],
                        edgecolors="black", linewidths=0.8, zorder=5,
                        label=f"{budget:g} ms: {s.precision}, {100 * s.holdout_top1:.2f}% at {s.latency_ms:.3g} ms")
-        ax.set_xlabel("predicted latency (ms), each precision's own table")
-        ax.set_ylabel("hold-out top-1 (%), measured in the precision")
-        ax.set_title("architecture and precision search: dashed lines are the budgets", fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        _finish(fig, ax, path, "predicted latency (ms), each precision's own table",
+                "hold-out top-1 (%), measured in the precision",
+                "architecture and precision search: dashed lines are the budgets")
     finally:
         plt.close(fig)
+
+
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Label the axes, grid, legend on the right, and write the figure to ``path`` (PNG, atomically)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import torch
 
+from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.space import PRESETS, SearchSpace
+from vitres_deploy.vit_resnas import Block, init_weights
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` and ``tensorrt`` tests, with the reason, where this machine cannot run them."""
-    import torch
-
     skips = {}
     if not torch.cuda.is_available():
         skips["gpu"] = pytest.mark.skip(reason="needs a CUDA GPU: torch.cuda.is_available() is False")
@@ -83,3 +85,18 @@ def small_supernet(tmp_path_factory: pytest.TempPathFactory, fmnist_dir):
 
     out = tmp_path_factory.mktemp("small-supernet")
     return train(TrainConfig(epochs=1, steps_per_epoch=2, batch_size=32, eval_limit=200), out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def block() -> Block:
+    """A stage-1 fmnist transformer block (64 wide, 4 heads, MLP 192), ViT-initialised."""
+    torch.manual_seed(0)
+    b = Block(64, 4, 16, 192)
+    init_weights(b)
+    return b.eval()
+
+
+@pytest.fixture(scope="module")
+def block_onnx(block: Block, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The block exported with the shared dynamo export primitive (dynamic batch)."""
+    return export_onnx(block, (50, 64), tmp_path_factory.mktemp("onnx") / "block.onnx")

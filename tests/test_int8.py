@@ -11,35 +11,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 
 from vitres_deploy.cli import main
 from vitres_deploy.convert.int8 import Int8Settings, is_quantized, quantize_onnx, quantized_share
-from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.errors import BackendUnavailable, SettingsError
 from vitres_deploy.files import sha256_file
 from vitres_deploy.latency import ProfileSettings
 from vitres_deploy.runtime import ModuleLoader, OnnxFile, Protocol, RunnerOptions, get_backend, random_inputs
 from vitres_deploy.runtime.cache import int8_onnx
-from vitres_deploy.vit_resnas import Block, init_weights
+from vitres_deploy.vit_resnas import Block
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
-
-
-@pytest.fixture(scope="module")
-def block() -> Block:
-    """A 64-wide transformer block (4 heads of 16, MLP 192), ViT-initialised."""
-    torch.manual_seed(0)
-    b = Block(64, 4, 16, 192)
-    init_weights(b)
-    return b.eval()
-
-
-@pytest.fixture(scope="module")
-def block_onnx(block: Block, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(block, (50, 64), tmp_path_factory.mktemp("int8") / "block.onnx")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -34,27 +34,12 @@ from vitres_deploy.runtime import (
 )
 from vitres_deploy.runtime.base import HostCacheFlush
 from vitres_deploy.runtime.ort import OrtCpuRunner, onnx_input_specs
-from vitres_deploy.vit_resnas import Block, init_weights
+from vitres_deploy.vit_resnas import Block
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
 
 QUICK = Protocol(warmup_s=0.01, min_iterations=20, min_seconds=0.02)
-
-
-@pytest.fixture(scope="module")
-def block() -> Block:
-    """A stage-1 fmnist transformer block (64 wide, 4 heads, MLP 192), ViT-initialised."""
-    torch.manual_seed(0)
-    b = Block(64, 4, 16, 192)
-    init_weights(b)
-    return b.eval()
-
-
-@pytest.fixture(scope="module")
-def block_onnx(block: Block, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The block exported with the shared dynamo export primitive (dynamic batch)."""
-    return export_onnx(block, (50, 64), tmp_path_factory.mktemp("onnx") / "block.onnx")
 
 
 def _reference(block: Block, x: np.ndarray) -> np.ndarray:
