@@ -111,10 +111,10 @@ def test_an_int8_table_records_its_quantization_and_is_timed_on_int8_models(mini
 
     quick = Protocol(warmup_s=0.0, min_iterations=3, min_seconds=0.0, rounds=1, min_rounds=1)
     settings = ProfileSettings(backend="ort-cpu", precision="int8", protocol=quick, workers=1, cache_dir=tmp_path,
-                               int8=Int8Settings(method="percentile"))
+                               int8=Int8Settings(format="qdq"))
     table = profile_space(mini, settings, tmp_path / "t.json", progress=False)
     meta = json.loads((tmp_path / "t.json").read_text())["meta"]
-    assert meta["precision"] == "int8" and meta["options"]["int8"]["method"] == "percentile"
+    assert meta["precision"] == "int8" and meta["options"]["int8"]["format"] == "qdq"
     assert "seeded" in meta["options"]["int8"]["calibration"]
     assert ProfileSettings.from_table(LatencyTable.load(tmp_path / "t.json")).int8 == settings.int8
     quantized = list((tmp_path / "int8").glob("*.int8.onnx"))

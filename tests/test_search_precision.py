@@ -32,8 +32,8 @@ SPACE = {
         {"embed_dims": [32], "heads": [2], "head_dim": 8, "mlp_hidden": [64, 32], "depths": [1]},
     ],
 }
-SMALL = EvolutionConfig(population=4, iterations=1, parents=2, mutations=2, crossovers=1, seed=0)
-LIMIT, CALIBRATION = 60, Calibration(images=16, seed=0)
+SMALL = EvolutionConfig(population=3, iterations=1, parents=2, mutations=1, crossovers=1, seed=0)
+LIMIT, CALIBRATION = 40, Calibration(images=8, seed=0)
 
 
 @pytest.fixture(scope="module")
