@@ -26,7 +26,7 @@ from ..data import ImageData
 from ..distributed import Ranks
 from ..errors import BudgetError, ProfileError, SettingsError
 from ..files import atomic_write_json
-from ..latency import LatencyTable, latency_range
+from ..latency import LatencyRange, LatencyTable, latency_range
 from .outputs import best_filename
 from .plan import SearchOptions, plan_search
 from .run import SearchResult, run_search
@@ -65,10 +65,9 @@ def check_tables(tables: Sequence[LatencyTable]) -> None:
                             "precision", field="table_paths")
 
 
-def absolute_budgets(tables: Sequence[LatencyTable], options: SearchOptions) -> list[float]:
-    """The options' budgets in ms: given ones, and shares of the range from the fastest arch of any table to the
-    slowest of any."""
-    ranges = [latency_range(t) for t in tables]
+def absolute_budgets(ranges: Sequence[LatencyRange], options: SearchOptions) -> list[float]:
+    """The options' budgets in ms: given ones, and shares of the span from the fastest arch of any of the tables'
+    ``ranges`` to the slowest of any."""
     fastest, slowest = min(r.fastest_ms for r in ranges), max(r.slowest_ms for r in ranges)
     shared = (round(fastest + f * (slowest - fastest), 4) for f in options.budget_shares)
     return sorted({*options.budgets_ms, *shared})
@@ -80,8 +79,8 @@ def search_precisions(checkpoint: Checkpoint, tables: Sequence[LatencyTable], op
     """Search ``tables`` (see the module docstring) and write the choice of each budget into ``options.out_dir``."""
     t0 = time.perf_counter()
     check_tables(tables)
-    budgets = absolute_budgets(tables, options)
     ranges = {t.meta.precision: latency_range(t) for t in tables}
+    budgets = absolute_budgets(list(ranges.values()), options)
     reachable = {p: [b for b in budgets if r.fastest_ms <= b <= r.slowest_ms] for p, r in ranges.items()}
     unreachable = [b for b in budgets if not any(b in r for r in reachable.values())]
     if unreachable:
