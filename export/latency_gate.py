@@ -38,10 +38,12 @@ class LatencyGate:
     drift: DriftReport | None = None
 
 
-#: How an int8 table's models were quantized, as far as it changes their speed, and the flag of each setting (the
-#: calibration method and images change the scales, constants of the graph, not the speed).
+#: How an int8 table's models were quantized, as far as it changes their graph and so their speed (or whether
+#: TensorRT builds them at all: zero points, float biases), and the flag of each setting (the calibration method,
+#: images and weight range change the scales, constants of the graph, not the speed).
 INT8_SPEED_SETTINGS = {"format": "int8_format", "op_types": "int8_ops", "per_channel": "int8_per_tensor",
-                       "activations": "int8_activations", "weights": "int8_weights"}
+                       "activations": "int8_activations", "weights": "int8_weights", "symmetric": "int8_symmetric",
+                       "float_bias": "int8_float_bias"}
 
 
 def check_int8_settings(table_path: str | Path, table: Int8Settings, export: Int8Settings) -> None:

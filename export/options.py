@@ -66,7 +66,8 @@ class ExportOptions:
 
     ``table_path`` is a latency table: with it the export is timed the table's way and gated on
     ``budget_ms`` (given, or the architecture file's). ``int8`` and ``calibration_images`` say how an int8
-    export is quantized: calibrated on that many training images drawn with ``seed``.
+    export is quantized: calibrated on that many training images drawn with ``seed``; with a TensorRT engine in
+    the ``tensorrt`` int8 layout (:meth:`~vitres_deploy.convert.int8.Int8Settings.check_layout`).
     """
 
     formats: tuple[str, ...] = ("onnx",)
@@ -98,9 +99,8 @@ class ExportOptions:
             raise SettingsError(f"formats: unknown format {unknown[0]!r}; use onnx or onnx,tensorrt", field="formats")
         if self.precision not in DEFAULT_TOLERANCES:
             raise SettingsError(f"precision {self.precision!r}: use {', '.join(DEFAULT_TOLERANCES)}", field="precision")
-        if self.precision == "int8" and "tensorrt" in self.formats:
-            raise SettingsError("formats tensorrt: int8 exports are ONNX only (the tensorrt backend builds fp32 and "
-                                "fp16 engines, not int8 ones yet)", field="formats")
+        if self.precision == "int8" and "tensorrt" in self.formats:  # the engine is built from the bundle's ONNX
+            self.int8.check_layout("tensorrt")
         if self.calibration_images < 1:
             raise SettingsError(f"calibration_images {self.calibration_images}: must be at least 1",
                                 field="calibration_images")

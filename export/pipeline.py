@@ -13,7 +13,9 @@ architecture, the latency table and the budget (:func:`plan_export`);
 4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, and every node whose activations on the
    first batch exceed half the fp16 range, named in the manifest; fp32 inputs/outputs); int8: the static int8
    ONNX (:func:`quantize`), calibrated on seeded training images, its record in the manifest;
-5. TensorRT engine when asked for and available, profiled over the batch range, with a timing cache;
+5. TensorRT engine when asked for and available, profiled over the batch range, with a timing cache (fp16 and
+   int8 parsed strongly typed from the bundle's ONNX: an int8 export with an engine is quantized in the
+   ``tensorrt`` int8 layout, explicit Q/DQ);
 
 **check** (:func:`check`): every artifact against PyTorch fp32 (numerics on a seeded batch, top-1 drop on the
 eval split) and, with a latency table, the latency gate (:func:`gate_latency`: the served int8 model itself
@@ -366,7 +368,7 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
 
     engine = None
     if "tensorrt" in opts.all_formats:
-        plan_bytes, engine = build_plan(fp32_onnx, onnx_path if opts.precision == "fp16" else None, opts.precision,
+        plan_bytes, engine = build_plan(fp32_onnx, onnx_path if opts.precision != "fp32" else None, opts.precision,
                                         opts.batch_range.as_tuple())
         (root / ENGINE_FILE).write_bytes(plan_bytes)
         artifacts.append(plan_artifact(root / ENGINE_FILE, opts.precision))

@@ -14,26 +14,34 @@ from typing import Any
 
 from ..errors import BackendUnavailable, CheckFailed, EngineBuildError
 from ..runtime.base import RunnerOptions
-from ..runtime.tensorrt import cuda_device_name, import_tensorrt, precision_record, serialize_engine
+from ..runtime.tensorrt import (
+    STRONGLY_TYPED,
+    cuda_device_name,
+    import_tensorrt,
+    precision_record,
+    serialize_engine,
+)
 
 
-def build_plan(fp32_onnx: str | Path, fp16_onnx: str | Path | None, precision: str,
+def build_plan(fp32_onnx: str | Path, typed_onnx: str | Path | None, precision: str,
                batch_range: tuple[int, int, int], *, device_id: int = 0, workspace_mb: int = 4096,
                cache_dir: str | Path | None = None) -> tuple[bytes, dict[str, Any]]:
     """Serialized engine with the batch dimension profiled at ``batch_range`` (min, opt, max), and its record.
 
-    fp32 builds from ``fp32_onnx``, fp16 (TensorRT 10 and 11) from the strongly typed ``fp16_onnx``, whose
-    nodes kept in fp32 stay fp32 in the engine. The timing cache in the vitres-deploy cache is read and
-    updated. A model TensorRT cannot parse or build is a :class:`CheckFailed`.
+    fp32 builds from ``fp32_onnx``; fp16 and int8 (TensorRT 10 and 11) from the bundle's ``typed_onnx``, parsed
+    strongly typed: the strongly typed fp16 ONNX, whose nodes kept in fp32 stay fp32 in the engine, or the int8
+    ONNX of the ``tensorrt`` layout, whose Q/DQ nodes say what runs in int8. The timing cache in the
+    vitres-deploy cache is read and updated. A model TensorRT cannot parse or build is a :class:`CheckFailed`.
     """
     trt = import_tensorrt()
     device = cuda_device_name(device_id)
-    if precision == "fp16" and fp16_onnx is None:
-        raise BackendUnavailable("tensorrt builds fp16 only from a strongly typed fp16 ONNX")
+    typed = precision in STRONGLY_TYPED
+    if typed and typed_onnx is None:
+        raise BackendUnavailable(f"tensorrt builds {precision} only from the bundle's {precision} ONNX")
     options = RunnerOptions(batch=batch_range[1], precision=precision, device_id=device_id,
                             workspace_mb=workspace_mb, cache_dir=Path(cache_dir) if cache_dir is not None else None)
     try:
-        plan = serialize_engine(fp16_onnx if precision == "fp16" else fp32_onnx, options, batch_range)
+        plan = serialize_engine(typed_onnx if typed else fp32_onnx, options, batch_range)
     except EngineBuildError as e:
         raise CheckFailed(str(e)) from None
     record = {"tensorrt": trt.__version__, "device": device, "profile": dict(zip(("min", "opt", "max"), batch_range)),

@@ -6,10 +6,10 @@ and ``triton/<name>_trt/...`` with ``model.plan`` when an engine was built), wri
 are per sample) and turn dynamic batching on. :func:`parse_pbtxt` reads the protobuf text format subset such
 files use, so ``verify`` can check that a configuration still matches the model it serves.
 
-An int8 ONNX model keeps fp32 inputs and outputs, so its configuration declares the same tensors; its
-quantization is stated in the model's ``parameters`` (:func:`int8_parameters`: Triton keeps a model's
-parameters as strings for its backend, and the ONNX Runtime backend reads only the keys it knows), and in full
-in the bundle's manifest.
+An int8 ONNX model (and the TensorRT engine built from it) keeps fp32 inputs and outputs, so its configuration
+declares the same tensors; its quantization is stated in the model's ``parameters`` (:func:`int8_parameters`:
+Triton keeps a model's parameters as strings for its backend, which reads the keys it knows),
+and in full in the bundle's manifest.
 """
 
 from __future__ import annotations
@@ -87,10 +87,11 @@ def model_config(name: str, fmt: str, max_batch_size: int, preferred_batch_sizes
 
 def write_repository(root: Path, name: str, formats: Sequence[str], batch_range: BatchRange,
                      inputs: Sequence[TensorConfig], outputs: Sequence[TensorConfig],
-                     onnx_parameters: Mapping[str, str] | None = None) -> None:
+                     parameters: Mapping[str, str] | None = None) -> None:
     """Write ``root/triton``: per format, a copy of the bundle's model file and its configuration.
 
-    The ONNX model is served as ``name`` (with ``onnx_parameters``), the TensorRT engine as ``name_trt``; both
+    The ONNX model is served as ``name``, the TensorRT engine as ``name_trt``, both with ``parameters`` (an int8
+    model's :func:`int8_parameters`: the engine of an int8 bundle is built from its quantized ONNX); both
     batch up to ``batch_range.max`` and prefer ``opt`` and ``max``.
     """
     for fmt in formats:
@@ -100,7 +101,7 @@ def write_repository(root: Path, name: str, formats: Sequence[str], batch_range:
         version.mkdir(parents=True)
         shutil.copyfile(root / filename, version / filename)
         text = model_config(model, fmt, batch_range.max, (batch_range.opt, batch_range.max), inputs, outputs,
-                            parameters=onnx_parameters if fmt == "onnx" else None)
+                            parameters=parameters)
         (root / "triton" / model / "config.pbtxt").write_text(text)
 
 

@@ -56,8 +56,8 @@ class VerifyReport:
 
 
 def check_triton(bundle: Path, manifest: Manifest) -> int:
-    """Every Triton configuration must parse and match the manifest's I/O, batch range and (the ONNX model's)
-    int8 quantization; returns their count."""
+    """Every Triton configuration must parse and match the manifest's I/O, batch range and int8 quantization
+    (stated by the ONNX model and by an engine built from it); returns their count."""
     want_in = [TensorConfig(manifest.input.name, manifest.input.dtype, manifest.space.sample_shape)]
     want_out = [TensorConfig(manifest.output.name, manifest.output.dtype, (manifest.space.num_classes,))]
     configs = sorted(rel for rel in manifest.files if rel.startswith("triton/") and rel.endswith("/config.pbtxt"))
@@ -80,7 +80,7 @@ def check_triton(bundle: Path, manifest: Manifest) -> int:
                 problems.append("inputs/outputs differ from the model's")
             if "dynamic_batching" not in config:
                 problems.append("dynamic batching is off")
-            if parameters_of(config) != (int8_parameters(manifest.quantization) if fmt == "onnx" else {}):
+            if parameters_of(config) != int8_parameters(manifest.quantization):
                 problems.append("parameters differ from the manifest's quantization")
         except PbtxtError as e:
             problems = [first_line(e)]

@@ -15,11 +15,14 @@ from click.testing import CliRunner
 
 from vitres_deploy.cli import main
 from vitres_deploy.convert.int8 import Int8Settings, is_quantized, quantize_onnx, quantized_share
+from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.errors import BackendUnavailable, SettingsError
 from vitres_deploy.files import sha256_file
 from vitres_deploy.latency import ProfileSettings
 from vitres_deploy.runtime import ModuleLoader, OnnxFile, Protocol, RunnerOptions, get_backend, random_inputs
 from vitres_deploy.runtime.cache import int8_onnx
+from vitres_deploy.runtime.ort import OrtCpuRunner, OrtCudaRunner, OrtTrtRunner
+from vitres_deploy.runtime.registry import BACKENDS
 from vitres_deploy.vit_resnas import Block
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
@@ -82,16 +85,126 @@ def test_ort_cpu_runs_int8_from_an_fp32_file_or_a_quantized_one(block_onnx: Path
 
 
 def test_int8_is_refused_where_it_cannot_run(block: Block, block_onnx: Path) -> None:
-    for name in ("torch-cpu", "ort-cuda", "tensorrt"):
+    for name in ("torch-cpu", "ort-cuda"):  # on any machine: a precision never run is refused before availability
         backend = get_backend(name)
-        if backend.unavailable_reason() is None or name == "torch-cpu":
-            source = ModuleLoader.of(block, (50, 64)) if backend.source == "module" else OnnxFile(block_onnx)
-            with pytest.raises(BackendUnavailable, match=f"backend {name} supports .*, not int8"):
-                backend.runner(source, RunnerOptions(precision="int8"))
+        source = ModuleLoader.of(block, (50, 64)) if backend.source == "module" else OnnxFile(block_onnx)
+        with pytest.raises(BackendUnavailable, match=f"backend {name} supports .*, not int8"):
+            backend.runner(source, RunnerOptions(precision="int8"))
     result = CliRunner().invoke(main, ["profile", "--space", "fmnist", "--backend", "torch-cpu", "--precision", "int8",
                                        "--out", "unused.json"])
     assert result.exit_code != 0 and result.stderr.splitlines() == [
         "error: backend torch-cpu supports fp32, not int8"]
+
+
+def test_ort_cuda_refuses_int8_naming_the_backends_that_run_it() -> None:
+    result = CliRunner().invoke(main, ["profile", "--space", "fmnist", "--backend", "ort-cuda", "--precision", "int8",
+                                       "--out", "unused.json"])
+    assert result.exit_code != 0 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("error: backend ort-cuda supports fp32/fp16, not int8: ONNX Runtime's CUDA "
+                                    "provider has no int8 MatMul or Conv kernels")
+    assert result.stderr.rstrip().endswith("int8 runs on ort-cpu, ort-trt and tensorrt")
+    int8_backends = sorted(name for name, b in BACKENDS.items() if "int8" in b.precisions)
+    assert int8_backends == ["ort-cpu", "ort-trt", "tensorrt"]
+    # the layout each int8 backend quantizes in, as the registry and the runners say it
+    assert {name: BACKENDS[name].int8_layout for name in int8_backends} == {
+        "ort-cpu": OrtCpuRunner.int8_layout, "ort-trt": OrtTrtRunner.int8_layout, "tensorrt": "tensorrt"}
+    assert OrtTrtRunner.int8_layout == "tensorrt" and OrtCudaRunner.int8_layout is None
+
+
+def _small_conv_net(path: Path) -> Path:
+    """A Conv (with bias) -> Flatten -> Linear (with bias, a Gemm) network on 1x16x16 images, exported to ``path``."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 4, stride=4), torch.nn.Flatten(1), torch.nn.Linear(128, 10))
+    return export_onnx(net.eval(), (1, 16, 16), path)
+
+
+@pytest.mark.parametrize("net", ["block", "conv"])
+def test_the_tensorrt_layout_is_symmetric_int8_qdq_with_float_biases(block_onnx: Path, tmp_path: Path,
+                                                                     net: str) -> None:
+    from onnx import TensorProto, numpy_helper
+
+    src = block_onnx if net == "block" else _small_conv_net(tmp_path / "conv.onnx")
+    shape = (50, 64) if net == "block" else (1, 16, 16)
+    rng = np.random.default_rng(3)
+    settings = Int8Settings.for_layout("tensorrt")
+    assert (settings.format, settings.activations, settings.weights, settings.symmetric, settings.reduce_range,
+            settings.float_bias, settings.per_channel) == ("qdq", "int8", "int8", True, False, True, True)
+    record = quantize_onnx(src, tmp_path / "trt.onnx", rng.standard_normal((16, *shape)).astype(np.float32), settings)
+    assert record["settings"] == settings.to_dict() and Int8Settings.from_dict(record["settings"]) == settings
+    graph = onnx.load(str(tmp_path / "trt.onnx")).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and not {n.op_type for n in graph.node} & {"QLinearMatMul", "QLinearConv", "QGemm", "MatMulInteger"}
+    for node in qdq:  # every zero point: int8 and 0 (TensorRT's symmetric scheme)
+        zero_point = consts[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    dequantized_consts = [consts[n.input[0]] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in consts]
+    assert dequantized_consts and all(w.dtype == np.int8 for w in dequantized_consts)  # no int32 bias behind a DQ
+    assert all(w.min() >= -127 for w in dequantized_consts)  # symmetric weights: [-127, 127]
+    per_channel = [n for n in qdq if n.op_type == "DequantizeLinear" and consts[n.input[1]].size > 1]
+    assert per_channel  # per-channel weight scales
+    compute = [n for n in graph.node if n.op_type in settings.op_types]
+    dequantized = {o for n in qdq if n.op_type == "DequantizeLinear" for o in n.output}
+    assert all(any(i in dequantized for i in n.input) for n in compute)
+    if net == "conv":  # Conv and Gemm keep their float bias as it was
+        for n in compute:
+            assert consts[n.input[2]].dtype == np.float32
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    assert set(inputs.values()) == {TensorProto.FLOAT}  # fp32 in, fp32 out
+    x = rng.standard_normal((4, *shape)).astype(np.float32)
+    int8, fp32 = _run(tmp_path / "trt.onnx", x), _run(src, x)  # a real ONNX Runtime CPU session
+    # close to fp32 (the untrained 10-logit conv net has fewer values to average its rounding over: 0.98)
+    assert _cosine(int8, fp32) > (0.99 if net == "block" else 0.97) and not np.allclose(int8, fp32, atol=1e-4)
+
+
+def test_settings_tensorrt_cannot_run_are_refused_in_one_line_naming_their_flag(tmp_path: Path) -> None:
+    assert Int8Settings.for_layout("ort-cpu") == Int8Settings()  # the defaults are the ort-cpu layout
+    Int8Settings().check_layout("ort-cpu")
+    cases = {"int8_format": {"format": "qoperator"}, "int8_activations": {"activations": "uint8"},
+             "int8_symmetric": {"symmetric": False}, "int8_float_bias": {"float_bias": False}}
+    for field, given in cases.items():
+        with pytest.raises(SettingsError, match=f"^{field} .*: TensorRT builds int8 engines only from") as caught:
+            Int8Settings.for_layout("tensorrt", **given)
+        assert caught.value.field == field and "\n" not in str(caught.value)
+    with pytest.raises(SettingsError, match="int8 layout 'gpu'"):
+        Int8Settings.for_layout("gpu")
+    kept = Int8Settings.for_layout("tensorrt", method="entropy", per_channel=False, reduce_range=True)
+    assert (kept.method, kept.per_channel, kept.reduce_range, kept.format) == ("entropy", False, True, "qdq")
+    for args, flag in ((["--int8-format", "qoperator"], "--int8-format 'qoperator'"),
+                       (["--int8-activations", "uint8"], "--int8-activations 'uint8'"),
+                       (["--int8-asymmetric"], "--int8-symmetric False")):
+        result = CliRunner().invoke(main, ["profile", "--space", "fmnist", "--backend", "tensorrt", "--precision",
+                                           "int8", *args, "--out", str(tmp_path / "unused.json")])
+        assert result.exit_code != 0 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"error: {flag}: TensorRT builds int8 engines only from"), result.stderr
+    assert not (tmp_path / "unused.json").exists()
+
+
+def test_int8_exports_with_a_tensorrt_engine_take_the_tensorrt_layout() -> None:
+    from vitres_deploy.cli.export import _int8_layout
+    from vitres_deploy.export.options import ExportOptions
+
+    trt = Int8Settings.for_layout("tensorrt")
+    assert ExportOptions(formats=("onnx", "tensorrt"), precision="int8", int8=trt).int8 == trt
+    with pytest.raises(SettingsError, match=r"^int8_format 'qoperator': TensorRT builds int8 engines only from"):
+        ExportOptions(formats=("onnx", "tensorrt"), precision="int8")  # the ort-cpu defaults
+    ExportOptions(formats=("onnx", "tensorrt"), precision="fp16")  # int8 settings matter for int8 only
+    assert _int8_layout(("onnx", "tensorrt"), None) == "tensorrt" and _int8_layout(("onnx",), None) == "ort-cpu"
+
+
+def test_the_gate_needs_a_table_quantized_in_the_exports_layout() -> None:
+    from vitres_deploy.errors import ProfileError
+    from vitres_deploy.export.latency_gate import check_int8_settings
+
+    trt = Int8Settings.for_layout("tensorrt")
+    check_int8_settings("t.json", trt, Int8Settings.for_layout("tensorrt", method="entropy"))  # scales only
+    with pytest.raises(ProfileError, match="quantized with format qdq, the export quantizes with qoperator") as caught:
+        check_int8_settings("t.json", trt, Int8Settings())
+    assert caught.value.field == "int8_format"
+    with pytest.raises(ProfileError, match="with symmetric True, the export quantizes with False"):
+        check_int8_settings("t.json", trt, Int8Settings(format="qdq", activations="int8", float_bias=True))
 
 
 def test_bad_int8_settings_name_their_flag() -> None:

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 import click
 
 from .boundary import Command
-from .int8_options import int8_options
+from .int8_options import Int8Flags, int8_options
 from .output import print_json, print_table
 from .table_options import trust_options
 
 if TYPE_CHECKING:
-    from ..convert.int8 import Int8Settings
     from ..export.checks import CheckResult
 
 
@@ -42,6 +41,16 @@ def _limits(c: CheckResult) -> str:
     return "-"
 
 
+def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
+    """The int8 layout an export quantizes in: ``tensorrt`` for a TensorRT engine or a latency table timed by
+    TensorRT (``ort-trt``, ``tensorrt``), else ``ort-cpu``."""
+    from ..latency import LatencyTable
+    from ..runtime import get_backend
+
+    timed_by = get_backend(LatencyTable.load(table_path).meta.backend) if table_path is not None else None
+    return "tensorrt" if "tensorrt" in formats or (timed_by and timed_by.int8_layout == "tensorrt") else "ort-cpu"
+
+
 @click.command(cls=Command)
 @click.option("--supernet", "ckpt", required=True,
               help="Supernet checkpoint file or fmnist-demo, or a fine-tuned checkpoint (finetune's "
@@ -51,7 +60,8 @@ def _limits(c: CheckResult) -> str:
 @click.option("--formats", default="onnx", show_default=True,
               help="onnx or onnx,tensorrt (the ONNX model is always part of the bundle).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="int8: static int8 ONNX (ONNX Runtime's quantization tool), calibrated on training images.")
+              help="int8: static int8 ONNX (ONNX Runtime's quantization tool), calibrated on training images; in "
+                   "TensorRT's layout (explicit Q/DQ, symmetric int8) with tensorrt or a TensorRT-timed --profile.")
 @int8_options
 @click.option("--calibration-images", type=int, default=512, show_default=True,
               help="int8: training images (hold-out excluded, drawn with --seed) the activation ranges are "
@@ -90,7 +100,7 @@ def _limits(c: CheckResult) -> str:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--out", "out", required=True, help="Bundle directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Settings, calibration_images: int,
+def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Flags, calibration_images: int,
            batch_range: str, table_path: str | None, budget_ms: float | None, latency_tolerance: float,
            allow_over_budget: bool, data_dir: str | None, eval_split: str, eval_limit: int | None,
            atol: float | None, rtol: float | None, min_cosine: float | None, min_mean_cosine: float | None,
@@ -102,22 +112,25 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Se
 
     from ..archfile import resolve_arch_file
     from ..checkpoint import load_any_checkpoint
+    from ..convert.int8 import Int8Settings
     from ..data import open_checkpoint_data
     from ..export.compare import DEFAULT_TOLERANCES
     from ..export.options import BatchRange, ExportOptions
     from ..export.pipeline import check_setup, plan_export, run_export
 
     start = time.perf_counter()
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     given = {k: v for k, v in {"atol": atol, "rtol": rtol, "min_cosine": min_cosine, "min_mean_cosine": min_mean_cosine,
                                "min_top1_agreement": min_top1_agreement}.items() if v is not None}
     options = ExportOptions(
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()), precision=precision,
+        formats=fmts, precision=precision,
         batch_range=BatchRange.parse(batch_range), opset=opset, simplify=not no_simplify, eval_split=eval_split,
         eval_limit=eval_limit, seed=seed,
         tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
         max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, table_path=table_path,
         budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
-        drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device, int8=int8,
+        drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device,
+        int8=int8.settings(_int8_layout(fmts, table_path)) if precision == "int8" else Int8Settings(),
         calibration_images=calibration_images)
     setup = check_setup(out, options)
     checkpoint = load_any_checkpoint(ckpt)

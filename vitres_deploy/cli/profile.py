@@ -9,11 +9,10 @@ import click
 
 from ..space import load_space
 from .boundary import Command, Group
-from .int8_options import int8_options
+from .int8_options import Int8Flags, int8_options
 from .output import print_json, print_table
 
 if TYPE_CHECKING:
-    from ..convert.int8 import Int8Settings
     from ..latency import TableSummary
     from ..runtime import Protocol
 
@@ -53,7 +52,8 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
 @click.option("--backend", help="Runtime backend (see `vitres-deploy backends`).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
-              help="fp16 (GPU backends) or static int8 (ort-cpu: each block quantized, see --int8-*).")
+              help="fp16 (GPU backends) or static int8 (ort-cpu, ort-trt, tensorrt: each block quantized in the "
+                   "backend's int8 layout, see --int8-*).")
 @int8_options
 @click.option("--resolution", type=click.IntRange(min=1), help="Input resolution (same as --space NAME@RES).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
@@ -81,20 +81,24 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
 def profile(ctx: click.Context, space: str | None, backend: str | None, batch: int, precision: str,
             resolution: int | None, threads: int, workers: int, cuda_graphs: bool, cache_state: str,
             warmup_s: float | None, min_seconds: float | None, min_iterations: int | None, rounds: int | None,
-            out: Path | None, resume: bool, as_json: bool, int8: Int8Settings) -> None:
+            out: Path | None, resume: bool, as_json: bool, int8: Int8Flags) -> None:
     """Measure every block choice of a space into a latency table (subcommands: show, validate, check)."""
     if ctx.invoked_subcommand is not None:
         return
     if not space or not backend:
         raise click.UsageError("profile needs --space and --backend (or a subcommand: show, validate, check)")
+    from ..convert.int8 import Int8Settings
     from ..latency import ProfileSettings, TableSummary, profile_space
+    from ..runtime import get_backend
 
     measured = load_space(space)
     if resolution is not None:
         measured = measured.at_resolution(resolution)
     settings = ProfileSettings(backend=backend, precision=precision, batch=batch, threads=threads,
                                protocol=_protocol(warmup_s, min_seconds, min_iterations, rounds),
-                               cuda_graphs=cuda_graphs, workers=workers, cache_state=cache_state, int8=int8)
+                               cuda_graphs=cuda_graphs, workers=workers, cache_state=cache_state,
+                               int8=int8.settings(get_backend(backend).int8_layout or "ort-cpu")
+                               if precision == "int8" else Int8Settings())
     summary = TableSummary.of(profile_space(measured, settings, out, resume=resume, progress=True))
     if summary.noisy_entries:
         click.echo(f"warning: {summary.noisy_entries} of {summary.entries} entries had a coefficient of variation "

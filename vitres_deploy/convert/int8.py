@@ -7,10 +7,15 @@ the activations). Every other op (LayerNorm, Softmax, GELU, the residual additio
 record says which op types those were. The graph inputs and outputs stay fp32, so callers feed the same arrays
 as to the fp32 model.
 
-Two layouts (:data:`FORMATS`): ``qoperator`` writes ONNX Runtime's fused integer ops (``QLinearMatMul``,
+Two formats (:data:`FORMATS`): ``qoperator`` writes ONNX Runtime's fused integer ops (``QLinearMatMul``,
 ``QLinearConv``, ``QGemm``), ``qdq`` writes ``QuantizeLinear``/``DequantizeLinear`` pairs around float ops
 (the explicit-quantization layout TensorRT builds int8 engines from). Which one runs faster depends on the
 runtime, so it is a recorded setting.
+
+Each runtime has its int8 *layout* (:data:`LAYOUTS`, :meth:`Int8Settings.for_layout`): ``ort-cpu`` is ONNX
+Runtime's fast x86 path (fused ops, uint8 activations, 7-bit weights); ``tensorrt`` is the form TensorRT
+accepts, explicit Q/DQ with int8 activations and weights, both symmetric (zero point 0), and float biases
+(:meth:`Int8Settings.check_layout` refuses the rest, naming the flag), with full-range weights.
 
 Calibration is deterministic: the same model, images and settings give the same file. Latency tables calibrate
 on seeded random inputs (:func:`timing_calibration`): scales and zero points are constants of the graph, so
@@ -45,6 +50,17 @@ QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul"
 TIMING_CALIBRATION = "seeded standard-normal inputs, 8 per model (scales change the accuracy, not the speed)"
 #: Images per calibration batch fed to ONNX Runtime's calibrator.
 CALIBRATION_BATCH = 16
+#: The settings each int8 layout fixes, by layout: ``ort-cpu`` (ONNX Runtime's CPU provider) and ``tensorrt``
+#: (TensorRT, directly or through ONNX Runtime's TensorRT provider). TensorRT quantizes symmetrically, signed
+#: int8 activations and weights, scale only (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/
+#: work-quantized-types.html); ONNX Runtime's quantization on GPU "only supports S8S8"
+#: (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html#data-type-selection).
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "ort-cpu": {"format": "qoperator", "activations": "uint8", "reduce_range": True, "symmetric": False,
+                "float_bias": False},
+    "tensorrt": {"format": "qdq", "activations": "int8", "reduce_range": False, "symmetric": True,
+                 "float_bias": True},
+}
 #: ``/proc/cpuinfo`` flags of x86 instructions that sum uint8 x int8 products in 32 bits (VNNI).
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 
@@ -57,6 +73,9 @@ class Int8Settings:
     ``weights`` are ``int8``. ``reduce_range`` quantizes weights to 7 bits: x86 CPUs without VNNI (AVX2, AVX-512F)
     multiply u8 by s8 into saturating 16-bit sums, which full-range weights overflow (on this project's AVX2
     machine the demo's largest arch lost 3.4 points of hold-out top-1 with full-range weights, 0.2 with 7-bit).
+    ``symmetric`` quantizes activations symmetrically (zero point 0, ONNX Runtime's ``ActivationSymmetric``);
+    weights are always symmetric. ``float_bias`` keeps the biases of a Q/DQ model float (else int32 behind a
+    ``DequantizeLinear``). The defaults are the ``ort-cpu`` layout (:data:`LAYOUTS`).
     """
 
     method: str = "minmax"
@@ -66,6 +85,8 @@ class Int8Settings:
     activations: str = "uint8"
     weights: str = "int8"
     reduce_range: bool = True
+    symmetric: bool = False
+    float_bias: bool = False
 
     def __post_init__(self) -> None:
         choices = {"method": METHODS, "format": FORMATS, "activations": ("uint8", "int8"), "weights": ("int8",)}
@@ -85,13 +106,42 @@ class Int8Settings:
         """Inverse of :meth:`to_dict`; unknown or bad values are a :class:`SettingsError`."""
         if not isinstance(data, dict):
             raise SettingsError(f"int8 settings must be an object, got {type(data).__name__}", field="int8")
-        known = {k: data[k] for k in ("method", "format", "per_channel", "activations", "weights", "reduce_range")
-                 if k in data}
+        known = {k: data[k] for k in ("method", "format", "per_channel", "activations", "weights", "reduce_range",
+                                      "symmetric", "float_bias") if k in data}
         if "op_types" in data:
             if not isinstance(data["op_types"], list) or not all(isinstance(t, str) for t in data["op_types"]):
                 raise SettingsError("int8_ops must be a list of op type names", field="int8_ops")
             known["op_types"] = tuple(data["op_types"])
         return cls(**known)
+
+    @classmethod
+    def for_layout(cls, layout: str, **given: Any) -> Int8Settings:
+        """Settings for the int8 ``layout`` (a key of :data:`LAYOUTS`): ``given`` settings whose value is None take
+        the layout's value; the result must suit the layout (:meth:`check_layout`)."""
+        if layout not in LAYOUTS:
+            raise SettingsError(f"int8 layout {layout!r}: use one of {', '.join(LAYOUTS)}", field="int8")
+        chosen = {name: value for name, value in given.items() if value is not None}
+        settings = cls(**{**LAYOUTS[layout], **chosen})
+        settings.check_layout(layout)
+        return settings
+
+    def check_layout(self, layout: str) -> None:
+        """Raise a one-line :class:`SettingsError` naming the flag of the first setting that the int8 ``layout``
+        cannot run (only ``tensorrt`` has such settings: explicit Q/DQ, int8 activations, zero points 0)."""
+        if layout != "tensorrt":
+            return
+        # TensorRT reads int8 only from Q/DQ nodes, signed and symmetric: https://docs.nvidia.com/deeplearning/
+        # tensorrt/latest/inference-library/quantized-types-explicit-quantization.html
+        # and its ONNX parser takes no int32 bias behind a DequantizeLinear ("only activation types allowed as
+        # input to this layer": https://github.com/microsoft/onnxruntime/issues/14229)
+        needs = (("format", "qdq", "int8_format", "explicit QuantizeLinear/DequantizeLinear nodes"),
+                 ("activations", "int8", "int8_activations", "signed int8 activations"),
+                 ("symmetric", True, "int8_symmetric", "symmetric activations (zero point 0)"),
+                 ("float_bias", True, "int8_float_bias", "float biases"))
+        for name, wanted, field, what in needs:
+            if getattr(self, name) != wanted:
+                raise SettingsError(f"{field} {getattr(self, name)!r}: TensorRT builds int8 engines only from {what}: "
+                                    f"use {wanted!r} (the tensorrt layout's default)", field=field)
 
     def key(self) -> str:
         """A short digest of the settings, for cache file names."""
@@ -199,6 +249,11 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.nd
     method = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
               "percentile": q.CalibrationMethod.Percentile}[settings.method]
     types = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
+    # documented extra_options of quantize_static (onnxruntime/quantization/quantize.py): zero points 0 for
+    # symmetric activations, symmetric weights (ONNX Runtime's default for int8 weights, stated), and biases left
+    # float instead of int32 behind a DequantizeLinear (QuantizeBias, Q/DQ format only)
+    extra = {"ActivationSymmetric": settings.symmetric, "WeightSymmetric": True,
+             "QuantizeBias": not settings.float_bias}
 
     def write(tmp: Path) -> None:
         if not any(n.op_type in settings.op_types for n in model.graph.node):  # nothing to quantize or calibrate
@@ -211,7 +266,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.nd
                 op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
                 reduce_range=settings.reduce_range,
                 activation_type=types[settings.activations], weight_type=types[settings.weights],
-                calibrate_method=method, calibration_providers=["CPUExecutionProvider"],
+                calibrate_method=method, calibration_providers=["CPUExecutionProvider"], extra_options=extra,
             )
 
     try:

@@ -316,11 +316,13 @@ def profile_space(
 
     With ``resume``, an existing table at ``out`` made with the same settings is completed; without it
     an existing file is an error (nothing is overwritten). ``on_entry`` is called after each entry is saved.
-    Steps: decide the cache state, lock and open the table (a second process on one table is refused), fill
-    it (:func:`fill_table`).
+    The backend must run the precision here, int8 models in its int8 layout. Steps: decide the cache state, lock
+    and open the table (a second process on one table is refused), fill it (:func:`fill_table`).
     """
     backend = get_backend(settings.backend)
     backend.check(settings.precision)
+    if settings.precision == "int8" and backend.int8_layout is not None:  # before any export or quantization
+        settings.int8.check_layout(backend.int8_layout)
     settings, cache_decision = resolve_cache_state(space, settings, backend.device)
     meta = new_meta(space, settings, backend, cache_decision)
     path = Path(out) if out is not None else default_table_path(space, meta.backend, meta.precision, meta.batch,

@@ -73,6 +73,11 @@ def onnx_input_specs(path: str | Path, batch: int) -> list[TensorSpec]:
 #: Session configuration key that makes ONNX Runtime record the nodes of each execution provider
 #: (``InferenceSession.get_provider_graph_assignment_info``).
 _RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
+#: Session configuration key that stops ONNX Runtime fusing QuantizeLinear/DequantizeLinear nodes into its own
+#: quantized ops ("1": "ORT doesn't do fusion logic for QDQ format", onnxruntime_session_options_config_keys.h,
+#: https://github.com/microsoft/onnxruntime/blob/main/include/onnxruntime/core/session/
+#: onnxruntime_session_options_config_keys.h): an int8 ``ort-trt`` session hands TensorRT the Q/DQ graph as written.
+DISABLE_QDQ_FUSION = "session.disable_quant_qdq"
 #: The CUDA libraries read this variable once per process: "0" keeps TensorRT, cuBLAS and cuDNN off TF32.
 TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
 
@@ -89,14 +94,20 @@ def cuda_provider_options(device_id: int, stream: int, precision: str) -> dict[s
 def tensorrt_provider_options(device_id: int, stream: int, *, engines: Path, shapes: str,
                               workspace_mb: int) -> dict[str, str]:
     """Options of ONNX Runtime's TensorRT provider: engine and timing caches under ``engines``, one optimization
-    profile fixed at ``shapes`` (``name:AxBxC,...``), and ``trt_fp16_enable`` off at every precision: without it
-    (and without int8) the provider builds a strongly typed network (TensorRT 10 and later), which runs every
+    profile fixed at ``shapes`` (``name:AxBxC,...``), and ``trt_fp16_enable`` and ``trt_int8_enable`` off at every
+    precision: without them the provider builds a strongly typed network (TensorRT 10 and later), which runs every
     tensor at the type the ONNX gives it, so fp16 comes from a strongly typed fp16 ONNX, nodes kept in fp32
-    included. TF32 has no option here (see :func:`tensorrt_environment`)."""
+    included, and int8 from an explicitly quantized (Q/DQ) ONNX. ``trt_int8_enable`` is TensorRT's implicit,
+    calibration-table int8 mode: a Q/DQ model takes no calibration table
+    (https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html, ``trt_int8_calibration_table_
+    name``), and TensorRT builds explicit quantization strongly typed, without precision flags
+    (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
+    TF32 has no option here (see :func:`tensorrt_environment`)."""
     return {
         "device_id": str(device_id),
         "user_compute_stream": str(stream),
         "trt_fp16_enable": "False",
+        "trt_int8_enable": "False",
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(engines),
         "trt_timing_cache_enable": "True",
@@ -111,6 +122,10 @@ def tensorrt_provider_options(device_id: int, stream: int, *, engines: Path, sha
 def tensorrt_environment(precision: str) -> dict[str, str]:
     """Environment variables a process needs before its first TensorRT session at ``precision``: TF32 off for fp32."""
     return {TF32_OVERRIDE: "0"} if precision == "fp32" else {}
+
+
+#: How TensorRT runs int8 (``ort-trt`` and ``tensorrt``), for records.
+INT8_VIA = "explicit Q/DQ ONNX (tensorrt layout), strongly typed network, no int8 flag or calibration table"
 
 
 class TensorRTFallback(UserWarning):
@@ -193,8 +208,9 @@ class _OrtRunner(Runner):
 
     provider: ClassVar[str] = ""
     ort_device: ClassVar[str] = "cpu"
-    #: Whether the provider runs static int8 models (their integer kernels, not float fallbacks).
-    int8: ClassVar[bool] = False
+    #: The int8 layout (:data:`~vitres_deploy.convert.int8.LAYOUTS`) the provider runs static int8 models in with
+    #: integer kernels, not float fallbacks; None: no int8 (the registry's precisions say so too).
+    int8_layout: ClassVar[str | None] = None
 
     def __init__(self, model: OnnxFile, options: RunnerOptions | None = None) -> None:
         super().__init__(options)
@@ -220,7 +236,8 @@ class _OrtRunner(Runner):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        so.add_session_config_entry(_RECORD_ASSIGNMENT, "1")
+        for key, value in self._session_config().items():
+            so.add_session_config_entry(key, value)
         self._prepare_process()
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=self._providers(model_path))
@@ -234,6 +251,10 @@ class _OrtRunner(Runner):
         self.input_specs = onnx_input_specs(model_path, self.options.batch)
         self._ort = ort
         self._model_file = model_path
+
+    def _session_config(self) -> dict[str, str]:
+        """Session configuration entries: where each node runs is recorded."""
+        return {_RECORD_ASSIGNMENT: "1"}
 
     def _prepare_process(self) -> None:
         """Set what this process needs before the session is created (nothing, but for TensorRT)."""
@@ -249,9 +270,12 @@ class _OrtRunner(Runner):
 
     def _model_path(self, onnx_path: Path) -> Path:
         """The file the session loads: ``onnx_path``, or a precision-specific version of it (int8: the static
-        int8 model of :func:`~.cache.int8_onnx` with the ``int8`` settings of the options' ``extra``)."""
-        if self.options.precision == "int8" and self.int8:
-            return int8_onnx(onnx_path, int8_settings(self.options), self.options.cache_dir)
+        int8 model of :func:`~.cache.int8_onnx` with the ``int8`` settings of the options' ``extra``, which must
+        suit the provider's :attr:`int8_layout`)."""
+        if self.options.precision == "int8" and self.int8_layout is not None:
+            settings = int8_settings(self.options)
+            settings.check_layout(self.int8_layout)
+            return int8_onnx(onnx_path, settings, self.options.cache_dir)
         if self.options.precision != "fp32":
             raise BackendUnavailable(f"{self.backend} runs fp32 only: use precision fp32", field="precision")
         return onnx_path
@@ -311,7 +335,7 @@ class OrtCpuRunner(_OrtRunner):
 
     backend = "ort-cpu"
     provider = "CPUExecutionProvider"
-    int8 = True
+    int8_layout = "ort-cpu"
 
 
 class _OrtGpuRunner(_OrtRunner):
@@ -329,7 +353,9 @@ class _OrtGpuRunner(_OrtRunner):
 
 
 class OrtCudaRunner(_OrtGpuRunner):
-    """``ort-cuda``: the CUDA execution provider, device-resident inputs/outputs; fp16 through an fp16 ONNX."""
+    """``ort-cuda``: the CUDA execution provider, device-resident inputs/outputs; fp16 through an fp16 ONNX.
+
+    No int8: the registry refuses it (:data:`~.registry.ORT_CUDA_INT8`)."""
 
     backend = "ort-cuda"
     provider = "CUDAExecutionProvider"
@@ -348,12 +374,15 @@ class OrtTrtRunner(_OrtGpuRunner):
 
     fp16 runs the strongly typed fp16 ONNX with ``trt_fp16_enable`` off (:func:`tensorrt_provider_options`), the
     same on TensorRT 10 and 11, whichever the provider loads (:func:`~.versions.ort_tensorrt_major`, recorded).
-    fp32 runs with TF32 off (:func:`tensorrt_environment`). A session that leaves nodes to the CUDA provider
-    warns (:class:`TensorRTFallback`).
+    int8 runs the explicitly quantized ONNX of the ``tensorrt`` layout (Q/DQ, int8, zero points 0) with
+    ``trt_int8_enable`` off and no calibration table, its Q/DQ nodes left unfused by ONNX Runtime
+    (:data:`DISABLE_QDQ_FUSION`). fp32 runs with TF32 off (:func:`tensorrt_environment`). A session that leaves
+    nodes to the CUDA provider warns (:class:`TensorRTFallback`).
     """
 
     backend = "ort-trt"
     provider = "TensorrtExecutionProvider"
+    int8_layout = "tensorrt"
 
     #: The TF32 override this process's first TensorRT session started with (None: no session yet).
     _process_tf32: ClassVar[str | None] = None
@@ -378,7 +407,15 @@ class OrtTrtRunner(_OrtGpuRunner):
                                      "with it on: run fp32 in a new process", field="precision")
 
     def _model_path(self, onnx_path: Path) -> Path:
-        return fp16_onnx(onnx_path, self.options.cache_dir) if self.options.precision == "fp16" else onnx_path
+        if self.options.precision == "fp16":
+            return fp16_onnx(onnx_path, self.options.cache_dir)
+        return super()._model_path(onnx_path)
+
+    def _session_config(self) -> dict[str, str]:
+        config = super()._session_config()
+        if self.options.precision == "int8":
+            config[DISABLE_QDQ_FUSION] = "1"
+        return config
 
     def _providers(self, model_path: Path) -> list[Any]:
         engines = cache_root(self.options.cache_dir) / "ort-trt"
@@ -399,5 +436,6 @@ class OrtTrtRunner(_OrtGpuRunner):
         info["tensorrt_major"] = ort_tensorrt_major()
         info["tensorrt_node_share"] = self.tensorrt_node_share()
         info["fp16_via"] = "strongly typed fp16 ONNX" if self.options.precision == "fp16" else None
+        info["int8_via"] = INT8_VIA if self.options.precision == "int8" else None
         info["tf32"] = os.environ.get(TF32_OVERRIDE) != "0"
         return info

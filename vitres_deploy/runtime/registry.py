@@ -6,8 +6,8 @@ first), so listing backends is cheap and works without onnxruntime-gpu, TensorRT
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BackendUnavailable
@@ -140,10 +140,21 @@ def _prebuild_ort_trt(model: OnnxFile, options: RunnerOptions) -> None:
         pass
 
 
+#: Why ``ort-cuda`` refuses int8. ONNX Runtime's CUDA build has int8 kernels for QuantizeLinear,
+#: DequantizeLinear and MatMulInteger only (https://github.com/microsoft/onnxruntime/blob/main/docs/FAQ.md), so a
+#: static int8 model runs its MatMuls and Convs in float between Q/DQ nodes there; ONNX Runtime does int8 on GPUs
+#: through its TensorRT provider (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
+#: #quantization-on-gpu).
+ORT_CUDA_INT8 = ("ONNX Runtime's CUDA provider has no int8 MatMul or Conv kernels (its int8 on GPUs is the TensorRT "
+                 "provider's): int8 runs on ort-cpu, ort-trt and tensorrt")
+
+
 @dataclass(frozen=True)
 class Backend:
     """One backend: its name, device, what it runs (``onnx``: an :class:`OnnxFile`; ``module``: a
-    :class:`ModuleLoader`) and how."""
+    :class:`ModuleLoader`) and how. ``int8_layout`` is the int8 layout its int8 models are quantized in
+    (:data:`~vitres_deploy.convert.int8.LAYOUTS`; None without int8); ``refused`` says, by precision, why a
+    precision it does not run is not offered."""
 
     name: str
     device: str
@@ -154,6 +165,8 @@ class Backend:
     _version: Callable[[], str | None]
     _make: Callable[[Any, RunnerOptions], Runner]
     _prebuild: Callable[[OnnxFile, RunnerOptions], None] | None = None
+    int8_layout: str | None = None
+    refused: Mapping[str, str] = field(default_factory=dict)
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run here, else why not (one line)."""
@@ -169,12 +182,14 @@ class Backend:
         return self._prebuild is not None
 
     def check(self, precision: str = "fp32") -> None:
-        """Raise :class:`BackendUnavailable` when the backend cannot run here at ``precision``."""
+        """Raise :class:`BackendUnavailable` when the backend cannot run here at ``precision``: a precision it never
+        runs first (true on any machine, with the reason where it has one), then what this machine lacks."""
+        if precision not in self.precisions:
+            why = f": {self.refused[precision]}" if precision in self.refused else ""
+            raise BackendUnavailable(f"backend {self.name} supports {'/'.join(self.precisions)}, not {precision}{why}")
         reason = self.unavailable_reason()
         if reason:
             raise BackendUnavailable(f"backend {self.name} is not usable here: {reason}")
-        if precision not in self.precisions:
-            raise BackendUnavailable(f"backend {self.name} supports {'/'.join(self.precisions)}, not {precision}")
 
     def prebuild(self, model: OnnxFile, options: RunnerOptions) -> None:
         """Build and cache the engine of ``model`` (no-op for backends without a build step)."""
@@ -197,14 +212,16 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("ort-cpu", "cpu", "onnx", ("fp32", "int8"), "ONNX Runtime, CPU provider, IO binding, fixed threads",
-                lambda: _ort_reason("CPUExecutionProvider", False), _ort_version, _make_ort("cpu")),
+                lambda: _ort_reason("CPUExecutionProvider", False), _ort_version, _make_ort("cpu"),
+                int8_layout="ort-cpu"),
         Backend("ort-cuda", "cuda", "onnx", ("fp32", "fp16"), "ONNX Runtime, CUDA provider, IO binding on the GPU",
-                lambda: _ort_reason("CUDAExecutionProvider", True), _ort_version, _make_ort("cuda")),
-        Backend("ort-trt", "cuda", "onnx", ("fp32", "fp16"), "ONNX Runtime, TensorRT provider, engine cache",
+                lambda: _ort_reason("CUDAExecutionProvider", True), _ort_version, _make_ort("cuda"),
+                refused={"int8": ORT_CUDA_INT8}),
+        Backend("ort-trt", "cuda", "onnx", ("fp32", "fp16", "int8"), "ONNX Runtime, TensorRT provider, engine cache",
                 lambda: _ort_reason("TensorrtExecutionProvider", True), _ort_version, _make_ort("trt"),
-                _prebuild_ort_trt),
-        Backend("tensorrt", "cuda", "onnx", ("fp32", "fp16"), "TensorRT 10.x/11.x Python API, execute_async_v3",
-                _tensorrt_reason, _tensorrt_version, _make_tensorrt, _prebuild_tensorrt),
+                _prebuild_ort_trt, int8_layout="tensorrt"),
+        Backend("tensorrt", "cuda", "onnx", ("fp32", "fp16", "int8"), "TensorRT 10.x/11.x Python API, execute_async_v3",
+                _tensorrt_reason, _tensorrt_version, _make_tensorrt, _prebuild_tensorrt, int8_layout="tensorrt"),
         Backend("torch-cpu", "cpu", "module", ("fp32",), "PyTorch eager, static module, fixed threads",
                 lambda: None, _torch_version, _make_torch(False)),
         Backend("torch-cuda", "cuda", "module", ("fp32", "fp16"), "PyTorch eager on the GPU, optional CUDA graphs",

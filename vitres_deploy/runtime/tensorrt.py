@@ -16,7 +16,12 @@ Precision: fp32 builds clear TF32. fp16 engines are built, on 10.x and 11.x alik
 ONNX (:mod:`vitres_deploy.convert.fp16`: LayerNorm, softmax and the nodes an export keeps for their activation
 range stay fp32) parsed into a strongly typed network, which runs every tensor at the type the ONNX gives
 it. 11.x has no other way (it removed weak typing, ``BuilderFlag.FP16`` included); on 10.x that flag would
-let TensorRT run the nodes kept in fp32 in fp16 too.
+let TensorRT run the nodes kept in fp32 in fp16 too. int8 engines are explicitly quantized: the ONNX of the
+``tensorrt`` int8 layout (:data:`~vitres_deploy.convert.int8.LAYOUTS`: QuantizeLinear/DequantizeLinear nodes,
+int8, zero points 0) parsed into a strongly typed network, with no ``BuilderFlag.INT8`` and no calibrator (the
+implicit quantization TensorRT 10 deprecated and 11 removed; "use explicit quantization with Strong Typing.
+Precision-control build flags are not required and should not be specified":
+https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from ..errors import BackendUnavailable, EngineBuildError, RuntimeFailure
 from ..files import atomic_write_bytes, sha256_file
 from ..text import slug
 from .base import Runner, RunnerOptions, TensorSpec, require_cuda_device
-from .cache import cache_root, fp16_onnx
+from .cache import cache_root, fp16_onnx, int8_onnx
 from .loaders import OnnxFile
-from .ort import onnx_input_specs
+from .ort import INT8_VIA, int8_settings, onnx_input_specs
 from .versions import SUPPORTED_TENSORRT_MAJORS, major_version
 
 
@@ -58,9 +63,15 @@ def cuda_device_name(device_id: int) -> str:
     return torch.cuda.get_device_name(device_id)
 
 
+#: Precisions built from a strongly typed network (the ONNX gives every tensor's type).
+STRONGLY_TYPED = ("fp16", "int8")
+
+
 def precision_record(precision: str) -> dict[str, Any]:
-    """How ``precision`` is obtained, for records: ``fp16_via`` (None for fp32) and ``tf32`` (False for fp32)."""
+    """How ``precision`` is obtained, for records: ``fp16_via`` and ``int8_via`` (None at other precisions) and
+    ``tf32`` (False for fp32)."""
     return {"fp16_via": "strongly typed fp16 ONNX" if precision == "fp16" else None,
+            "int8_via": INT8_VIA if precision == "int8" else None,
             "tf32": False if precision == "fp32" else None}
 
 
@@ -75,7 +86,8 @@ def serialize_engine(model_path: str | Path, options: RunnerOptions, batch_profi
 
     The one optimization profile spans the batch dimension at ``batch_profile`` (min, opt, max; latency
     tables fix it: :func:`engine_profile`); the other dimensions are the model's. For fp16 ``model_path`` must
-    already be a strongly typed fp16 ONNX (:func:`~.cache.fp16_onnx`, or an export's). The engine is built and
+    already be a strongly typed fp16 ONNX (:func:`~.cache.fp16_onnx`, or an export's), for int8 an ONNX of the
+    ``tensorrt`` int8 layout (:func:`~.cache.int8_onnx`, or an export's). The engine is built and
     tuned on CUDA device ``options.device_id`` (made current for the build), whose name keys the timing cache
     of ``options.cache_dir``, read and updated atomically; ``options.batch`` is not used. A model that does
     not parse or build is an :class:`EngineBuildError`.
@@ -95,7 +107,8 @@ def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
     specs = onnx_input_specs(model_path, opt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if options.precision == "fp16" else 0
+    typed = options.precision in STRONGLY_TYPED
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(model_path)):
@@ -120,21 +133,41 @@ def _serialize(trt: Any, device: str, model_path: Path, options: RunnerOptions,
     return bytes(memoryview(plan))
 
 
+def typed_model(onnx_path: str | Path, options: RunnerOptions) -> Path:
+    """The ONNX file an engine of ``options.precision`` is parsed from: ``onnx_path`` for fp32, its strongly typed
+    fp16 version (:func:`~.cache.fp16_onnx`), or its int8 version (:func:`~.cache.int8_onnx`: the settings of the
+    options' ``extra["int8"]``, which must be the ``tensorrt`` layout; a file quantized already is taken as it is)."""
+    if options.precision == "fp16":
+        return fp16_onnx(onnx_path, options.cache_dir)
+    if options.precision == "int8":
+        settings = int8_settings(options)
+        settings.check_layout("tensorrt")
+        return int8_onnx(onnx_path, settings, options.cache_dir)
+    return Path(onnx_path)
+
+
+def engine_key(model_path: Path, options: RunnerOptions, trt_version: str, device: str) -> str:
+    """The cache key of an engine: everything it depends on, the int8 settings of an int8 engine included."""
+    specs = onnx_input_specs(model_path, options.batch)
+    return hashlib.sha256(json.dumps({
+        "onnx": sha256_file(model_path)[:16], "trt": trt_version, "device": device,
+        "precision": options.precision, "shapes": [[s.name, list(s.shape)] for s in specs],
+        "workspace_mb": options.workspace_mb,
+        "int8": int8_settings(options).to_dict() if options.precision == "int8" else None,
+    }, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def build_engine(onnx_path: str | Path, options: RunnerOptions) -> Path:
-    """Build (or find in the cache) the engine of ``onnx_path`` at :func:`engine_profile`; returns its path.
+    """Build (or find in the cache) the engine of ``onnx_path`` at :func:`engine_profile`, from its
+    :func:`typed_model`; returns its path.
 
     The plan and the timing cache are written atomically. Builds are one at a time per GPU: concurrent builds
     would tune each other's tactics (:func:`~vitres_deploy.latency.profiler.prepare_sources` runs them in turn).
     """
     trt = import_tensorrt()
     device = cuda_device_name(options.device_id)
-    model_path = fp16_onnx(onnx_path, options.cache_dir) if options.precision == "fp16" else Path(onnx_path)
-    specs = onnx_input_specs(model_path, options.batch)
-    key = hashlib.sha256(json.dumps({
-        "onnx": sha256_file(model_path)[:16], "trt": trt.__version__, "device": device,
-        "precision": options.precision, "shapes": [[s.name, list(s.shape)] for s in specs],
-        "workspace_mb": options.workspace_mb,
-    }, sort_keys=True).encode()).hexdigest()[:20]
+    model_path = typed_model(onnx_path, options)
+    key = engine_key(model_path, options, trt.__version__, device)
     plan_path = cache_root(options.cache_dir) / "tensorrt" / "engines" / f"{model_path.stem}-{key}.plan"
     if plan_path.is_file():
         return plan_path
