@@ -14,13 +14,16 @@ import pytest
 from onnx import TensorProto, helper
 
 from vitres_deploy.convert.fp16 import convert_to_fp16
-from vitres_deploy.errors import BackendUnavailable, CheckFailed, Fp16ConversionError
+from vitres_deploy.convert.int8 import Int8Settings, is_quantized
+from vitres_deploy.errors import BackendUnavailable, CheckFailed, Fp16ConversionError, SettingsError
 from vitres_deploy.export.latency_gate import timed_engine_profile
 from vitres_deploy.latency.profiler import new_meta, note_node_share, run_builds
 from vitres_deploy.latency.table import LatencyTable
 from vitres_deploy.latency.timing import ProfileSettings, measure_source
 from vitres_deploy.runtime import OnnxFile, Protocol, RunnerOptions, get_backend
 from vitres_deploy.runtime.ort import (
+    DISABLE_QDQ_FUSION,
+    INT8_VIA,
     TF32_OVERRIDE,
     OrtCudaRunner,
     OrtTrtRunner,
@@ -32,7 +35,14 @@ from vitres_deploy.runtime.ort import (
     tensorrt_provider_options,
 )
 from vitres_deploy.runtime.registry import BACKENDS, cuda_reason, tensorrt_runtime_reason
-from vitres_deploy.runtime.tensorrt import EngineFromOnnx, cuda_device_name, engine_profile
+from vitres_deploy.runtime.tensorrt import (
+    EngineFromOnnx,
+    cuda_device_name,
+    engine_key,
+    engine_profile,
+    precision_record,
+    typed_model,
+)
 from vitres_deploy.runtime.versions import nvinfer_loadable, nvinfer_major, ort_tensorrt_major
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -145,6 +155,51 @@ def test_ort_trt_fp16_runs_the_strongly_typed_fp16_onnx_without_trt_fp16_enable(
     assert trt["trt_fp16_enable"] == "False" and "use_tf32" not in cuda
 
 
+def test_ort_trt_int8_runs_the_tensorrt_layout_without_int8_flag_or_calibration_table(block_onnx: Path,
+                                                                                    tmp_path: Path) -> None:
+    trt_layout = Int8Settings.for_layout("tensorrt")
+    options = RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path, extra={"int8": trt_layout})
+    runner = OrtTrtRunner(OnnxFile(block_onnx), options)
+    int8 = runner._model_path(block_onnx)  # quantized on the CPU, cached by content and settings
+    assert int8.parent == tmp_path / "int8" and is_quantized(int8) and trt_layout.key() in int8.name
+    assert runner._session_config()[DISABLE_QDQ_FUSION] == "1"  # TensorRT gets the Q/DQ nodes as written
+    runner.stream = SimpleNamespace(cuda_stream=7)
+    (_, trt), (_, cuda) = runner._providers(int8)
+    assert trt["trt_int8_enable"] == "False" and trt["trt_fp16_enable"] == "False"
+    assert not any("calibration" in key for key in trt)  # a Q/DQ model takes no calibration table
+    assert "use_tf32" not in cuda
+    fp32 = OrtTrtRunner(OnnxFile(block_onnx), RunnerOptions(batch=2, cache_dir=tmp_path))
+    assert DISABLE_QDQ_FUSION not in fp32._session_config() and fp32._model_path(block_onnx) == block_onnx
+    cpu_defaults = OrtTrtRunner(OnnxFile(block_onnx), RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path))
+    with pytest.raises(SettingsError, match=r"^int8_format 'qoperator': TensorRT builds int8 engines only from"):
+        cpu_defaults._model_path(block_onnx)
+
+
+def test_tensorrt_int8_engines_are_built_typed_from_the_qdq_model_and_keyed_by_its_settings(block_onnx: Path,
+                                                                                             tmp_path: Path) -> None:
+    def options(settings: Int8Settings | None) -> RunnerOptions:
+        extra = {"int8": settings} if settings is not None else {}
+        return RunnerOptions(batch=2, precision="int8" if settings else "fp32", cache_dir=tmp_path, extra=extra)
+
+    per_channel = options(Int8Settings.for_layout("tensorrt"))
+    per_tensor = options(Int8Settings.for_layout("tensorrt", per_channel=False))
+    entropy = options(Int8Settings.for_layout("tensorrt", method="entropy"))
+    models = {name: typed_model(block_onnx, o) for name, o in
+              (("channel", per_channel), ("tensor", per_tensor), ("entropy", entropy))}
+    assert all(is_quantized(m) for m in models.values()) and typed_model(block_onnx, options(None)) == block_onnx
+    keys = {name: engine_key(models[name], o, "10.9.0", "NVIDIA H100")
+            for name, o in (("channel", per_channel), ("tensor", per_tensor), ("entropy", entropy))}
+    keys["fp32"] = engine_key(block_onnx, options(None), "10.9.0", "NVIDIA H100")
+    assert len(set(keys.values())) == 4  # the int8 settings (and so the model) make their own engine
+    assert keys["channel"] == engine_key(models["channel"], per_channel, "10.9.0", "NVIDIA H100")
+    # the settings are in the key themselves, not only through the model file they made
+    assert engine_key(models["channel"], per_channel, "10.9.0", "d") != engine_key(models["channel"], entropy,
+                                                                                    "10.9.0", "d")
+    with pytest.raises(SettingsError, match=r"^int8_format"):
+        typed_model(block_onnx, options(Int8Settings()))
+    assert precision_record("int8") == {"fp16_via": None, "int8_via": INT8_VIA, "tf32": None}
+
+
 def test_the_lowest_tensorrt_node_share_of_the_entries_is_kept_with_its_entry(mini) -> None:
     table = LatencyTable(mini, new_meta(mini, ProfileSettings(), get_backend("ort-cpu")))
     note_node_share(table, "a", {"nodes_by_provider": {"CPUExecutionProvider": 3}})  # not ort-trt: nothing
@@ -170,6 +225,24 @@ def test_ort_trt_places_nodes_on_tensorrt_and_runs_fp32_without_tf32(tmp_path: P
     with backend.runner(OnnxFile(model), RunnerOptions(batch=2, cache_dir=tmp_path)) as runner:
         info = runner.info()
     assert info["tensorrt_node_share"] > 0 and info["tf32"] is False
+
+
+@pytest.mark.gpu
+def test_ort_trt_runs_the_tensorrt_int8_layout_on_tensorrt(block_onnx: Path, tmp_path: Path) -> None:
+    backend = get_backend("ort-trt")
+    if backend.unavailable_reason():
+        pytest.skip(f"ort-trt: {backend.unavailable_reason()}")
+    options = RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path,
+                            extra={"int8": Int8Settings.for_layout("tensorrt")})
+    x = np.random.default_rng(0).standard_normal((2, 50, 64)).astype(np.float32)
+    with backend.runner(OnnxFile(block_onnx), options) as runner:
+        out = runner.infer({"input": x})["output"]
+        info = runner.info()
+    with get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(batch=2)) as cpu:
+        ref = cpu.infer({"input": x})["output"]
+    assert info["tensorrt_node_share"] == 1.0 and info["int8_via"] == INT8_VIA
+    cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
+    assert cos > 0.99 and not np.allclose(out, ref, atol=1e-4)  # int8 ran, and close to fp32
 
 
 # ------------------------------------------------------------ one engine build per GPU (item 3)
@@ -241,6 +314,29 @@ def test_engines_are_built_and_tuned_on_the_device_asked_for(tmp_path: Path) -> 
         out = runner.infer({"input": x})["output"]
     expected = np.exp(np.maximum(x, 0)) / np.exp(np.maximum(x, 0)).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_builds_and_runs_a_strongly_typed_int8_engine(block_onnx: Path, tmp_path: Path) -> None:
+    import tensorrt as trt
+
+    backend = get_backend("tensorrt")
+    if backend.unavailable_reason():
+        pytest.skip(f"tensorrt: {backend.unavailable_reason()}")
+    options = RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path,
+                            extra={"int8": Int8Settings.for_layout("tensorrt")})
+    x = np.random.default_rng(0).standard_normal((2, 50, 64)).astype(np.float32)
+    with backend.runner(OnnxFile(block_onnx), options) as runner:
+        out = runner.infer({"input": x})["output"]
+        info = runner.info()
+        inspector = runner.engine.create_engine_inspector()
+        layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+    with get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(batch=2)) as cpu:
+        ref = cpu.infer({"input": x})["output"]
+    assert info["int8_via"] == INT8_VIA and "Int8" in layers  # int8 layers in the engine
+    cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
+    assert cos > 0.99 and not np.allclose(out, ref, atol=1e-4)
 
 
 # ------------------------------------------------------------- fp16 overflow beyond LayerNorm (item 7)
