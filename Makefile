@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
+# The suite runs in one process per core, two at most (pytest-xdist; a test module, or class, stays on one worker
+# so its fixtures are built once). `make test PYTEST_WORKERS=` runs it in this process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 2 --dist loadscope
 
 .PHONY: demo test lint data clean
 
@@ -25,7 +28,7 @@ demo: $(STAMP) data
 
 test: $(STAMP) data
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -61,31 +61,34 @@ def test_export_doc_says_what_verify_can_and_cannot_prove():
     assert "What verify can and cannot prove" in text and "not a signature" in text
 
 
-@pytest.mark.slow
-def test_readme_step_by_step_commands_run_as_written(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    commands = _block("Step by step")
-    assert len(commands) >= 5
-    for command in commands:
-        argv = shlex.split(command)
-        assert argv[0] == "vitres-deploy", command
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{command}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
-    assert (tmp_path / "runs" / "bundle" / "manifest.json").is_file()
+# The two end-to-end runs are classes of their own so that parallel workers (`make test`) take them apart.
+class TestStepByStep:
+    @pytest.mark.slow
+    def test_readme_step_by_step_commands_run_as_written(self, tmp_path):
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "OMP_NUM_THREADS": "1"}
+        commands = _block("Step by step")
+        assert len(commands) >= 5
+        for command in commands:
+            argv = shlex.split(command)
+            assert argv[0] == "vitres-deploy", command
+            proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"{command}\n{proc.stdout[-1500:]}\n{proc.stderr[-1500:]}"
+        assert (tmp_path / "runs" / "bundle" / "manifest.json").is_file()
 
 
-@pytest.mark.slow
-def test_quick_demo_from_the_readme_runs_as_written(tmp_path):
-    quick = re.search(r"^`(make demo DEMO_ARGS=\"[^\"`]*\")`$", README, re.M)
-    assert quick, "README.md shows the one-minute demo as a line of its own: `make demo DEMO_ARGS=\"...\"`"
-    argv = shlex.split(quick.group(1))
-    argv = [a + f" --out {tmp_path / 'demo'}" if a.startswith("DEMO_ARGS=") else a for a in argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "test top-1" in proc.stdout and "hold-out 95% interval" in proc.stdout
-    assert re.search(r"measured latency \(ONNX Runtime\) +│ [0-9.]+ ms: (within|OVER) the budget", proc.stdout)
-    for name in ("summary.json", "search/best.json", "search/search.png", "bundle/manifest.json",
-                 "profile/latency.png"):
-        assert (tmp_path / "demo" / name).is_file(), name
+class TestQuickDemo:
+    @pytest.mark.slow
+    def test_quick_demo_from_the_readme_runs_as_written(self, tmp_path):
+        quick = re.search(r"^`(make demo DEMO_ARGS=\"[^\"`]*\")`$", README, re.M)
+        assert quick, "README.md shows the one-minute demo as a line of its own: `make demo DEMO_ARGS=\"...\"`"
+        argv = shlex.split(quick.group(1))
+        argv = [a + f" --out {tmp_path / 'demo'}" if a.startswith("DEMO_ARGS=") else a for a in argv]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "test top-1" in proc.stdout and "hold-out 95% interval" in proc.stdout
+        assert re.search(r"measured latency \(ONNX Runtime\) +│ [0-9.]+ ms: (within|OVER) the budget", proc.stdout)
+        for name in ("summary.json", "search/best.json", "search/search.png", "bundle/manifest.json",
+                     "profile/latency.png"):
+            assert (tmp_path / "demo" / name).is_file(), name

@@ -197,11 +197,12 @@ def test_a_table_of_another_precision_or_other_int8_settings_is_refused_before_a
 
 
 def test_int8_settings_that_cannot_be_exported_name_their_flag():
-    with pytest.raises(SettingsError, match="int8 exports are ONNX only") as e:
-        ExportOptions(precision="int8", formats=("onnx", "tensorrt"))
-    assert e.value.field == "formats"
+    """An engine is built from the bundle's int8 ONNX: settings TensorRT cannot build from are refused up front."""
+    with pytest.raises(SettingsError, match="TensorRT builds int8 engines only from explicit") as e:
+        ExportOptions(precision="int8", formats=("onnx", "tensorrt"))  # the ort-cpu layout: fused ops
+    assert e.value.field == "int8_format"
     result = _invoke("export", "--supernet", "unused", "--arch", "min", "--out", "unused", "--precision", "int8",
-                     "--formats", "onnx,tensorrt")
+                     "--formats", "onnx,tensorrt", "--int8-activations", "uint8")
     assert result.exit_code == 2 and _error_line(result) == (
-        "error: --formats tensorrt: int8 exports are ONNX only (the tensorrt backend builds fp32 and fp16 engines, "
-        "not int8 ones yet)")
+        "error: --int8-activations 'uint8': TensorRT builds int8 engines only from signed int8 activations: use "
+        "'int8' (the tensorrt layout's default)")
