@@ -20,6 +20,7 @@ from ..convert.int8 import Int8Settings
 from ..errors import ProfileError
 from ..latency.drift import DriftReport, trusted_table
 from ..latency.predict import predict
+from ..latency.quantization import check_int8_settings, table_int8_settings
 from ..latency.table import LatencyTable
 from ..latency.timing import Measurement, ProfileSettings, measure_module, measure_onnx
 from ..runtime.base import NoisyMeasurement
@@ -36,27 +37,6 @@ class LatencyGate:
     table: LatencyTable
     predicted_ms: float
     drift: DriftReport | None = None
-
-
-#: How an int8 table's models were quantized, as far as it changes their graph and so their speed (or whether
-#: TensorRT builds them at all: zero points, float biases), and the flag of each setting (the calibration method,
-#: images and weight range change the scales, constants of the graph, not the speed).
-INT8_SPEED_SETTINGS = {"format": "int8_format", "op_types": "int8_ops", "per_channel": "int8_per_tensor",
-                       "activations": "int8_activations", "weights": "int8_weights", "symmetric": "int8_symmetric",
-                       "float_bias": "int8_float_bias"}
-
-
-def check_int8_settings(table_path: str | Path, table: Int8Settings, export: Int8Settings) -> None:
-    """Raise :class:`ProfileError` unless the int8 models of the table at ``table_path`` were quantized like the
-    export's in every setting that changes their speed (:data:`INT8_SPEED_SETTINGS`)."""
-    for name, field in INT8_SPEED_SETTINGS.items():
-        ours, theirs = getattr(export, name), getattr(table, name)
-        if ours != theirs:
-            show = ",".join(theirs) if isinstance(theirs, tuple) else theirs
-            mine = ",".join(ours) if isinstance(ours, tuple) else ours
-            raise ProfileError(f"latency table {table_path} times int8 models quantized with {name} {show}, the "
-                               f"export quantizes with {mine}: quantize like the table ({field}) or pass a table of "
-                               "these settings", field=field)
 
 
 def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
@@ -76,7 +56,7 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
         raise ProfileError(f"latency table {table_path} measures {meta.precision}, the export is {precision}: "
                            f"pass precision {meta.precision} or a {precision} table", field="precision")
     if precision == "int8":
-        check_int8_settings(table_path, Int8Settings.from_dict(meta.options.get("int8", {})), int8 or Int8Settings())
+        check_int8_settings(str(table_path), table_int8_settings(table), int8 or Int8Settings())
     backend = get_backend(meta.backend)
     backend.check(meta.precision)
     if meta.backend == "tensorrt" and "tensorrt" in formats and not batch_range[0] <= meta.batch <= batch_range[2]:

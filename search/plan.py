@@ -18,6 +18,7 @@ from ..distributed import Ranks
 from ..errors import SettingsError, VitresError
 from ..latency import LatencyRange, LatencyTable, latency_range
 from ..latency.drift import DriftReport, trusted_table
+from ..latency.quantization import check_int8_settings, table_int8_settings
 from ..quantized import Calibration
 from .constraints import Constraint, CostModel, check_budgets
 from .evolution import EvolutionConfig
@@ -107,6 +108,8 @@ def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOpti
     # what can be refused without timing anything first: a table of another space, budgets out of range
     check_budgets([Constraint(b, options.alpha, options.max_macs, options.max_params) for b in options.budgets_ms],
                   CostModel(table, checkpoint.space))
+    if table.meta.precision == "int8":  # candidates are scored on int8 networks quantized as the table's were timed
+        check_int8_settings(str(table.path), table_int8_settings(table), options.calibration.int8, "the search")
     trusted = ranks.broadcast(_trust(table, options) if ranks.main else None)
     if isinstance(trusted, VitresError):
         raise trusted

@@ -196,7 +196,7 @@ def test_int8_exports_with_a_tensorrt_engine_take_the_tensorrt_layout() -> None:
 
 def test_the_gate_needs_a_table_quantized_in_the_exports_layout() -> None:
     from vitres_deploy.errors import ProfileError
-    from vitres_deploy.export.latency_gate import check_int8_settings
+    from vitres_deploy.latency.quantization import check_int8_settings
 
     trt = Int8Settings.for_layout("tensorrt")
     check_int8_settings("t.json", trt, Int8Settings.for_layout("tensorrt", method="entropy"))  # scales only

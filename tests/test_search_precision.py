@@ -3,6 +3,7 @@ every int8 candidate scored on its calibrated int8 network, the best (arch, prec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -109,3 +110,20 @@ def test_tables_that_cannot_be_searched_together_are_one_line_errors(setup: dict
     assert result.exit_code != 0 and len(result.stderr.splitlines()) == 1
     assert "differ in batch (1 vs 4)" in result.stderr
     assert Int8Settings.from_dict(int8.meta.options["int8"]) == Int8Settings()
+
+
+def test_int8_candidates_quantized_unlike_the_table_are_refused_before_the_search(setup: dict[str, Any],
+                                                                                 tmp_path: Path) -> None:
+    """The int8 table times fused-op models: a search whose candidates would be scored as Q/DQ models is refused,
+    naming the setting and its flag, before anything is evaluated."""
+    from vitres_deploy.errors import ProfileError
+    from vitres_deploy.search import plan_search
+
+    int8 = setup["tables"][1]
+    options = SearchOptions(budgets_ms=(_budgets(setup["tables"])[1],), out_dir=tmp_path / "s", drift_check=False,
+                            calibration=Calibration(8, 0, Int8Settings(format="qdq")))
+    with pytest.raises(ProfileError, match="int8 models quantized with format qoperator, the search quantizes "
+                                           "with qdq") as e:
+        plan_search(setup["checkpoint"], int8, options)
+    assert e.value.field == "int8_format" and not (tmp_path / "s").exists()
+    plan_search(setup["checkpoint"], int8, dataclasses.replace(options, calibration=CALIBRATION))  # the table's
