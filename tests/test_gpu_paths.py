@@ -232,17 +232,25 @@ def test_ort_trt_runs_the_tensorrt_int8_layout_on_tensorrt(block_onnx: Path, tmp
     backend = get_backend("ort-trt")
     if backend.unavailable_reason():
         pytest.skip(f"ort-trt: {backend.unavailable_reason()}")
-    options = RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path,
-                            extra={"int8": Int8Settings.for_layout("tensorrt")})
     x = np.random.default_rng(0).standard_normal((2, 50, 64)).astype(np.float32)
-    with backend.runner(OnnxFile(block_onnx), options) as runner:
+    with backend.runner(OnnxFile(block_onnx), _tensorrt_int8(tmp_path)) as runner:
         out = runner.infer({"input": x})["output"]
         info = runner.info()
-    with get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(batch=2)) as cpu:
-        ref = cpu.infer({"input": x})["output"]
     assert info["tensorrt_node_share"] == 1.0 and info["int8_via"] == INT8_VIA
+    _assert_int8_close_to_fp32(out, block_onnx, x)
+
+
+def _tensorrt_int8(cache: Path) -> RunnerOptions:
+    return RunnerOptions(batch=2, precision="int8", cache_dir=cache,
+                         extra={"int8": Int8Settings.for_layout("tensorrt")})
+
+
+def _assert_int8_close_to_fp32(out: np.ndarray, model: Path, x: np.ndarray) -> None:
+    """``out`` is not the fp32 output of ``model`` on ``x`` (int8 ran) but close to it (cosine above 0.99)."""
+    with get_backend("ort-cpu").runner(OnnxFile(model), RunnerOptions(batch=2)) as cpu:
+        ref = cpu.infer({"input": x})["output"]
     cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
-    assert cos > 0.99 and not np.allclose(out, ref, atol=1e-4)  # int8 ran, and close to fp32
+    assert cos > 0.99 and not np.allclose(out, ref, atol=1e-4)
 
 
 # ------------------------------------------------------------ one engine build per GPU (item 3)
@@ -324,19 +332,14 @@ def test_tensorrt_builds_and_runs_a_strongly_typed_int8_engine(block_onnx: Path,
     backend = get_backend("tensorrt")
     if backend.unavailable_reason():
         pytest.skip(f"tensorrt: {backend.unavailable_reason()}")
-    options = RunnerOptions(batch=2, precision="int8", cache_dir=tmp_path,
-                            extra={"int8": Int8Settings.for_layout("tensorrt")})
     x = np.random.default_rng(0).standard_normal((2, 50, 64)).astype(np.float32)
-    with backend.runner(OnnxFile(block_onnx), options) as runner:
+    with backend.runner(OnnxFile(block_onnx), _tensorrt_int8(tmp_path)) as runner:
         out = runner.infer({"input": x})["output"]
         info = runner.info()
         inspector = runner.engine.create_engine_inspector()
         layers = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
-    with get_backend("ort-cpu").runner(OnnxFile(block_onnx), RunnerOptions(batch=2)) as cpu:
-        ref = cpu.infer({"input": x})["output"]
     assert info["int8_via"] == INT8_VIA and "Int8" in layers  # int8 layers in the engine
-    cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
-    assert cos > 0.99 and not np.allclose(out, ref, atol=1e-4)
+    _assert_int8_close_to_fp32(out, block_onnx, x)
 
 
 # ------------------------------------------------------------- fp16 overflow beyond LayerNorm (item 7)
