@@ -46,7 +46,7 @@ from ..arch import Arch
 from ..archfile import ArchFile
 from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
-from ..convert.int8 import quantize_onnx, quantized_share, uint8_may_saturate
+from ..convert.int8 import quantized_share, uint8_may_saturate
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
 from ..errors import DataError, first_line
@@ -54,6 +54,7 @@ from ..files import atomic_write_json, sha256_file
 from ..latency.device import device_info
 from ..latency.entries import network_sample_shape
 from ..macs import arch_cost
+from ..quantized import Calibration, quantize_file
 from ..runtime.base import RunnerOptions
 from ..runtime.loaders import ModuleLoader
 from ..runtime.ort import FP16_SAFE_LIMIT, overflowing_nodes
@@ -302,9 +303,7 @@ def quantize(plan: ExportPlan, data: ImageData, fp32_onnx: Path, dst: Path) -> d
     images (hold-out excluded) drawn with the options' seed; returns its record (settings, calibration source,
     image count and digest, the op types left in float, the share of compute ops quantized)."""
     opts = plan.options
-    images = data.calibration_images(opts.calibration_images, opts.seed).numpy()
-    record = quantize_onnx(fp32_onnx, dst, images, opts.int8,
-                           source=f"{data.kind} training images (hold-out excluded), seed {opts.seed}")
+    record = quantize_file(fp32_onnx, dst, data, Calibration(opts.calibration_images, opts.seed, opts.int8))
     return {**record, "quantized_share": quantized_share(dst, opts.int8.op_types)}
 
 

@@ -58,9 +58,15 @@ def quantize_network(model: nn.Module, sample_shape: tuple[int, ...], data: Imag
     """Export the static float network ``model`` into ``workdir`` and quantize it there; returns the int8 ONNX file
     and the quantization record."""
     fp32 = export_onnx(model, sample_shape, Path(workdir) / "model.fp32.onnx")
-    images = data.calibration_images(calibration.images, calibration.seed).numpy()
     path = Path(workdir) / "model.int8.onnx"
-    return path, quantize_onnx(fp32, path, images, calibration.int8, source=calibration.source)
+    return path, quantize_file(fp32, path, data, calibration)
+
+
+def quantize_file(fp32: Path, dst: Path, data: ImageData, calibration: Calibration) -> dict[str, Any]:
+    """Write the static int8 version of the fp32 ONNX file ``fp32`` to ``dst``, calibrated as ``calibration`` says
+    on ``data``'s training images; returns the quantization record (its source names the data)."""
+    images = data.calibration_images(calibration.images, calibration.seed).numpy()
+    return quantize_onnx(fp32, dst, images, calibration.int8, source=f"{data.kind} {calibration.source}")
 
 
 def evaluate_onnx(path: str | Path, data: ImageData, split: str = "holdout", batch_size: int = 500,

@@ -106,10 +106,10 @@ def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, m
     import torch
 
     from ..checkpoint import load_checkpoint
-    from ..convert.int8 import Int8Settings
     from ..data import open_checkpoint_data
     from ..distributed import join_ranks
     from ..latency import LatencyTable
+    from ..latency.quantization import table_int8_settings
     from ..quantized import Calibration
     from ..search import SearchOptions, plan_search, run_search
 
@@ -128,7 +128,7 @@ def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, m
     int8 = [t for t in tables if t.meta.precision == "int8"]
     if int8:
         options = dataclasses.replace(options, calibration=Calibration(
-            calibration_images, seed, Int8Settings.from_dict(int8[0].meta.options.get("int8", {}))))
+            calibration_images, seed, table_int8_settings(int8[0])))
     if len(tables) > 1:
         _search_precisions(ckpt, tables, options, data_dir, device, as_json)
         return

@@ -36,6 +36,7 @@ from ..runtime.base import RunnerOptions, measure
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import get_backend
 from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
+from .quantization import table_int8_settings
 from .table import LatencyTable
 
 #: Protocol of table entries, validation networks, the drift check and the latency gate: short passes (a
@@ -86,7 +87,7 @@ class ProfileSettings:
         m = table.meta
         base = cls(backend=m.backend, precision=m.precision, batch=m.batch, threads=m.threads, protocol=m.protocol,
                    cuda_graphs=bool(m.options.get("cuda_graphs", False)), opset=m.opset, dynamic_batch=m.dynamic_batch,
-                   int8=Int8Settings.from_dict(m.options.get("int8", {})))
+                   int8=table_int8_settings(table))
         return replace(base, **overrides)
 
 
