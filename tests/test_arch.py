@@ -11,9 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from vitres_deploy.arch import Arch, BlockArch, StageArch, max_arch, min_arch, random_arch, sample_arch
+from vitres_deploy.arch import (
+    Arch,
+    BlockArch,
+    StageArch,
+    max_arch,
+    min_arch,
+    random_arch,
+    sample_arch,
+    sample_arch_sized,
+)
 from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.errors import ArchError
+from vitres_deploy.macs import arch_cost
 from vitres_deploy.space import PRESETS, SearchSpace, load_space
 
 TINY = PRESETS["vit-resnas-tiny"]
@@ -166,6 +176,22 @@ def test_sampling_with_a_fraction_opens_only_the_largest_choices(fmnist: SearchS
             assert s.embed_dim in ss.embed_dims[:math.ceil(0.25 * len(ss.embed_dims))]  # the widest 1 or 2
             assert s.depth == ss.depths[0]  # ceil(0.25 * 3) = 1 choice
             assert {b.heads for b in s.blocks} == {ss.heads[0]}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_sized_sampling_moves_from_the_smallest_to_the_largest_arch(name: str) -> None:
+    space = PRESETS[name]
+    rng = random.Random(0)
+    assert sample_arch_sized(space, rng, 0.0, spread=0.0) == min_arch(space)
+    assert sample_arch_sized(space, rng, 1.0, spread=0.0) == max_arch(space)
+    macs = []
+    for size in (0.1, 0.5, 0.9):
+        archs = [sample_arch_sized(space, rng, size) for _ in range(40)]
+        for arch in archs:
+            arch.validate(space)
+        assert len(set(archs)) > 10  # spread: not one arch per size
+        macs.append(sum(arch_cost(a, space).macs for a in archs) / len(archs))
+    assert macs[0] < macs[1] < macs[2]
 
 
 def test_resolve_arch_accepts_max_min_random_and_files(tmp_path, fmnist: SearchSpace) -> None:

@@ -45,6 +45,7 @@ from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
 from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
 from vitres_deploy.latency.table import shipped_profiles
+from vitres_deploy.latency.validate import sample_archs
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
 from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
@@ -429,6 +430,26 @@ def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: Se
 
 
 # ------------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize("name", ["fmnist-ort-cpu-fp32-b1.json", "vit-resnas-tiny@112-ort-cpu-fp32-b1.json"])
+def test_validation_networks_span_the_whole_latency_range(name: str) -> None:
+    table = LatencyTable.load(shipped_profiles() / "amd-epyc" / name)
+    span = latency_range(table)
+    archs = sample_archs(table, 20, seed=3)
+    assert archs == sample_archs(table, 20, seed=3) and archs != sample_archs(table, 20, seed=4)
+    assert len(set(archs)) == 20
+    assert archs[0] == span.fastest and archs[-1] == span.slowest  # the slowest is held out (odd index)
+    ms = [predict(table, a).latency_ms for a in archs]
+    assert ms == sorted(ms)
+    width = (span.slowest_ms - span.fastest_ms) / 20
+    # one network per stratum of the range: no gap much wider than a stratum, the top fifth as full as the rest
+    assert max(b - a for a, b in itertools.pairwise(ms)) < 2.5 * width
+    assert sum(m >= span.slowest_ms - 4 * width for m in ms) >= 4
+    # uniform sampling per choice leaves the top of the range empty: what this replaces
+    rng = random.Random(3)
+    uniform = [predict(table, random_arch(table.space, rng.randrange(10**6))).latency_ms for _ in range(20)]
+    assert max(uniform) < span.slowest_ms - 2 * width
 
 
 def test_validation_fits_on_half_reports_on_the_other(mini_table: LatencyTable, cache: Path, tmp_path: Path) -> None:

@@ -159,6 +159,26 @@ def sample_arch(space: SearchSpace, rng: random.Random, fraction: float = 1.0) -
     return Arch(space.family, tuple(sample_stage(s, rng, fraction) for s in space.stages))
 
 
+def _near(choices: tuple[int, ...], size: float, rng: random.Random, spread: float) -> int:
+    """A choice drawn around position ``size`` of ``choices`` (sorted largest first: 0 the smallest, 1 the
+    largest), Gaussian with standard deviation ``spread`` of the range."""
+    position = min(1.0, max(0.0, rng.gauss(size, spread)))
+    return choices[round((1.0 - position) * (len(choices) - 1))]
+
+
+def sample_arch_sized(space: SearchSpace, rng: random.Random, size: float, spread: float = 0.25) -> Arch:
+    """Sample a sub-network whose choices lie around ``size`` of their ranges (0: near the smallest arch, 1: near
+    the largest), each drawn independently: a ``size`` drawn uniformly gives archs over the whole latency range,
+    where :func:`sample_arch` gives mostly middle-sized ones."""
+    stages = []
+    for stage in space.stages:
+        depth = _near(stage.depths, size, rng, spread)
+        blocks = tuple(BlockArch(_near(stage.heads, size, rng, spread), _near(stage.mlp_hidden, size, rng, spread))
+                       for _ in range(depth))
+        stages.append(StageArch(_near(stage.embed_dims, size, rng, spread), blocks))
+    return Arch(space.family, tuple(stages))
+
+
 def random_arch(space: SearchSpace, seed: int) -> Arch:
     """The sub-network named ``random:SEED``: the same seed always gives the same arch."""
     return sample_arch(space, random.Random(seed))

@@ -177,8 +177,10 @@ def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
 @click.option("--profile", "table_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Latency table to validate (the correction and report are stored in it).")
 @click.option("--samples", type=click.IntRange(min=4), default=40, show_default=True,
-              help="Random sub-networks to measure (half fit the correction, half are reported).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random sub-networks.")
+              help="Sub-networks to measure, spread over the latency range (half fit the correction, half are "
+                   "reported).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sub-networks drawn over the latency range.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes exporting the networks before timing.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
@@ -186,7 +188,8 @@ def show(table_path: Path, plot_path: Path | None, as_json: bool) -> None:
                    "read-only, is copied to profiles/<device>/<file> in the current folder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate(table_path: Path, samples: int, seed: int, workers: int, out: Path | None, as_json: bool) -> None:
-    """Measure random sub-networks end to end, fit the correction on half, report on the other half."""
+    """Measure sub-networks spread over the latency range end to end, fit the correction on half, report on the
+    other half."""
     from ..latency import LatencyTable, TableSummary, validate_table
 
     table = LatencyTable.load(table_path)

@@ -1,9 +1,10 @@
 """Validation of a latency table against whole measured sub-networks.
 
-``N`` seeded random sub-networks are exported and measured end to end with the table's own backend,
-settings, protocol and statistic (the timing core, like the entries), **twice**: two independent runs,
-one after the other, so the report knows its noise floor (how far the same networks move between runs).
-A network's measured latency is the statistic over the passes of both runs. The correction
+``N`` seeded sub-networks spread evenly over the table's predicted latency range (:func:`sample_archs`: the
+networks a search picks at any budget, the slowest included) are exported and measured end to end with the
+table's own backend, settings, protocol and statistic (the timing core, like the entries), **twice**: two
+independent runs, one after the other, so the report knows its noise floor (how far the same networks move
+between runs). A network's measured latency is the statistic over the passes of both runs. The correction
 (:func:`~vitres_deploy.latency.correction.fit_correction`) is fitted on the even-numbered half and judged on
 the odd-numbered half: MAPE, largest error, share within ±5% and ±10%, Kendall's tau and Spearman's rho;
 beside them the repeatability, a MACs-linear model fitted on the same half (is the measured table worth
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arch import Arch, sample_arch
+from ..arch import Arch, sample_arch_sized
 from ..errors import SettingsError
 from ..macs import arch_cost
 from ..progress import progress_bar
@@ -36,7 +37,7 @@ from ..runtime.registry import get_backend
 from ..runtime.statistics import Protocol, TimingStats, item_latency, needs_pass
 from .correction import Correction, fit_correction
 from .metrics import median
-from .predict import predict
+from .predict import latency_range, predict
 from .profiler import network_target, prepare_sources
 from .report import PredictionErrors, Repeatability, ValidationReport, ValidationRow, under_prediction_margin
 from .table import LatencyTable, user_copy_path
@@ -46,19 +47,44 @@ DEFAULT_SAMPLES = 40
 MIN_SAMPLES = 4  # half fit the correction, half are reported: two of each at least
 
 
+#: Candidates drawn per validation network; the networks are picked among them by predicted latency.
+POOL_PER_SAMPLE = 50
+
+
 def sample_archs(table: LatencyTable, n: int, seed: int) -> list[Arch]:
-    """``n`` distinct random archs of the table's space, reproducible by ``seed``."""
+    """``n`` distinct archs of the table's space spread evenly over its predicted latency range, reproducible by
+    ``seed``, fastest first.
+
+    A search at a high budget picks networks near the slowest end, which uniform sampling per choice almost
+    never reaches (its networks are middle-sized), so the validation would not know how the table predicts
+    them. The range from the fastest to the slowest arch (exact, :func:`~.predict.latency_range`) is cut into
+    ``n`` strata of equal width: the first and last take those two archs, every other one a random arch of a pool
+    drawn at random sizes (:func:`~vitres_deploy.arch.sample_arch_sized`) whose prediction falls in it (an empty
+    stratum takes the unused arch predicted nearest its middle). Taken fastest first, the even-numbered (fit)
+    and odd-numbered (held-out) halves both span the range, and the slowest arch is held out.
+    """
     rng = random.Random(seed)
-    seen: dict[str, Arch] = {}
-    for _ in range(100 * n):
-        arch = sample_arch(table.space, rng)
-        seen.setdefault(arch.hash, arch)
-        if len(seen) == n:
-            break
-    if len(seen) < n:
+    span = latency_range(table)
+    ends = {span.fastest.hash: span.fastest, span.slowest.hash: span.slowest}
+    pool: dict[str, Arch] = {}
+    for _ in range(POOL_PER_SAMPLE * n):
+        arch = sample_arch_sized(table.space, rng, rng.random())
+        if arch.hash not in ends:
+            pool.setdefault(arch.hash, arch)
+    if len(pool) + len(ends) < n or len(ends) < 2:
         raise SettingsError(f"space {table.space.name!r} has fewer than {n} distinct sub-networks: ask for fewer "
                             "samples", field="samples")
-    return list(seen.values())
+    predicted = {h: predict(table, a).latency_ms for h, a in pool.items()}
+    lo, width = span.fastest_ms, (span.slowest_ms - span.fastest_ms) / n
+    picked = [span.fastest]
+    for k in range(1, n - 1):
+        inside = [h for h, ms in predicted.items() if lo + k * width <= ms < lo + (k + 1) * width]
+        middle = lo + (k + 0.5) * width
+        h = rng.choice(sorted(inside)) if inside else min(predicted, key=lambda h: abs(predicted[h] - middle))
+        picked.append(pool[h])
+        del predicted[h]
+    picked.append(span.slowest)
+    return sorted(picked, key=lambda a: predict(table, a).latency_ms)
 
 
 #: Independent measurement runs of the validation networks (their agreement is the report's noise floor).
@@ -173,7 +199,8 @@ def validate_table(
     save: bool = True,
     out: str | Path | None = None,
 ) -> ValidationReport:
-    """Measure ``samples`` random networks, fit the correction on half, report on the other half.
+    """Measure ``samples`` networks spread over the latency range, fit the correction on half, report on the other
+    half.
 
     The fitted correction and the report are stored in the table, saved atomically when ``save``: to ``out``,
     by default where it was read from, or for a shipped table (read-only) to its copy in the current folder
