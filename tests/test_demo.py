@@ -6,15 +6,18 @@ test_docs.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from vitres_deploy.app import demo as demo_app
 from vitres_deploy.app.demo import STATE, TABLE_NAME, DemoOptions, DemoState, run_demo, shipped_table
 from vitres_deploy.cli import main
+from vitres_deploy.errors import SettingsError
 
 
 def one_error_line(args: list[str]) -> str:
@@ -109,6 +112,33 @@ def test_resume_reuses_the_finished_table_and_validation(tmp_path: Path, fmnist_
                         "[2/5] validate the table (reusing the finished validation)"]
     assert len(said) == 3 and said[2].startswith("[3/5] search under ")
     assert (out / "profile" / TABLE_NAME).read_bytes() == table_before
+
+
+def test_the_search_evaluates_with_the_eval_threads_and_puts_the_timing_threads_back(
+        tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "demo"
+    opts = started(out, validate_samples=40)
+    state = json.loads((out / STATE).read_text())
+    (out / STATE).write_text(json.dumps({**state, "finished": ["profile", "validate"]}))
+
+    def planned(checkpoint: object, table: object, options: demo_app.SearchOptions) -> None:
+        raise SearchReached(torch.get_num_threads())
+
+    monkeypatch.setattr(demo_app, "plan_search", planned)
+    with pytest.raises(SearchReached) as reached:
+        run_demo(DemoOptions(**{**opts.__dict__, "resume": True, "data_dir": str(fmnist_dir), "eval_threads": 2}),
+                 say=lambda _: None)
+    assert reached.value.args == (2,)
+    assert torch.get_num_threads() == opts.threads  # run_demo's own setting, put back after the search raised
+    with pytest.raises(SettingsError, match="eval_threads 0 must be"):
+        DemoOptions(out=tmp_path / "other", eval_threads=0)
+
+
+@pytest.mark.parametrize(("omp", "expected"), [("3", 3), ("", None), ("0", None), ("four", None)])
+def test_eval_threads_default_to_omp_num_threads_else_every_cpu(omp: str, expected: int | None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    assert demo_app.default_eval_threads() == (expected or len(os.sched_getaffinity(0)))
 
 
 @pytest.mark.slow  # two real exports of the network (the exporter's fixed cost: about 10 s each on a busy machine)

@@ -12,8 +12,10 @@ passes after an export measured over the budget.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from ..latency import (
     profile_space,
     validate_table,
 )
+from ..latency.fingerprint import usable_cpus
 from ..latency.plot import plot_table
 from ..latency.table import shipped_profiles
 from ..latency.validate import MIN_SAMPLES
@@ -57,7 +60,9 @@ OUTPUTS = ("profile", "search", "bundle", "summary.json")
 
 @dataclass
 class DemoOptions:
-    """Settings of the demo run."""
+    """Settings of the demo run. ``threads``: CPU threads of everything timed (the table, validation, the export's
+    gate) and of the export's checks; ``eval_threads``: torch threads of the search's accuracy evaluations and of
+    the test-split accuracy, where nothing is timed (None: :func:`default_eval_threads`)."""
 
     out: Path
     reuse_profile: bool = False
@@ -69,6 +74,7 @@ class DemoOptions:
     eval_limit: int | None = None
     data_dir: str | None = None
     threads: int = 1
+    eval_threads: int | None = None
     seed: int = 0
     allow_over_budget: bool = False
     resume: bool = False
@@ -83,6 +89,8 @@ class DemoOptions:
             check_real("budget_ms", self.budget_ms, low_open=0.0)
         check_real("budget_fraction", self.budget_fraction, low_open=0.0, high_open=1.0)
         check_count("threads", self.threads)
+        if self.eval_threads is not None:
+            check_count("eval_threads", self.eval_threads)
         if self.eval_limit is not None:
             check_count("eval_limit", self.eval_limit)
 
@@ -255,8 +263,10 @@ def _run_steps(opts: DemoOptions, state: DemoState, say: Callable[[str], None]) 
                                    evolution=SEARCH_PRESETS[opts.search_preset], eval_limit=opts.eval_limit,
                                    drift_check=False, allow_other_device=opts.reuse_profile,
                                    resume=opts.resume and (out / "search" / SEARCH_SETTINGS).is_file())
-    search = step(f"search under {budget:.4f} ms",
-                  lambda: run_search(plan_search(checkpoint, table, search_options), data))
+    eval_threads = opts.eval_threads or default_eval_threads()
+    with torch_threads(eval_threads):
+        search = step(f"search under {budget:.4f} ms",
+                      lambda: run_search(plan_search(checkpoint, table, search_options), data))
     arch, searched = search.best_files[0].arch.validate(checkpoint.space), search.searched[0]
     finished = _finished_export(out / "bundle", arch) if state.done("export") else None
     if finished is not None:
@@ -269,9 +279,10 @@ def _run_steps(opts: DemoOptions, state: DemoState, say: Callable[[str], None]) 
                           allow_over_budget=opts.allow_over_budget, force=opts.resume)))
     export.raise_for_failures()
     state.finish("export")
-    test = step("test-split accuracy of PyTorch and ONNX Runtime",
-                lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", opts.threads,
-                                         opts.eval_limit))
+    with torch_threads(eval_threads):
+        test = step("test-split accuracy of PyTorch and ONNX Runtime",
+                    lambda: _test_accuracy(checkpoint, arch, data, out / "bundle" / "model.onnx", eval_threads,
+                                           opts.eval_limit))
 
     latency = export.manifest.latency or {}
     holdout = next(c.values for c in export.checks if c.check == "accuracy" and c.artifact == "onnx")
@@ -297,6 +308,24 @@ def _run_steps(opts: DemoOptions, state: DemoState, say: Callable[[str], None]) 
     result = DemoResult(summary, paths, seconds)
     atomic_write_json(out / "summary.json", result.to_dict())
     return result
+
+
+def default_eval_threads() -> int:
+    """The torch threads of the demo's evaluations when none are given: ``OMP_NUM_THREADS`` when it is set to a
+    whole number (the user limited the process), else every CPU this process may use."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else usable_cpus()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` torch CPU threads, then put the previous number back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _finished_export(bundle: Path, arch: Arch) -> ExportReport | None:

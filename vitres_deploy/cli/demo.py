@@ -26,19 +26,22 @@ from .output import print_json, print_table
 @click.option("--data", "data_dir", default=None, help="Fashion-MNIST directory (default: Debian's package).")
 @click.option("--eval-limit", type=int, default=None,
               help="Evaluate on the first N images of each split only (a quick run; default: all).")
+@click.option("--eval-threads", type=click.IntRange(min=1), default=None,
+              help="torch threads of the search's accuracy evaluations and of the test-split accuracy, where nothing "
+                   "is timed [default: OMP_NUM_THREADS if set, else every CPU this process may use].")
 @click.option("--allow-over-budget", is_flag=True,
               help="Write the bundle even if the export measures over the budget (the summary says by how much).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def demo(out: str | None, resume: bool, reuse_profile: bool, budget_ms: float | None, budget_fraction: float,
          validate_samples: int, supernet: str, data_dir: str | None, eval_limit: int | None,
-         allow_over_budget: bool, as_json: bool) -> None:
+         eval_threads: int | None, allow_over_budget: bool, as_json: bool) -> None:
     """Profile -> validate -> search -> export -> one summary, all under one output folder."""
     from ..app.demo import DemoOptions, run_demo
 
     opts = DemoOptions(out=Path(out or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}"), resume=resume,
                        reuse_profile=reuse_profile, budget_ms=budget_ms, budget_fraction=budget_fraction,
                        validate_samples=validate_samples, supernet=supernet, data_dir=data_dir, eval_limit=eval_limit,
-                       allow_over_budget=allow_over_budget)
+                       eval_threads=eval_threads, allow_over_budget=allow_over_budget)
     result = run_demo(opts, say=lambda line: click.echo(line, err=as_json))
     if as_json:
         print_json(result.to_dict())

@@ -62,7 +62,8 @@ def _caches() -> dict[str, str]:
     return out
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask on Linux, else every CPU)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -90,7 +91,7 @@ def cpu_fingerprint() -> dict[str, Any]:
         "cpu_model": info.get("model name"),
         "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16] if flags else None,
         "cpu_mhz": rounded,
-        "cpus": _cpus(),
+        "cpus": usable_cpus(),
         "caches": _caches(),
     }
 
