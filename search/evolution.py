@@ -123,6 +123,12 @@ class Evolution:
             batch += new
         return batch
 
+    def empty_windows(self) -> list[Constraint]:
+        """The constraints in whose window the initial draw (random archs repaired into it, each budget's own
+        random stream) finds no arch at all: the budgets :meth:`draw` would refuse in a new search."""
+        return [c for i, c in enumerate(self.constraints)
+                if not self._initial(c, stream_rng(self.config.seed, 0, i), set())]
+
     def _candidate(self, arch: Arch, c: Constraint, taken: set[str], iteration: int, origin: str) -> Candidate | None:
         metrics = self.cost(arch)
         if not c.satisfied(metrics) or arch.hash in taken:

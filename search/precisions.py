@@ -8,7 +8,8 @@ faster on a tie). A budget only some tables can search is searched in those; one
 anything runs. The choice is written to ``<out>``: the best file(s) of the winners (their
 ``precision`` field says which), ``precisions.json`` (every precision's pick per budget) and ``search.png``.
 A budget outside a table's achievable range (below its fastest arch, or above its slowest: no window there) is
-left to the other tables.
+left to the other tables, and so is a budget inside it whose window holds no arch of that table (a measured table
+of a sparse space can have such gaps).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from ..distributed import Ranks
 from ..errors import BudgetError, ProfileError, SettingsError
 from ..files import atomic_write_json
 from ..latency import LatencyRange, LatencyTable, latency_range
+from .evolution import Evolution
+from .genome import GeneLayout
 from .outputs import best_filename
-from .plan import SearchOptions, plan_search
+from .plan import SearchOptions, SearchPlan, plan_search
 from .run import SearchResult, run_search
 
 PRECISIONS_FILE = "precisions.json"
@@ -87,20 +90,34 @@ def search_precisions(checkpoint: Checkpoint, tables: Sequence[LatencyTable], op
         spans = ", ".join(f"{p} {r.fastest_ms:.4g} .. {r.slowest_ms:.4g} ms" for p, r in ranges.items())
         raise BudgetError(f"budget {unreachable[0]:g} ms is outside the achievable range of every table ({spans})",
                           field="budgets_ms")
-    searches: dict[str, SearchResult] = {}
-    for table in tables:
-        precision = table.meta.precision
-        if not reachable[precision]:
-            continue
-        sub = dataclasses.replace(options, budgets_ms=tuple(reachable[precision]), budget_shares=(),
-                                  out_dir=options.out_dir / precision)
-        searches[precision] = run_search(plan_search(checkpoint, table, sub, ranks), data, ranks=ranks,
-                                         progress=progress)
+    plans = {t.meta.precision: plan_search(checkpoint, t, dataclasses.replace(
+        options, budgets_ms=tuple(reachable[t.meta.precision]), budget_shares=(),
+        out_dir=options.out_dir / t.meta.precision), ranks) for t in tables if reachable[t.meta.precision]}
+    searches = {p: run_search(plan, data, ranks=ranks, progress=progress)
+                for p, plan in leave_empty_windows(plans).items()}
     winners = [_winner(b, searches) for b in budgets]
     result = PrecisionSearchResult(options.out_dir, budgets, winners, searches, time.perf_counter() - t0)
     if ranks is None or ranks.main:
         write_choice(result)
     return result
+
+
+def leave_empty_windows(plans: dict[str, SearchPlan]) -> dict[str, SearchPlan]:
+    """Each precision's plan without the budgets whose window holds no arch of its table
+    (:meth:`~vitres_deploy.search.evolution.Evolution.empty_windows`) where another precision's window holds one: a
+    measured table of a sparse space can leave a window inside its range empty. A budget no table can search stays
+    in its plans (their search refuses it, naming it); a plan left without budgets is dropped."""
+    empty = {p: {c.budget_ms for c in Evolution(GeneLayout.of(plan.checkpoint.space), plan.cost, plan.constraints,
+                                                plan.options.evolution).empty_windows()}
+             for p, plan in plans.items()}
+    searchable = {p: {c.budget_ms for c in plan.constraints} - empty[p] for p, plan in plans.items()}
+    kept: dict[str, SearchPlan] = {}
+    for p, plan in plans.items():
+        left = {b for b in empty[p] if any(b in searchable[q] for q in plans if q != p)}
+        constraints = tuple(c for c in plan.constraints if c.budget_ms not in left)
+        if constraints:
+            kept[p] = dataclasses.replace(plan, constraints=constraints)
+    return kept
 
 
 def _picks(budget: float, searches: dict[str, SearchResult]) -> dict[str, ArchFile]:

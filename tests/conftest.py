@@ -7,12 +7,14 @@ Tests that need a CUDA GPU are marked ``@pytest.mark.gpu``, tests that need Tens
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from vitres_deploy.arch import Arch, BlockArch, StageArch
 from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.space import PRESETS, SearchSpace
 from vitres_deploy.vit_resnas import Block, init_weights
@@ -51,6 +53,23 @@ def mini() -> SearchSpace:
 def fmnist() -> SearchSpace:
     """The demo search space (Fashion-MNIST, 28x28x1): small enough for every test."""
     return PRESETS["fmnist"]
+
+
+def _every_arch(space: SearchSpace) -> list[Arch]:
+    per_stage = []
+    for st in space.stages:
+        options = []
+        for d, depth in itertools.product(st.embed_dims, st.depths):
+            for blocks in itertools.product(itertools.product(st.heads, st.mlp_hidden), repeat=depth):
+                options.append(StageArch(d, tuple(BlockArch(h, m) for h, m in blocks)))
+        per_stage.append(options)
+    return [Arch(space.family, stages) for stages in itertools.product(*per_stage)]
+
+
+@pytest.fixture(scope="session")
+def every_arch() -> Callable[[SearchSpace], list[Arch]]:
+    """A function giving every sub-network of a (small) space."""
+    return _every_arch
 
 
 @pytest.fixture(scope="module")

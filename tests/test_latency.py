@@ -12,6 +12,7 @@ import math
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,18 +79,6 @@ def quick(cache: Path, **kwargs: object) -> ProfileSettings:
 def mini_table(mini: SearchSpace, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
     out = tmp_path_factory.mktemp("tables") / "mini.json"
     return profile_space(mini, quick(cache), out, progress=False)
-
-
-def all_archs(space: SearchSpace) -> list[Arch]:
-    """Every sub-network of a (small) space."""
-    per_stage = []
-    for st in space.stages:
-        options = []
-        for d, depth in itertools.product(st.embed_dims, st.depths):
-            for blocks in itertools.product(itertools.product(st.heads, st.mlp_hidden), repeat=depth):
-                options.append(StageArch(d, tuple(BlockArch(h, m) for h, m in blocks)))
-        per_stage.append(options)
-    return [Arch(space.family, stages) for stages in itertools.product(*per_stage)]
 
 
 # --------------------------------------------------------------------------------------- entries
@@ -281,7 +270,8 @@ def synthetic_table(space: SearchSpace, seed: int) -> LatencyTable:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_latency_range_is_exact(seed: int, mini: SearchSpace) -> None:
+def test_latency_range_is_exact(seed: int, mini: SearchSpace,
+                                every_arch: Callable[[SearchSpace], list[Arch]]) -> None:
     space = SearchSpace.from_dict({
         **mini.to_dict(), "stages": [
             {"embed_dims": [24, 16], "heads": [2, 1], "head_dim": 8, "mlp_hidden": [32, 16], "depths": [2, 1]},
@@ -289,7 +279,7 @@ def test_latency_range_is_exact(seed: int, mini: SearchSpace) -> None:
             {"embed_dims": [48, 40], "heads": [1], "head_dim": 8, "mlp_hidden": [64], "depths": [1]},
         ]})
     table = synthetic_table(space, seed)
-    archs = all_archs(space)
+    archs = every_arch(space)
     assert len(archs) == space.num_subnets()
     lat = [predict(table, a).latency_ms for a in archs]
     r = latency_range(table)

@@ -4,23 +4,30 @@ every int8 candidate scored on its calibrated int8 network, the best (arch, prec
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from vitres_deploy.arch import sample_arch
+from vitres_deploy.arch import Arch, sample_arch
 from vitres_deploy.checkpoint import Checkpoint, load_checkpoint
 from vitres_deploy.cli import main
 from vitres_deploy.convert.int8 import Int8Settings
 from vitres_deploy.data import open_checkpoint_data
+from vitres_deploy.errors import BudgetError
 from vitres_deploy.latency import LatencyTable, ProfileSettings, latency_range, predict, profile_space
 from vitres_deploy.quantized import Calibration, evaluate_arch_int8
 from vitres_deploy.runtime import Protocol
 from vitres_deploy.search import EvolutionConfig, SearchOptions, search_precisions
+from vitres_deploy.search.evolution import Evolution
+from vitres_deploy.search.genome import GeneLayout
+from vitres_deploy.search.plan import SearchPlan, plan_search
+from vitres_deploy.search.precisions import leave_empty_windows
 from vitres_deploy.space import SearchSpace
 
 pytestmark = [pytest.mark.usefixtures("fmnist_dir", "torch_one_thread"),
@@ -105,6 +112,33 @@ def test_each_precision_is_searched_in_its_own_precision_and_the_best_is_chosen(
     int8 = result.searches["int8"].records[0]
     again = evaluate_arch_int8(checkpoint.supernet, int8.arch, setup["data"], CALIBRATION, limit=LIMIT)
     assert again.top1 == int8.holdout_top1
+
+
+def test_a_budget_in_an_empty_window_of_one_table_is_left_to_another(
+        setup: dict[str, Any], every_arch: Callable[[SearchSpace], list[Arch]]) -> None:
+    """Between two neighbouring archs of a measured table a narrow window holds nothing: the plan leaves that
+    budget to another plan whose window holds an arch, and keeps it when none can take it."""
+    checkpoint: Checkpoint = setup["checkpoint"]
+    table = setup["tables"][0]
+    ms = sorted({predict(table, a).latency_ms for a in every_arch(table.space)})
+    lo, hi = max(itertools.pairwise(ms), key=lambda pair: pair[1] / pair[0])  # the widest gap
+    gap = (lo + hi) / 2
+    narrow_alpha = (lo / gap + 1) / 2  # the window [alpha * gap, gap] lies inside (lo, hi)
+
+    def plan(alpha: float, budgets: tuple[float, ...], name: str) -> SearchPlan:
+        return plan_search(checkpoint, table, SearchOptions(
+            budgets_ms=budgets, alpha=alpha, out_dir=setup["root"] / name, evolution=SMALL, drift_check=False))
+
+    narrow, wide = plan(narrow_alpha, (gap, ms[-1]), "narrow"), plan(0.01, (gap,), "wide")
+    evolution = Evolution(GeneLayout.of(table.space), narrow.cost, narrow.constraints, SMALL)
+    assert [c.budget_ms for c in evolution.empty_windows()] == [gap]
+    kept = leave_empty_windows({"narrow": narrow, "wide": wide})
+    assert [c.budget_ms for c in kept["narrow"].constraints] == [ms[-1]]
+    assert [c.budget_ms for c in kept["wide"].constraints] == [gap]
+    alone = leave_empty_windows({"narrow": narrow})  # nobody else can take it: its search will refuse it
+    assert [c.budget_ms for c in alone["narrow"].constraints] == [gap, ms[-1]]
+    with pytest.raises(BudgetError, match="no architecture of space 'precision-mini' with latency in"):
+        evolution.draw(0)
 
 
 def test_tables_that_cannot_be_searched_together_are_one_line_errors(setup: dict[str, Any], tmp_path: Path) -> None:
