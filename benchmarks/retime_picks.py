@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vitres_deploy.arch import Arch
+from vitres_deploy.files import atomic_write_json
 from vitres_deploy.latency import LatencyTable, predict
 from vitres_deploy.latency.entries import arch_entries
 from vitres_deploy.latency.profiler import entry_target, network_target, prepare_sources
@@ -90,10 +91,8 @@ def main() -> None:
         if flushed:
             line += f" {r['predicted_flushed_ms']:8.4f} {r['predicted_flushed_ms'] / r['retimed_ms'] - 1:+7.1%}"
         print(line)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"table": str(args.profile), "budget_holds": str(args.budget_holds),
-                                    "statistic": settings.protocol.statistic, "flush_mb": args.flush_mb,
-                                    "rows": rows}, indent=2) + "\n")
+    atomic_write_json(args.out, {"table": str(args.profile), "budget_holds": str(args.budget_holds),
+                                 "statistic": settings.protocol.statistic, "flush_mb": args.flush_mb, "rows": rows})
 
 
 if __name__ == "__main__":
