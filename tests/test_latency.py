@@ -40,6 +40,7 @@ from vitres_deploy.latency import (
     measure_onnx,
     predict,
     profile_space,
+    profiler,
     validate_table,
 )
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
@@ -222,13 +223,18 @@ def test_torch_cpu_tables_time_the_static_modules(mini: SearchSpace, tmp_path: P
 
 
 @pytest.mark.slow
-def test_exports_run_in_worker_processes(mini: SearchSpace, tmp_path: Path) -> None:
+def test_exports_run_in_worker_processes(mini: SearchSpace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(profiler.os, "sync", lambda: synced.append(1))
     settings = ProfileSettings(protocol=QUICK, workers=2, cache_dir=tmp_path)
     targets = [entry_target(s) for s in enumerate_entries(mini)[:2]]
     sources = prepare_sources(mini, targets, settings)
     for t in targets:
         assert sources[t.name] == OnnxFile(onnx_cache_path(mini, t, settings))
         onnx.checker.check_model(str(sources[t.name].path))
+    assert synced == [1]  # the exports are on disk before anything is timed
+    prepare_sources(mini, targets, settings)
+    assert synced == [1]  # nothing new to write back
 
 
 def test_cache_state_follows_network_size(fmnist: SearchSpace) -> None:

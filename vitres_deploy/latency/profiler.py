@@ -5,7 +5,8 @@ Two phases, so that timing never shares the CPU with building:
 1. *build*: every entry still missing is exported to ONNX with the shared export primitive (the same
    one that ships networks), in ``workers`` processes, into a cache keyed by what the file depends on;
    backends with an engine build step (TensorRT) build each engine in this process as its export
-   finishes, one at a time: builds that share a GPU would time their tactics against each other;
+   finishes, one at a time: builds that share a GPU would time their tactics against each other; the new files
+   are synced to disk (``os.sync``) before anything is timed, so their write-back does not share the timing;
 2. *time*: entries are timed one after the other with the backend's runner and the protocol, in
    ``protocol.rounds`` interleaved passes (:func:`time_in_passes`), and the table is rewritten atomically
    as it fills (after each entry with one round, every few seconds with several, and on an interrupt),
@@ -22,6 +23,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import os
 import random
 import time
 import warnings
@@ -278,6 +280,8 @@ def prepare_sources(space: SearchSpace, targets: Sequence[Target], settings: Pro
                 advance()
 
     run_builds(_jobs(space, todo, settings), settings.workers, _export, built)
+    if todo:  # the new files' dirty pages (gigabytes for large networks) are written back now, not while timing
+        os.sync()
     return {name: OnnxFile(path) for name, path in paths.items()}
 
 
