@@ -83,6 +83,15 @@ def test_injected_slow_stretches_move_the_median_not_the_window_floor() -> None:
     assert stats.value("window_floor") == stats.floor_ms and stats.value("median") == stats.median_ms
 
 
+def test_a_pass_ends_near_its_minimum_time() -> None:
+    """Runs of 0.7 ms: chunks of about 50 ms end at 49.7 ms and 99.4 ms, so a pass timed in whole chunks would
+    run a third chunk to 149 ms for a 0.1 s protocol; the last chunk is sized to end just past 0.1 s."""
+    protocol = dataclasses.replace(FLOOR, min_seconds=0.1, min_iterations=20, warmup_s=0.0)
+    with SpinRunner(fast_ms=0.7, slow_ms=0.7, slow_runs=0) as runner:
+        stats = measure(runner, protocol)
+    assert 0.1 <= stats.seconds < 0.13
+
+
 def _stats(value: float) -> TimingStats:
     return dataclasses.replace(TimingStats.from_samples([value] * 3, 0.01), floor_ms=value)
 

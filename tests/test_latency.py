@@ -46,6 +46,7 @@ from vitres_deploy.latency import (
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
 from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
+from vitres_deploy.latency.report import Repeatability
 from vitres_deploy.latency.table import shipped_profiles
 from vitres_deploy.latency.validate import sample_archs
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
@@ -492,6 +493,20 @@ def test_shipped_reports_read_typed_and_write_back_unchanged(name: str) -> None:
     assert summary["validation"] == {k: v for k, v in written.items() if k != "rows"}
     assert sum(k["count"] for k in summary["kinds"].values()) == summary["entries"] == summary["expected_entries"]
     assert summary["range"] == latency_range(table).to_dict()
+
+
+def test_repeatability_tells_a_move_of_the_machine_from_noise() -> None:
+    first = [0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00]
+    moved = [v * 0.96 for v in first]  # every network 4% faster in the second run: the machine moved
+    moved[3] *= 1.02
+    r = Repeatability.of(first, moved)
+    assert r.median_change_pct == pytest.approx(4.0) and r.p90_change_pct == pytest.approx(4.0)
+    assert r.max_change_pct == pytest.approx(4.0)
+    assert r.shift_pct == pytest.approx(-4.0)
+    assert r.p90_around_shift_pct == pytest.approx(0.192)  # one network of ten 1.92 points off the move
+    assert Repeatability.from_dict(r.to_dict()) == r
+    old = {"median_change_pct": 1.0, "p90_change_pct": 2.0, "max_change_pct": 3.0}  # a report written before the shift
+    assert Repeatability.from_dict(old).shift_pct is None and Repeatability.from_dict(old).to_dict() == old
 
 
 def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:

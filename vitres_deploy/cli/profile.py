@@ -64,7 +64,7 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
 @click.option("--cache", "cache_state", type=click.Choice(["auto", "warm", "cold"]), default="auto", show_default=True,
               help="Time entries with caches flushed before each run (cold) or not (warm); auto: cold when the "
                    "space's networks do not fit the last-level cache.")
-@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), help="Warm-up seconds per pass (default 0.03).")
+@click.option("--warmup", "warmup_s", type=click.FloatRange(min=0), help="Warm-up seconds per pass (default 0.01).")
 @click.option("--min-seconds", type=click.FloatRange(min=0), help="Timed seconds per pass, at least (default 0.1).")
 @click.option("--min-iterations", type=click.IntRange(min=1),
               help="Timed iterations per pass, at least (default 20).")
@@ -141,7 +141,10 @@ def _show(s: TableSummary, as_json: bool) -> None:
             r = v.repeatability
             click.echo(f"  repeatability (the same networks measured twice): |change| median "
                        f"{r.median_change_pct:.1f}%, 90th percentile {r.p90_change_pct:.1f}%, max "
-                       f"{r.max_change_pct:.1f}%")
+                       f"{r.max_change_pct:.1f}%"
+                       + ("" if r.shift_pct is None else f"; the machine moved {r.shift_pct:+.1f}% between the runs "
+                          f"(median change), the networks around that move: 90th percentile "
+                          f"{r.p90_around_shift_pct:.1f}%"))
         if v.macs_linear is not None:
             b = v.macs_linear
             click.echo(f"  MACs-linear model on the same networks: MAPE {b.mape:.2f}%, within ±10% "

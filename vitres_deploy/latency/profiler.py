@@ -357,6 +357,8 @@ def fill_table(table: LatencyTable, settings: ProfileSettings, progress: bool,
 
         def timed(entry: Entry, final: bool) -> None:
             bar.advance(timing)
+            if not final and entry.passes_done >= fewest:  # one more pass than planned: the plan grows
+                bar.update(timing, total=bar.tasks[timing].total + 1)
             if on_entry is not None and final:
                 on_entry(entry)
 

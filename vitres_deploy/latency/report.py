@@ -60,26 +60,34 @@ NOISE_P90_CHANGE_PCT = 5.0
 
 @dataclass(frozen=True)
 class Repeatability:
-    """How far the same networks moved between two independent measurement runs (|change| in %)."""
+    """How far the same networks moved between two independent measurement runs (|change| in %).
+
+    ``shift_pct`` is the median signed change: a move of the whole machine between the two runs (minutes apart),
+    which every network shares; ``p90_around_shift_pct`` the 90th percentile of |change - shift|, how far the
+    networks moved apart from that. Both are None in reports written before them."""
 
     median_change_pct: float
     p90_change_pct: float
     max_change_pct: float
+    shift_pct: float | None = None
+    p90_around_shift_pct: float | None = None
 
     @classmethod
     def of(cls, first: Sequence[float], second: Sequence[float]) -> Repeatability:
         """The |change| statistics of ``second`` against ``first`` (same networks, same order)."""
-        change = np.abs(100 * (np.asarray(second) - np.asarray(first)) / np.asarray(first))
-        return cls(float(np.median(change)), float(np.percentile(change, 90)), float(change.max()))
+        signed = 100 * (np.asarray(second) - np.asarray(first)) / np.asarray(first)
+        change, shift = np.abs(signed), float(np.median(signed))
+        return cls(float(np.median(change)), float(np.percentile(change, 90)), float(change.max()), shift,
+                   float(np.percentile(np.abs(signed - shift), 90)))
 
     def to_dict(self) -> dict[str, float]:
-        """Plain-JSON form."""
-        return asdict(self)
+        """Plain-JSON form (the fields a report written before them lacks are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Repeatability:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: float(data[f.name]) for f in fields(cls)})
+        return cls(**{f.name: None if data.get(f.name) is None else float(data[f.name]) for f in fields(cls)})
 
 
 def under_prediction_margin(predicted: Sequence[float], measured: Sequence[float], quantile: float = 90) -> float:

@@ -44,7 +44,7 @@ from .table import LatencyTable
 #: small ones), at least three passes each (the third after every item's second: a check that the level two
 #: passes agreed on is the quiet one), more until the two best agree within 3% (at most six), rounds at
 #: least 1 s long (the passes of a lone model are spread over wall time).
-TABLE_PROTOCOL = Protocol(warmup_s=0.03, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=3,
+TABLE_PROTOCOL = Protocol(warmup_s=0.01, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=3,
                           stable_within=0.03, window_s=0.01, statistic="window_floor", round_s=1.0)
 
 

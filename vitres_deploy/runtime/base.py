@@ -17,6 +17,7 @@ a network too big for the cache, instead of finding them cached from its previou
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -267,7 +268,9 @@ def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) 
     CV limit.
 
     Warm-up runs until ``warmup_s`` has passed (at least one run); then iterations are timed one by one,
-    in chunks of about 50 ms, until both ``min_iterations`` and ``min_seconds`` are reached.
+    in chunks of at most about 50 ms, until both ``min_iterations`` and ``min_seconds`` are reached; each
+    chunk after the first is sized from the runs so far to end about where both are met (a pass of a short
+    protocol is not a third longer than it asks for).
     """
     protocol = protocol or Protocol()
     runner.bind(random_inputs(runner.input_specs, seed))
@@ -283,7 +286,8 @@ def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) 
     runner.synchronize()
     flush = runner.cache_flusher(protocol.flush_cache_mb << 20) if protocol.flush_cache_mb else None
     per_run = max((time.perf_counter() - t0) / warm, 1e-7) + (0.003 if flush else 0.0)
-    chunk = int(min(max(1, 0.05 / per_run), 10_000))
+    most = int(min(max(1, 0.05 / per_run), 10_000))
+    chunk = min(most, max(1, protocol.min_iterations, math.ceil(protocol.min_seconds / per_run)))
     samples: list[float] = []
     start = time.perf_counter()
     while True:
@@ -291,6 +295,9 @@ def measure(runner: Runner, protocol: Protocol | None = None, *, seed: int = 0) 
         elapsed = time.perf_counter() - start
         if len(samples) >= protocol.min_iterations and elapsed >= protocol.min_seconds:
             break
+        per_run = elapsed / len(samples)
+        left = max(protocol.min_iterations - len(samples), math.ceil((protocol.min_seconds - elapsed) / per_run))
+        chunk = min(most, max(1, left))
     stats = TimingStats.from_samples(samples, elapsed, protocol.window_s)
     if stats.cv > protocol.max_cv:
         warnings.warn(
