@@ -323,9 +323,10 @@ def test_bad_table_files_are_clear_errors(tmp_path: Path) -> None:
 SHIPPED_TABLE = "amd-epyc/fmnist-ort-cpu-fp32-b1.json"
 
 
-def shipped_offset_ms() -> float:
-    """The offset of the shipped fmnist table's fitted correction."""
-    return shipped_table_data()["correction"]["offset_ms"]
+def shipped_correction() -> str:
+    """The scale and offset of the shipped fmnist table's fitted correction, as an error message names them."""
+    correction = shipped_table_data()["correction"]
+    return f"scale {correction['scale']:g}, offset_ms {correction['offset_ms']:g}"
 
 
 def shipped_table_data() -> dict:
@@ -352,7 +353,7 @@ def shipped_table_data() -> dict:
     (lambda d: d["correction"].update(offset_ms=-1e7), "correction offset_ms is -10000000.0"),
     (lambda d: d["correction"].update(offset_ms=-1e6), "predicts -1e+06 ms for the fastest arch of its space"),
     (lambda d: d["correction"].update(per_call_ms=1.0), "ms for the fastest arch of its space: its correction "
-                                                        f"(scale 1, offset_ms {shipped_offset_ms():g}, per_call_ms 1)"),
+                                                        f"({shipped_correction()}, per_call_ms 1)"),
     (lambda d: d["correction"].update(per_call_ms=1e7), "correction per_call_ms is 10000000.0"),
     (lambda d: d["correction"].update(scale=1e3), "correction scale is 1000.0"),
     (lambda d: d["entries"]["stem/32"].update(latency_ms="0.1"), "entry stem/32 latency_ms is '0.1'"),
