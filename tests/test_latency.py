@@ -508,6 +508,8 @@ def test_repeatability_tells_a_move_of_the_machine_from_noise() -> None:
     assert Repeatability.from_dict(r.to_dict()) == r
     old = {"median_change_pct": 1.0, "p90_change_pct": 2.0, "max_change_pct": 3.0}  # a report written before the shift
     assert Repeatability.from_dict(old).shift_pct is None and Repeatability.from_dict(old).to_dict() == old
+    with pytest.raises(KeyError):
+        Repeatability.from_dict({"median_change_pct": 1.0, "p90_change_pct": 2.0})
 
 
 def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:

@@ -11,7 +11,7 @@ network measured in two independent runs), a MACs-linear baseline fitted on the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -87,7 +87,8 @@ class Repeatability:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Repeatability:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: None if data.get(f.name) is None else float(data[f.name]) for f in fields(cls)})
+        return cls(**{f.name: None if f.default is not MISSING and data.get(f.name) is None else float(data[f.name])
+                      for f in fields(cls)})
 
 
 def under_prediction_margin(predicted: Sequence[float], measured: Sequence[float], quantile: float = 90) -> float:
