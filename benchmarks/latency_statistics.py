@@ -3,8 +3,8 @@
 ``N`` seeded random sub-networks of a space are exported to ONNX and timed with ONNX Runtime (1 thread) in
 ``T`` trials of ``S`` seconds each, the networks interleaved within a trial (odd trials in reverse order),
 ``--gap`` seconds between trials. For every statistic of a trial's per-iteration latencies — minimum,
-5th percentile, median, mean, the *window floor* (lowest median over windows of ``--window-ms``) and the lowest
-median over runs of 5 consecutive iterations (``floor_5_runs``: the window floor of networks slower than a window)
+5th percentile, median, mean, the *window floor* (lowest median over windows of ``--window-ms``, at least 3 runs
+each) and the window floor over windows of 5 runs (``floor_5_runs``: wider windows for networks slower than one)
 — the report gives how far it moves across trials: per network ``(max - min) / min`` over the trials, then the
 median and the 90th percentile over networks. The statistic that moves least is the one a table can
 predict and a later measurement can reproduce. Whether more passes would repeat better: the lowest window floor
@@ -61,16 +61,9 @@ def trial(session: ort.InferenceSession, x: np.ndarray, seconds: float, window_s
     a = np.asarray(samples)
     return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
             "mean": float(a.mean()), "window_floor": window_floor(samples, elapsed, window_s),
-            "floor_5_runs": floor_of_runs(a, RUNS_PER_WINDOW), "iterations": len(a)}
-
-
-def floor_of_runs(samples: np.ndarray, runs: int) -> float:
-    """The lowest median over consecutive groups of ``runs`` samples (a shorter last group is dropped; fewer
-    samples than that: their median)."""
-    groups = len(samples) // runs
-    if groups == 0:
-        return float(np.median(samples))
-    return float(np.median(samples[:groups * runs].reshape(groups, runs), axis=1).min())
+            # windows of RUNS_PER_WINDOW runs (window_floor rounds the window's run count up: aim half a run short)
+            "floor_5_runs": window_floor(samples, elapsed, (RUNS_PER_WINDOW - 0.5) * elapsed / len(samples)),
+            "iterations": len(a)}
 
 
 def main() -> None:
