@@ -20,7 +20,10 @@ Run (the figures in docs/search.md come from the shipped supernet and table)::
         --supernet fmnist-demo --profile profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json --out runs/ranking
 
 Evaluations and the trained-alone runs are dealt out to the ranks (each run resumes if its folder holds an
-interrupted one, and a finished one is reused). Writes ``OUT/report.json`` and ``OUT/report.md``.
+interrupted one, and a finished one is reused). A trained-alone run starts from fresh weights, so it does not
+depend on the supernet: ``--alone-from REPORT`` takes the trained-alone test top-1 of the archs an earlier report
+of the same space measured with the same epochs, learning rate, seed and images, and trains only the others (to
+compare two supernets of one space). Writes ``OUT/report.json`` and ``OUT/report.md``.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from vitres_deploy.arch import Arch, max_arch, min_arch, sample_arch
 from vitres_deploy.checkpoint import load_checkpoint, load_finetuned
 from vitres_deploy.data import ImageData, open_checkpoint_data
 from vitres_deploy.distributed import Ranks, join_ranks
-from vitres_deploy.errors import VitresError
+from vitres_deploy.errors import SettingsError, VitresError
 from vitres_deploy.evaluate import evaluate_arch, evaluate_model
-from vitres_deploy.files import atomic_write_json, atomic_write_text
+from vitres_deploy.files import atomic_write_json, atomic_write_text, loads_json
 from vitres_deploy.finetune import FINAL
 from vitres_deploy.latency import LatencyTable, predict
 from vitres_deploy.latency.metrics import kendall_tau, spearman
@@ -95,6 +98,26 @@ def train_alone(args: argparse.Namespace, arch: Arch, data: ImageData) -> float:
     return evaluate_model(load_finetuned(final).model, data, "test", 500, args.eval_limit).top1
 
 
+def earlier_alone(args: argparse.Namespace, space: SearchSpace) -> dict[str, float]:
+    """Trained-alone test top-1 by arch hash from the report ``--alone-from`` (none without it), refused unless
+    it measured the same space with the same epochs, learning rate, seed and images."""
+    if args.alone_from is None:
+        return {}
+    report = loads_json(args.alone_from.read_text())
+    alone = report["alone"]
+    words = report["command"].split()
+    seed = alone.get("seed", int(words[words.index("--seed") + 1]) if "--seed" in words else 0)
+    mine = {"space": space.name, "epochs": args.alone_epochs, "lr": args.alone_lr, "seed": args.seed,
+            "eval_limit": args.eval_limit}
+    theirs = {"space": report["space"], "epochs": alone["epochs"], "lr": alone["lr"], "seed": seed,
+              "eval_limit": report["eval_limit"]}
+    for key in mine:
+        if mine[key] != theirs[key]:
+            raise SettingsError(f"--alone-from {args.alone_from}: its trained-alone runs have {key} {theirs[key]!r}, "
+                                f"this run {mine[key]!r}")
+    return {row["hash"]: row["alone_test_top1"] for row in alone["rows"]}
+
+
 def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     """Every evaluation of the report (dealt out to ``ranks``); the trained-alone runs on rank 0."""
     t0 = time.perf_counter()
@@ -113,7 +136,9 @@ def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     holdout = accuracy("holdout", randoms)
     test = accuracy("test", list(every.values()))
     chosen = spread(randoms, latency, args.alone)
-    alone = ranks.shard_map([a.hash for a in chosen], lambda h: train_alone(args, every[h], data))
+    reused = earlier_alone(args, space)
+    alone = reused | ranks.shard_map([a.hash for a in chosen if a.hash not in reused],
+                                     lambda h: train_alone(args, every[h], data))
     h, t = [holdout[a.hash] for a in randoms], [test[a.hash] for a in randoms]
     inherited, trained = [test[a.hash] for a in chosen], [alone[a.hash] for a in chosen]
     row = {a.hash: {"arch": a.to_dict(), "predicted_ms": latency[a.hash]} for a in every.values()}
@@ -128,7 +153,9 @@ def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
                    "holdout_test_spearman": spearman(h, t),
                    "rows": [{**row[a.hash], "hash": a.hash, "holdout_top1": holdout[a.hash],
                              "test_top1": test[a.hash]} for a in randoms]},
-        "alone": {"archs": len(chosen), "epochs": args.alone_epochs, "lr": args.alone_lr,
+        "alone": {"archs": len(chosen), "epochs": args.alone_epochs, "lr": args.alone_lr, "seed": args.seed,
+                  "taken_from": str(args.alone_from) if reused else None,
+                  "taken": sorted(a.hash for a in chosen if a.hash in reused),
                   "inherited_alone_kendall_tau": kendall_tau(inherited, trained),
                   "holdout_alone_kendall_tau": kendall_tau([holdout[a.hash] for a in chosen], trained),
                   "rows": [{**row[a.hash], "hash": a.hash, "inherited_test_top1": test[a.hash],
@@ -181,7 +208,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"{r['holdout_test_kendall_tau']:+.3f}, Spearman {r['holdout_test_spearman']:+.3f}",
              f"- {a['archs']} archs spread over the latency range, inherited test top-1 against trained alone for "
              f"{a['epochs']} epochs: Kendall tau {a['inherited_alone_kendall_tau']:+.3f} (inherited hold-out "
-             f"against alone: {a['holdout_alone_kendall_tau']:+.3f})", "",
+             f"against alone: {a['holdout_alone_kendall_tau']:+.3f})"
+             + (f"; the trained-alone results of {len(a['taken'])} of them are taken from `{a['taken_from']}`"
+                if a.get("taken") else ""), "",
              "| arch | predicted ms | inherited hold-out | inherited test | trained alone, test |",
              "|---|---|---|---|---|"]
     for x in a["rows"]:
@@ -202,6 +231,8 @@ def main() -> int:
     parser.add_argument("--alone-lr", type=float, default=2e-3, help="Peak learning rate of the trained-alone runs.")
     parser.add_argument("--alone-steps-per-epoch", type=int, default=None,
                         help="Cap the trained-alone epochs (smoke runs).")
+    parser.add_argument("--alone-from", type=Path, default=None,
+                        help="An earlier report.json of the same space whose trained-alone results are reused.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random archs and of the trained-alone runs.")
     parser.add_argument("--eval-limit", type=int, default=None, help="First N images of each split (smoke runs).")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process.")

@@ -20,6 +20,7 @@ from vitres_deploy.arch import (
     random_arch,
     sample_arch,
     sample_arch_sized,
+    smallest_open_arch,
 )
 from vitres_deploy.archfile import resolve_arch
 from vitres_deploy.errors import ArchError
@@ -176,6 +177,23 @@ def test_sampling_with_a_fraction_opens_only_the_largest_choices(fmnist: SearchS
             assert s.embed_dim in ss.embed_dims[:math.ceil(0.25 * len(ss.embed_dims))]  # the widest 1 or 2
             assert s.depth == ss.depths[0]  # ceil(0.25 * 3) = 1 choice
             assert {b.heads for b in s.blocks} == {ss.heads[0]}
+
+
+def test_the_smallest_open_arch_takes_the_narrowest_open_choice(fmnist: SearchSpace) -> None:
+    assert smallest_open_arch(fmnist, 1.0) == min_arch(fmnist)
+    assert smallest_open_arch(fmnist, 0.0) == max_arch(fmnist)  # only the largest choices are open
+    half = smallest_open_arch(fmnist, 0.5)
+    for s, ss in zip(half.stages, fmnist.stages):
+        assert s.embed_dim == ss.embed_dims[math.ceil(0.5 * len(ss.embed_dims)) - 1]
+        assert s.depth == ss.depths[math.ceil(0.5 * len(ss.depths)) - 1]
+        assert {(b.heads, b.mlp) for b in s.blocks} == {(ss.heads[math.ceil(0.5 * len(ss.heads)) - 1],
+                                                       ss.mlp_hidden[math.ceil(0.5 * len(ss.mlp_hidden)) - 1])}
+    rng = random.Random(0)
+    for _ in range(30):  # no open arch is narrower in any choice
+        arch = sample_arch(fmnist, rng, fraction=0.5)
+        for s, h in zip(arch.stages, half.stages):
+            assert s.embed_dim >= h.embed_dim and s.depth >= h.depth
+            assert all(b.heads >= h.blocks[0].heads and b.mlp >= h.blocks[0].mlp for b in s.blocks)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -14,11 +14,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from vitres_deploy.arch import max_arch, min_arch, smallest_open_arch
 from vitres_deploy.checkpoint import load_checkpoint
 from vitres_deploy.cli import main
+from vitres_deploy.distributed import join_ranks
 from vitres_deploy.errors import RunDirError, SettingsError
 from vitres_deploy.evaluate import topk_accuracy
-from vitres_deploy.train import TrainConfig, lr_at, opened_fraction, train, weight_digest
+from vitres_deploy.train import TrainConfig, _set_up, lr_at, opened_fraction, train, weight_digest
 
 QUICK = {"steps_per_epoch": 3, "batch_size": 32, "eval_limit": 100}
 pytestmark = pytest.mark.usefixtures("fmnist_dir", "torch_one_thread")
@@ -104,6 +106,51 @@ def test_train_json_prints_the_supernet_and_its_epochs(tmp_path):
     assert [e["epoch"] for e in report["epochs"]] == [1] and "loss" in report["epochs"][0]
 
 
+def test_sandwich_steps_train_the_largest_and_the_smallest_open_arch_beside_random_ones():
+    with join_ranks() as ranks:
+        run = _set_up(TrainConfig(sandwich=True, warmup_epochs=4, **QUICK), None, None, ranks)
+        plain = _set_up(TrainConfig(warmup_epochs=4, **QUICK), None, None, ranks)
+    space = run.net.space
+    for epoch, fraction in ((0, 0.0), (2, 0.5), (5, 1.0)):
+        archs = run.step_archs(epoch, 0, 0)
+        assert len(archs) == 4 and archs[:2] == [max_arch(space), smallest_open_arch(space, fraction)]
+        assert archs[2:] == plain.step_archs(epoch, 0, 0)[:2]  # the rest: the same random stream
+    assert archs[1] == min_arch(space)
+    firsts = [plain.step_archs(5, step, 0)[0] for step in range(10)]
+    assert max_arch(space) not in firsts and len(set(firsts)) == 10
+    with pytest.raises(SettingsError, match="sandwich needs archs_per_batch >= 2") as error:
+        TrainConfig(sandwich=True, archs_per_batch=1)
+    assert error.value.field == "archs_per_batch"
+    result = CliRunner().invoke(main, ["train", "--out", "unused", "--sandwich", "--archs-per-batch", "1"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: sandwich needs --archs-per-batch >= 2 (its first two groups are "
+                                          "the largest and the smallest sub-network)"]
+
+
+def test_distilled_steps_teach_the_others_with_the_largest_s_predictions_on_the_whole_batch():
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    with join_ranks() as ranks:
+        run = _set_up(TrainConfig(sandwich=True, distill=True, drop_path=0.0, **QUICK), None, None, ranks)
+        plain = _set_up(TrainConfig(sandwich=True, drop_path=0.0, **QUICK), None, None, ranks)
+    plain.net.load_state_dict(run.net.state_dict())
+    run.net.eval(), plain.net.eval()  # BatchNorm's running statistics: a group's output not tied to the others'
+    loss = run.loss(x, y, 5, 0, 0)
+    largest, *students = run.step_archs(5, 0, 0)
+    assert largest == max_arch(run.net.space) and len(students) == 3
+    # by hand: the largest on all 32 images, each student on a third of them (11, 11, 10)
+    teacher = run.net(x, archs=[largest])
+    parts = [run.net(part, archs=[arch]) for arch, part in zip(students, x.tensor_split(3))]
+    soft = -(teacher.detach().softmax(-1) * torch.cat(parts).log_softmax(-1)).sum(-1).mean()
+    expected = nn.functional.cross_entropy(teacher, y, label_smoothing=0.1) + soft
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(plain.loss(x, y, 5, 0, 0).item() - loss.item()) > 1e-3  # not the labels' loss of the 4 groups
+    loss.backward()
+    assert all(p.grad is not None for p in run.net.stem.parameters())
+    with pytest.raises(SettingsError, match="distill needs sandwich") as error:
+        TrainConfig(distill=True)
+    assert error.value.field == "distill"
+
+
 def test_a_batch_larger_than_the_data_names_the_setting(tmp_path):
     with pytest.raises(SettingsError, match=r"batch_size 60000 x 1 ranks exceeds the 54000 training images") as error:
         train(TrainConfig(epochs=1, batch_size=60_000), tmp_path, progress=False)
@@ -158,16 +205,17 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_ranks_keep_identical_weights(tmp_path):
+@pytest.mark.parametrize("flags", [["--archs-per-batch", "2"], ["--archs-per-batch", "3", "--sandwich", "--distill"]],
+                         ids=["multi-arch", "sandwich-distill"])
+def test_ddp_two_gloo_ranks_keep_identical_weights(tmp_path, flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "vitres_deploy.cli", "train", "--out", str(tmp_path),
-           "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", "--archs-per-batch", "2",
-           "--eval-limit", "100"]
+           "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "16", *flags, "--eval-limit", "100"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = load_checkpoint(tmp_path / "supernet.safetensors").meta
-    assert meta["world_size"] == 2
+    assert meta["world_size"] == 2 and meta["train_config"]["distill"] == ("--distill" in flags)
     digests = meta["rank_weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
 

@@ -146,6 +146,16 @@ def min_arch(space: SearchSpace) -> Arch:
     ))
 
 
+def smallest_open_arch(space: SearchSpace, fraction: float = 1.0) -> Arch:
+    """The smallest sub-network among the choices opened by ``fraction`` (1.0: :func:`min_arch`)."""
+    return Arch(space.family, tuple(
+        StageArch(_open(s.embed_dims, fraction)[-1],
+                  (BlockArch(_open(s.heads, fraction)[-1], _open(s.mlp_hidden, fraction)[-1]),)
+                  * _open(s.depths, fraction)[-1])
+        for s in space.stages
+    ))
+
+
 def sample_stage(stage: StageSpace, rng: random.Random, fraction: float = 1.0) -> StageArch:
     """Sample one stage uniformly among the choices opened by ``fraction`` (1.0: all of them)."""
     depth = rng.choice(_open(stage.depths, fraction))

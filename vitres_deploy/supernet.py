@@ -322,14 +322,19 @@ class ViTResNASSupernet(nn.Module):
         """Last-stage tokens -> logits, with the final LayerNorm over the active channels."""
         return self.head(self.norm(x[:, 0]))
 
-    def forward(self, x: torch.Tensor, archs: Sequence[Arch] | None = None) -> torch.Tensor:
-        """Logits of the active arch, or of ``archs[g]`` for the g-th of ``len(archs)`` batch groups."""
+    def forward(self, x: torch.Tensor, archs: Sequence[Arch] | None = None,
+                sizes: Sequence[int] | None = None) -> torch.Tensor:
+        """Logits of the active arch, or of ``archs[g]`` for the g-th of ``len(archs)`` batch groups: equal groups
+        (``tensor_split``), or ``sizes[g]`` images each."""
         if not archs:
             return self.forward_head(self.forward_features(x))
         features = self.stem.features(x)  # width-independent: computed once, BN statistics over the batch
+        groups = features.split(list(sizes)) if sizes is not None else features.tensor_split(len(archs))
+        if len(groups) != len(archs):
+            raise ValueError(f"{len(archs)} archs for {len(groups)} groups of images")
         outputs, active = [], self.active
         try:
-            for arch, group in zip(archs, features.tensor_split(len(archs))):
+            for arch, group in zip(archs, groups):
                 self.set_active(arch)
                 outputs.append(self.forward_head(self._forward_tokens(group)))
         finally:

@@ -2,8 +2,10 @@
 fine-tuning (:mod:`vitres_deploy.finetune`).
 
 Each batch is split into G groups (``archs_per_batch``), each trained as a different random
-sub-network in one forward-backward pass. Choices open progressively, largest first, until every
-choice is open after ``warmup_epochs``. AdamW with a linear-warm-up cosine schedule, label smoothing,
+sub-network in one forward-backward pass; ``sandwich`` makes the first two groups the largest and the
+smallest open sub-network, ``distill`` adds in-place distillation from the largest (measured against the
+default in docs/training.md). Choices open progressively, largest first, until every choice is open after
+``warmup_epochs``. AdamW with a linear-warm-up cosine schedule, label smoothing,
 drop-path; bf16 autocast on CUDA. Under ``torchrun`` the supernet is wrapped in
 DistributedDataParallel and every rank samples its own sub-networks.
 
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import max_arch, min_arch, sample_arch
+from .arch import Arch, max_arch, min_arch, sample_arch, smallest_open_arch
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_without_optimizer
 from .data import HoldoutSpec, ImageData, data_spec, open_data
 from .distributed import Ranks, join_ranks
@@ -102,6 +104,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     archs_per_batch: int = 4
+    sandwich: bool = False
+    distill: bool = False
     warmup_epochs: float = 4.0
     lr: float = 2e-3
     min_lr: float = 1e-5
@@ -122,6 +126,12 @@ class TrainConfig:
                      optional_counts=("steps_per_epoch", "eval_limit", "holdout_per_class"), positive=("lr",),
                      non_negative=("min_lr", "weight_decay", "warmup_epochs", "lr_warmup_epochs"),
                      fractions=("label_smoothing", "drop_path"))
+        if self.sandwich and self.archs_per_batch < 2:
+            raise SettingsError("sandwich needs archs_per_batch >= 2 (its first two groups are the largest and "
+                                "the smallest sub-network)", field="archs_per_batch")
+        if self.distill and not self.sandwich:
+            raise SettingsError("distill needs sandwich (the largest sub-network, trained on the labels, is the "
+                                "teacher of the others)", field="distill")
         if self.holdout_fraction is not None:
             check_real("holdout_fraction", self.holdout_fraction, low_open=0.0, high_open=1.0)
 
@@ -202,6 +212,11 @@ class Run:
         """The logits that step ``step`` of ``epoch`` trains on, for this rank's batch ``x``."""
         raise NotImplementedError
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, rank: int) -> torch.Tensor:
+        """The loss that step ``step`` of ``epoch`` minimises: cross-entropy of :meth:`logits` against the labels,
+        with label smoothing."""
+        return F.cross_entropy(self.logits(x, epoch, step, rank).float(), y, label_smoothing=self.cfg.label_smoothing)
+
     def epoch_fields(self, epoch: int) -> dict[str, Any]:
         """Fields of the epoch's log record beyond loss, lr and speed (none by default)."""
         return {}
@@ -281,12 +296,33 @@ class _SupernetRun(Run):
     diverged_hint = "lower lr, raise warmup_epochs"
 
     def logits(self, x: torch.Tensor, epoch: int, step: int, rank: int) -> torch.Tensor:
-        """The batch split among ``archs_per_batch`` sub-networks sampled from the stream (seed, epoch, step,
-        rank), among the choices open at this point."""
+        """The batch split among the step's sub-networks (:meth:`step_archs`)."""
+        return self.model(x, archs=self.step_archs(epoch, step, rank))
+
+    def step_archs(self, epoch: int, step: int, rank: int) -> list[Arch]:
+        """``archs_per_batch`` sub-networks sampled from the stream (seed, epoch, step, rank) among the choices
+        open at this point; with ``sandwich`` the first two are the largest and the smallest open one (the
+        sandwich rule inside multi-architectural sampling: each gets 1/G of the batch, at no extra cost)."""
         rng = stream_rng(self.cfg.seed, epoch, step, rank)
         fraction = opened_fraction(self.cfg, epoch, step, self.steps)
-        archs = [sample_arch(self.net.space, rng, fraction) for _ in range(self.cfg.archs_per_batch)]
-        return self.model(x, archs=archs)
+        space = self.net.space
+        fixed = [max_arch(space), smallest_open_arch(space, fraction)] if self.cfg.sandwich else []
+        return fixed + [sample_arch(space, rng, fraction) for _ in range(self.cfg.archs_per_batch - len(fixed))]
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, rank: int) -> torch.Tensor:
+        """Cross-entropy against the labels; with ``distill`` (in-place distillation, as in BigNAS) the largest
+        sub-network learns from the labels on the whole batch, and the other G-1 sub-networks, splitting the
+        batch among them, learn from its predicted distribution on their images (soft cross-entropy against its
+        detached output): one forward of the supernet over the batch twice."""
+        if not self.cfg.distill:
+            return super().loss(x, y, epoch, step, rank)
+        largest, *students = self.step_archs(epoch, step, rank)
+        sizes = [len(x)] + [len(part) for part in x.tensor_split(len(students))]
+        logits = self.model(torch.cat([x, x]), archs=[largest, *students], sizes=sizes).float()
+        teacher, student = logits[:len(x)], logits[len(x):]
+        hard = F.cross_entropy(teacher, y, label_smoothing=self.cfg.label_smoothing)
+        soft = -(teacher.detach().softmax(-1) * student.log_softmax(-1)).sum(-1).mean()
+        return hard + soft
 
     def epoch_fields(self, epoch: int) -> dict[str, Any]:
         """The share of choices open after the epoch."""
@@ -401,13 +437,13 @@ def _train_epoch(run: Run, epoch: int, ranks: Ranks, progress: bool) -> dict[str
 
 
 def _train_step(run: Run, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, ranks: Ranks) -> float:
-    """One optimizer step on the run's logits (:meth:`Run.logits`); the batch's loss."""
+    """One optimizer step on the run's loss (:meth:`Run.loss`); its value."""
     cfg = run.cfg
     for group in run.optimizer.param_groups:
         group["lr"] = lr_at(cfg, epoch * run.steps + step, run.steps)
     x, y = x.to(ranks.device, non_blocking=True), y.to(ranks.device, non_blocking=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ranks.device.type == "cuda"):
-        loss = F.cross_entropy(run.logits(x, epoch, step, ranks.rank).float(), y, label_smoothing=cfg.label_smoothing)
+        loss = run.loss(x, y, epoch, step, ranks.rank)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()

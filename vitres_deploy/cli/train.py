@@ -84,6 +84,12 @@ def _report(key: str, final: Path, epochs: list[dict], as_json: bool) -> None:
 @click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"], show_default=True, help="Per rank.")
 @click.option("--archs-per-batch", type=int, default=_DEFAULTS["archs_per_batch"], show_default=True,
               help="G sub-networks per step, each on 1/G of the batch (1 = one sub-network per step).")
+@click.option("--sandwich", is_flag=True,
+              help="Sandwich rule: the first two of the G sub-networks of every step are the largest and the "
+                   "smallest open one (the rest random).")
+@click.option("--distill", is_flag=True,
+              help="In-place distillation (needs --sandwich): the largest sub-network learns from the labels on the "
+                   "whole batch, the other G-1 from its predictions.")
 @click.option("--warmup-epochs", type=float, default=_DEFAULTS["warmup_epochs"], show_default=True,
               help="Epochs over which choices open, largest first.")
 @_optimizer_options(_DEFAULTS)
