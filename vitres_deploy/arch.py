@@ -141,13 +141,11 @@ def max_arch(space: SearchSpace) -> Arch:
 
 def min_arch(space: SearchSpace) -> Arch:
     """The smallest sub-network: every choice at its minimum."""
-    return Arch(space.family, tuple(
-        StageArch(s.embed_dims[-1], (BlockArch(s.heads[-1], s.mlp_hidden[-1]),) * s.depths[-1]) for s in space.stages
-    ))
+    return smallest_open_arch(space, 1.0)
 
 
 def smallest_open_arch(space: SearchSpace, fraction: float = 1.0) -> Arch:
-    """The smallest sub-network among the choices opened by ``fraction`` (1.0: :func:`min_arch`)."""
+    """The smallest sub-network among the choices opened by ``fraction`` (1.0: every choice, :func:`min_arch`)."""
     return Arch(space.family, tuple(
         StageArch(_open(s.embed_dims, fraction)[-1],
                   (BlockArch(_open(s.heads, fraction)[-1], _open(s.mlp_hidden, fraction)[-1]),)
