@@ -124,7 +124,9 @@ def test_the_passes_of_a_lone_model_are_spread_over_wall_time() -> None:
         return _stats(2.0 if starts[-1] < 0.3 else 1.0)  # slow during the burst's first 0.3 s
 
     passes = time_until_stable({"model": "model"}, ProfileSettings(protocol=protocol), measure_pass=burst_pass)
-    assert all(b - a >= 0.4 for a, b in itertools.pairwise(starts))
+    # the loop's own clock starts each round >= 0.4 s after the last; the pass sees it a little later, by a
+    # scheduling delay that can differ from round to round on a loaded machine (CI failed on 0.4 exactly)
+    assert all(b - a >= 0.35 for a, b in itertools.pairwise(starts))
     assert Settled.of(passes["model"], protocol).value_ms == 1.0
     assert len(passes["model"]) == 3  # burst, quiet, quiet: settled on the quiet level
 
