@@ -89,7 +89,7 @@ def test_a_pass_ends_near_its_minimum_time() -> None:
     protocol = dataclasses.replace(FLOOR, min_seconds=0.1, min_iterations=20, warmup_s=0.0)
     with SpinRunner(fast_ms=0.7, slow_ms=0.7, slow_runs=0) as runner:
         stats = measure(runner, protocol)
-    assert 0.1 <= stats.seconds < 0.13
+    assert 0.1 <= stats.seconds < 0.14  # whole chunks: 0.149 s; a loaded machine may add a few ms
 
 
 def _stats(value: float) -> TimingStats:
