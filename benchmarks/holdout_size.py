@@ -34,15 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from search_vs_baselines import correct_per_image
-from supernet_ranking import random_archs
+from supernet_ranking import random_archs, ranked_report
 
 from vitres_deploy.checkpoint import load_checkpoint
 from vitres_deploy.data import open_checkpoint_data
-from vitres_deploy.distributed import Ranks, join_ranks
-from vitres_deploy.errors import SettingsError, VitresError
-from vitres_deploy.files import atomic_write_json, atomic_write_text
+from vitres_deploy.distributed import Ranks
+from vitres_deploy.errors import SettingsError
 from vitres_deploy.latency.metrics import kendall_tau
 
 
@@ -150,19 +148,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random archs and of the subsets.")
     parser.add_argument("--eval-limit", type=int, default=None, help="First N images of each split (smoke runs).")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process.")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    try:
-        with join_ranks("cpu") as ranks:
-            report = measure(args, ranks)
-    except VitresError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    if ranks.main:
-        atomic_write_json(args.out / "report.json", report)
-        atomic_write_text(args.out / "report.md", markdown(report))
-        print(markdown(report))
-    return 0
+    return ranked_report(parser.parse_args(), measure, markdown)
 
 
 if __name__ == "__main__":

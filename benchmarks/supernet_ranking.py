@@ -34,6 +34,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,14 @@ def main() -> int:
     parser.add_argument("--eval-limit", type=int, default=None, help="First N images of each split (smoke runs).")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process.")
     args = parser.parse_args()
+    return ranked_report(args, measure, markdown, lambda report: plot(report, args.out / "curve.png"))
+
+
+def ranked_report(args: argparse.Namespace, measure: Callable[[argparse.Namespace, Ranks], dict[str, Any]],
+                  markdown: Callable[[dict[str, Any]], str],
+                  also: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """``measure(args, ranks)`` on every rank of this launch, then on rank 0 ``OUT/report.json``,
+    ``OUT/report.md`` (and ``also(report)``) and the Markdown printed; a :class:`VitresError` is one error line."""
     torch.set_num_threads(args.threads)
     try:
         with join_ranks("cpu") as ranks:
@@ -247,7 +256,8 @@ def main() -> int:
     if ranks.main:
         atomic_write_json(args.out / "report.json", report)
         atomic_write_text(args.out / "report.md", markdown(report))
-        plot(report, args.out / "curve.png")
+        if also is not None:
+            also(report)
         print(markdown(report))
     return 0
 
