@@ -11,19 +11,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 
+from vitres_deploy.arch import max_arch
 from vitres_deploy.cli import main
-from vitres_deploy.convert.int8 import Int8Settings, is_quantized, quantize_onnx, quantized_share
+from vitres_deploy.convert.int8 import Int8Settings, is_quantized, quantize_onnx, quantized_share, stage_nodes
 from vitres_deploy.convert.to_onnx import export_onnx
-from vitres_deploy.errors import BackendUnavailable, SettingsError
+from vitres_deploy.errors import BackendUnavailable, ConversionError, SettingsError
 from vitres_deploy.files import sha256_file
 from vitres_deploy.latency import ProfileSettings
+from vitres_deploy.latency.entries import network_sample_shape
 from vitres_deploy.runtime import ModuleLoader, OnnxFile, Protocol, RunnerOptions, get_backend, random_inputs
 from vitres_deploy.runtime.cache import int8_onnx
 from vitres_deploy.runtime.ort import OrtCpuRunner, OrtCudaRunner, OrtTrtRunner
 from vitres_deploy.runtime.registry import BACKENDS
-from vitres_deploy.vit_resnas import Block
+from vitres_deploy.space import load_space
+from vitres_deploy.vit_resnas import Block, vit_resnas
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
@@ -68,6 +72,37 @@ def test_quantization_is_deterministic_and_the_calibration_matters(block_onnx: P
     for method in ("entropy", "percentile"):
         record = quantize_onnx(block_onnx, tmp_path / f"{method}.onnx", calibration, Int8Settings(method=method))
         assert record["settings"]["method"] == method and is_quantized(tmp_path / f"{method}.onnx")
+
+
+def test_some_stages_of_a_network_quantize_alone_and_the_rest_stays_float(tmp_path: Path) -> None:
+    """Mixed precision: the nodes of stage 3 (with its reduction and the head) quantized, stages 1-2 float."""
+    space = load_space("fmnist")
+    arch = max_arch(space)
+    torch.manual_seed(0)
+    path = export_onnx(vit_resnas(arch, space).eval(), network_sample_shape(space), tmp_path / "net.onnx")
+    compute = {n.name: n.op_type for n in onnx.load(str(path)).graph.node if n.op_type in ("MatMul", "Conv", "Gemm")}
+    stage3 = stage_nodes(path, {2}, 3)
+    first_two = stage_nodes(path, {0, 1}, 3)
+    assert not set(stage3) & set(first_two) and set(compute) <= set(stage3) | set(first_two)
+    assert {compute[n] for n in stage3 if n in compute} == {"MatMul", "Conv", "Gemm"}  # reduction conv, head gemm
+    x = np.random.default_rng(3).standard_normal((8, *network_sample_shape(space))).astype(np.float32)
+    record = quantize_onnx(path, tmp_path / "mixed.onnx", x, nodes=stage3)
+    whole = quantize_onnx(path, tmp_path / "int8.onnx", x)
+    share = quantized_share(tmp_path / "mixed.onnx")
+    assert share == pytest.approx(sum(n in compute for n in stage3) / len(compute)) and quantized_share(
+        tmp_path / "int8.onnx") == 1.0
+    assert record["nodes"] == sorted(stage3) and "nodes" not in whole
+    fp32, mixed, int8 = _run(path, x), _run(tmp_path / "mixed.onnx", x), _run(tmp_path / "int8.onnx", x)
+    assert not np.allclose(mixed, fp32, atol=1e-5)  # the model did change, less than quantized as a whole
+    assert _cosine(int8, fp32) < _cosine(mixed, fp32) and _cosine(mixed, fp32) > 0.9
+    quantize_onnx(path, tmp_path / "none.onnx", x, nodes=[])  # no node chosen: the model as it is, not all of it
+    assert quantized_share(tmp_path / "none.onnx") == 0.0
+    bare = onnx.load(str(path))
+    for node in bare.graph.node:
+        del node.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ConversionError, match="no module scopes"):
+        stage_nodes(tmp_path / "bare.onnx", {2}, 3)
 
 
 def test_ort_cpu_runs_int8_from_an_fp32_file_or_a_quantized_one(block_onnx: Path, tmp_path: Path) -> None:

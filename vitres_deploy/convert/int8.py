@@ -30,7 +30,7 @@ import hashlib
 import logging
 import platform
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -225,9 +225,12 @@ class _Reader:
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.ndarray] | np.ndarray,
-                  settings: Int8Settings | None = None, *, source: str = "images") -> dict[str, Any]:
+                  settings: Int8Settings | None = None, *, source: str = "images",
+                  nodes: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the static int8 version of the fp32 ONNX file ``src`` to ``dst`` (atomically), calibrated on
-    ``calibration`` (an array for the model's single input, or arrays by input name).
+    ``calibration`` (an array for the model's single input, or arrays by input name). ``nodes``: quantize only
+    the nodes of these names (the others stay float, as for mixed precision; default: every node of the
+    settings' op types).
 
     Returns the record of what was done: the settings, the calibration (``source``, image count, digest), and
     the op types left in float. A model without any op to quantize is copied as it is. A model the quantization
@@ -255,8 +258,11 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.nd
     extra = {"ActivationSymmetric": settings.symmetric, "WeightSymmetric": True,
              "QuantizeBias": not settings.float_bias}
 
+    names = None if nodes is None else set(nodes)
+
     def write(tmp: Path) -> None:
-        if not any(n.op_type in settings.op_types for n in model.graph.node):  # nothing to quantize or calibrate
+        # nothing to quantize or calibrate (an empty nodes_to_quantize would mean every node to the tool)
+        if not any(n.op_type in settings.op_types and (names is None or n.name in names) for n in model.graph.node):
             shutil.copyfile(src, tmp)
             return
         with _quiet_quantizer():
@@ -267,6 +273,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.nd
                 reduce_range=settings.reduce_range,
                 activation_type=types[settings.activations], weight_type=types[settings.weights],
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"], extra_options=extra,
+                nodes_to_quantize=None if nodes is None else list(nodes),
             )
 
     try:
@@ -275,7 +282,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, calibration: dict[str, np.nd
         raise
     except Exception as e:  # the quantization tool raises plain exceptions on graphs it cannot handle
         raise ConversionError(f"int8 quantization of {Path(src).name} failed: {first_line(e)}") from None
-    return quantization_record(model, settings, calibration, source)
+    record = quantization_record(model, settings, calibration, source)
+    return record if nodes is None else {**record, "nodes": sorted(nodes)}
 
 
 def quantization_record(model: Any, settings: Int8Settings, calibration: dict[str, np.ndarray],
@@ -286,6 +294,42 @@ def quantization_record(model: Any, settings: Int8Settings, calibration: dict[st
     return {"settings": settings.to_dict(), "calibration": {"source": source, "images": len(first),
                                                             "digest": calibration_digest(first)},
             "float_ops": float_ops}
+
+
+#: the ONNX exporter's record of the torch module scopes a node came from (``node.metadata_props``)
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def stage_nodes(path: str | Path, stages: Collection[int], num_stages: int) -> list[str]:
+    """Names of the nodes of an exported ViT-ResNAS network that belong to the 0-based ``stages``, for
+    quantizing some stages only (``quantize_onnx(..., nodes=...)``).
+
+    A node belongs to the stage of its outermost module: ``stem`` to stage 0, ``stages.i`` to stage ``i``,
+    ``reductions.i`` to the stage it leads into (``i + 1``), ``norm`` and ``head`` to the last stage. Nodes of no
+    module (the class token's concatenation) belong to none. A file without the exporter's module scopes is a
+    :class:`ConversionError`.
+    """
+    import ast
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    owner = {"stem": 0, "norm": num_stages - 1, "head": num_stages - 1}
+    scoped, names = False, []
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), None)
+        if scopes is None:
+            continue
+        scoped = True
+        outer = next((s for s in ast.literal_eval(scopes) if s), "")
+        kind, _, index = outer.partition(".")
+        stage = owner.get(outer) if not index.isdigit() else (
+            int(index) if kind == "stages" else int(index) + 1 if kind == "reductions" else None)
+        if stage in stages:
+            names.append(node.name)
+    if not scoped:
+        raise ConversionError(f"{Path(path).name} has no module scopes ({NAME_SCOPES}): export it with vitres-deploy")
+    return names
 
 
 def quantized_share(path: str | Path, op_types: Sequence[str] = DEFAULT_OP_TYPES) -> float:
