@@ -18,7 +18,9 @@ to buy on this device and batch.
 spread over the predicted gain, each exported (random weights: speed only) as fp32, as int8 whole and in its
 mixed plan (only the int8 stages' nodes quantized, ``vitres_deploy.convert.int8.stage_nodes``), and timed with
 the tables' protocol and statistic: the measured gain of the mixed network over the faster whole network, and
-how far the bound was from the measured mixed latency (what the float/int8 boundaries and the lost fusions cost).
+how far the bound was from the measured mixed latency, and the boundary: what the mixed network measured beyond
+its stages' part of the two measured whole networks (each split by its table's stage shares), the cost of the
+float/int8 boundaries and the fusions lost there, measured rather than assumed.
 
     python benchmarks/mixed_precision_headroom.py --fp32 profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json \\
         --int8 profiles/amd-epyc/fmnist-ort-cpu-int8-b1.json --measure 8 --out docs/benchmarks/mixed_precision-b1.json
@@ -74,8 +76,18 @@ def headroom(fp32: LatencyTable, int8: LatencyTable, arch: Arch) -> dict[str, An
     best_whole = min(whole, key=whole.__getitem__)
     return {"hash": arch.hash, "short": arch.short(), "whole_ms": whole, "best_whole": best_whole,
             "best_plan": list(best_plan), "best_plan_ms": plans[best_plan],
-            "mixed": len(set(best_plan)) > 1, "gain": whole[best_whole] / plans[best_plan] - 1,
+            "mixed": len(set(best_plan)) > 1, "gain": whole[best_whole] / plans[best_plan] - 1, "shares_ms": shares,
             "stage_int8_over_fp32": [i / f for i, f in zip(shares["int8"], shares["fp32"], strict=True)]}
+
+
+def boundary_ms(row: dict[str, Any], measured: dict[str, float]) -> float:
+    """What the mixed network measured beyond its stages' part of the measured whole networks (each whole
+    network split by its table's stage shares): the cost of the float/int8 boundaries and the lost fusions."""
+    part = 0.0
+    for i, precision in enumerate(row["best_plan"]):
+        shares = row["shares_ms"][precision]
+        part += measured[precision] * shares[i] / sum(shares)
+    return measured["mixed"] - part
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -120,10 +132,12 @@ def measure_mixed(fp32: LatencyTable, int8: LatencyTable, archs: dict[str, Arch]
         ms = {name: measure_onnx(table, file).latency_ms for name, table, file in (files[::-1] if i % 2 else files)}
         best_whole = min(ms["fp32"], ms["int8"])
         measured.append({**row, "measured_ms": ms, "measured_gain": best_whole / ms["mixed"] - 1,
-                         "bound_over_measured": row["best_plan_ms"] / ms["mixed"] - 1})
+                         "bound_over_measured": row["best_plan_ms"] / ms["mixed"] - 1,
+                         "boundary_ms": boundary_ms(row, ms)})
         print(f"{arch.hash} {'/'.join(row['best_plan'])}: measured fp32 {ms['fp32']:.4f}, int8 {ms['int8']:.4f}, "
               f"mixed {ms['mixed']:.4f} ms (gain {100 * measured[-1]['measured_gain']:+.1f}%; bound "
-              f"{row['best_plan_ms']:.4f} ms, {100 * row['gain']:+.1f}%)", flush=True)
+              f"{row['best_plan_ms']:.4f} ms, {100 * row['gain']:+.1f}%; boundary "
+              f"{measured[-1]['boundary_ms']:+.4f} ms)", flush=True)
     return measured
 
 
@@ -163,7 +177,9 @@ def main() -> int:
         print(f"measured {len(measured)}: mixed faster than both whole precisions for {sum(g > 0 for g in gains)}, "
               f"gain median {100 * statistics.median(gains):+.1f}% ({100 * min(gains):+.1f} … "
               f"{100 * max(gains):+.1f}%); the bound over the measured mixed latency: median "
-              f"{100 * statistics.median(m['bound_over_measured'] for m in measured):+.1f}%")
+              f"{100 * statistics.median(m['bound_over_measured'] for m in measured):+.1f}%; the boundary (the mixed "
+              f"network beyond its stages' share of the measured whole ones): median "
+              f"{1e3 * statistics.median(m['boundary_ms'] for m in measured):+.1f} us")
     if args.out:
         atomic_write_json(args.out, report)
     return 0
