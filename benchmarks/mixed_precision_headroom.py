@@ -165,7 +165,7 @@ def main() -> int:
         return e.exit_code
     report = {"command": " ".join(sys.argv), "fp32": str(args.fp32), "int8": str(args.int8),
               "space": space.name, "batch": fp32.meta.batch, "summary": summary(rows), "measured": measured,
-              "archs": rows}
+              "mixed_archs": [r for r in rows if r["mixed"]]}
     s = report["summary"]
     print(f"{space.name}, batch {fp32.meta.batch}: {s['archs']} archs; int8 faster as a whole for "
           f"{s['whole_int8_faster']}; a per-stage plan faster than both whole precisions for {s['mixed_faster']} "
