@@ -35,18 +35,19 @@ class LatencyGate:
     """A loaded table that fits the export (space, precision, batch range) and this machine, ready to gate."""
 
     table: LatencyTable
-    predicted_ms: float
+    predicted_ms: float | None
     drift: DriftReport | None = None
 
 
 def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
                       batch_range: tuple[int, int, int], formats: tuple[str, ...], *, drift_check: bool = True,
                       rescale: bool = False, allow_other_device: bool = False,
-                      int8: Int8Settings | None = None) -> LatencyGate:
+                      int8: Int8Settings | None = None, whole_network: bool = True) -> LatencyGate:
     """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here:
     its space, precision and batch, for int8 how its models were quantized (as ``int8``, the export's settings,
     in what changes the speed), its device fingerprint and (unless ``drift_check`` is off) its drift
-    (:func:`~vitres_deploy.latency.drift.trusted_table`)."""
+    (:func:`~vitres_deploy.latency.drift.trusted_table`). ``whole_network`` False: only some stages are in the
+    table's precision (mixed precision), so the gate measures with the table's protocol but has no prediction."""
     table = LatencyTable.load(table_path)
     meta = table.meta
     if meta.space != space.name:
@@ -64,7 +65,7 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
                            f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine", field="batch_range")
     table, drift = trusted_table(table, drift_check=drift_check, rescale=rescale,
                                  allow_other_device=allow_other_device)
-    return LatencyGate(table, predict(table, arch).latency_ms, drift)
+    return LatencyGate(table, predict(table, arch).latency_ms if whole_network else None, drift)
 
 
 def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
@@ -100,12 +101,13 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
     meta = gate.table.meta
     stats = measurement.stats
     measured = measurement.latency_ms
-    error = (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
+    error = None if gate.predicted_ms is None else (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
     statistic = measurement.statistic.replace("_", " ")
     noisy = f", CV {stats.cv:.1%}" + (" (noisy)" if stats.cv > meta.protocol.max_cv else "")
+    predicted = ("no prediction (mixed precision: the table predicts whole networks)" if gate.predicted_ms is None
+                 else f"predicted {gate.predicted_ms:.4g} ms ({error:+.1%})")
     summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms ({statistic} of "
-               f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), predicted "
-               f"{gate.predicted_ms:.4g} ms ({error:+.1%})")
+               f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), {predicted}")
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
     passed, failure = True, ""
     if budget_ms is None:

@@ -60,6 +60,19 @@ class BatchRange:
         return cls(int(data["min"]), int(data["opt"]), int(data["max"]))
 
 
+def _stages(stages: tuple[int, ...]) -> str:
+    return ",".join(map(str, stages))
+
+
+def parse_stages(text: str | None) -> tuple[int, ...]:
+    """``"2,3"`` -> ``(2, 3)``: stage numbers (1-based) as given on a command line; None or empty -> ``()``."""
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise SettingsError(f"int8_stages {text!r}: expected stage numbers from 1, comma-separated, e.g. 3 or 2,3",
+                            field="int8_stages")
+    return tuple(int(p) for p in parts)
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """Every setting of an export. Tolerances and the top-1 drop limit default per precision.
@@ -68,6 +81,8 @@ class ExportOptions:
     ``budget_ms`` (given, or the architecture file's). ``int8`` and ``calibration_images`` say how an int8
     export is quantized: calibrated on that many training images drawn with ``seed``; with a TensorRT engine in
     the ``tensorrt`` int8 layout (:meth:`~vitres_deploy.convert.int8.Int8Settings.check_layout`).
+    ``int8_stages`` (1-based; empty: all) quantizes only those stages, the others stay float (mixed precision,
+    :func:`~vitres_deploy.convert.int8.stage_nodes`).
     """
 
     formats: tuple[str, ...] = ("onnx",)
@@ -92,6 +107,7 @@ class ExportOptions:
     allow_other_device: bool = False
     int8: Int8Settings = field(default_factory=Int8Settings)
     calibration_images: int = 512
+    int8_stages: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -101,6 +117,12 @@ class ExportOptions:
             raise SettingsError(f"precision {self.precision!r}: use {', '.join(DEFAULT_TOLERANCES)}", field="precision")
         if self.precision == "int8" and "tensorrt" in self.formats:  # the engine is built from the bundle's ONNX
             self.int8.check_layout("tensorrt")
+        if self.int8_stages and self.precision != "int8":
+            raise SettingsError(f"int8_stages {_stages(self.int8_stages)}: quantizing some stages needs precision int8",
+                                field="int8_stages")
+        if self.int8_stages and (min(self.int8_stages) < 1 or len(set(self.int8_stages)) < len(self.int8_stages)):
+            raise SettingsError(f"int8_stages {_stages(self.int8_stages)}: give distinct stage numbers from 1",
+                                field="int8_stages")
         if self.calibration_images < 1:
             raise SettingsError(f"calibration_images {self.calibration_images}: must be at least 1",
                                 field="calibration_images")

@@ -46,10 +46,10 @@ from ..arch import Arch
 from ..archfile import ArchFile
 from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
-from ..convert.int8 import quantized_share, uint8_may_saturate
+from ..convert.int8 import quantized_share, stage_nodes, uint8_may_saturate
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
-from ..errors import DataError, first_line
+from ..errors import ConversionError, DataError, SettingsError, first_line
 from ..files import atomic_write_json, sha256_file
 from ..latency.device import device_info
 from ..latency.entries import network_sample_shape
@@ -186,6 +186,9 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     arch_file = arch if isinstance(arch, ArchFile) else ArchFile(arch)
     space = checkpoint.space
     chosen = arch_file.arch.validate(space)
+    if opts.int8_stages and max(opts.int8_stages) > len(space.stages):
+        raise SettingsError(f"int8_stages {','.join(map(str, opts.int8_stages))}: space {space.name!r} has "
+                            f"{len(space.stages)} stages", field="int8_stages")
     if isinstance(checkpoint, FinetunedCheckpoint):
         checkpoint.check_arch(chosen)
     budget = opts.budget_ms if opts.budget_ms is not None else arch_file.budget_ms
@@ -193,7 +196,8 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     if opts.table_path is not None:
         gate = plan_latency_gate(opts.table_path, chosen, space, opts.precision, opts.batch_range.as_tuple(),
                                  opts.all_formats, drift_check=opts.drift_check, rescale=opts.rescale,
-                                 allow_other_device=opts.allow_other_device, int8=opts.int8)
+                                 allow_other_device=opts.allow_other_device, int8=opts.int8,
+                                 whole_network=not opts.int8_stages)
     return ExportPlan(checkpoint, chosen, setup.target, opts, setup.onnx_runtime, budget, gate)
 
 
@@ -298,12 +302,32 @@ def _network(plan: ExportPlan, x: torch.Tensor) -> tuple[torch.nn.Module, list[C
     return model, [supernet_check(checkpoint, model, plan.arch, x)], []
 
 
-def quantize(plan: ExportPlan, data: ImageData, fp32_onnx: Path, dst: Path) -> dict[str, Any]:
+def quantize(plan: ExportPlan, data: ImageData, fp32_onnx: Path, dst: Path, exported: Path) -> dict[str, Any]:
     """Write the static int8 version of ``fp32_onnx`` to ``dst``, calibrated on the options' number of training
     images (hold-out excluded) drawn with the options' seed; returns its record (settings, calibration source,
-    image count and digest, the op types left in float, the share of compute ops quantized)."""
+    image count and digest, the op types left in float, the share of compute ops quantized; with ``int8_stages``
+    only those stages' nodes are quantized, and the record names the stages and the nodes).
+
+    ``exported`` is the exporter's own file, whose nodes carry the module scopes that tell their stage
+    (:func:`~vitres_deploy.convert.int8.stage_nodes`): onnxslim drops them but keeps the names of the ops it
+    quantizes; an op it renamed has no known stage and is a :class:`ConversionError`.
+    """
+    import onnx
+
     opts = plan.options
-    record = quantize_file(fp32_onnx, dst, data, Calibration(opts.calibration_images, opts.seed, opts.int8))
+    stages = {s - 1 for s in opts.int8_stages}
+    nodes = None
+    if stages:
+        count = len(plan.checkpoint.space.stages)
+        nodes, known = stage_nodes(exported, stages, count), set(stage_nodes(exported, set(range(count)), count))
+        lost = [n.name for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node
+                if n.op_type in opts.int8.op_types and n.name not in known]
+        if lost:
+            raise ConversionError(f"int8 stages: node {lost[0]} of {fp32_onnx.name} has no known stage (renamed "
+                                  "by onnxslim): export with --no-simplify")
+    record = quantize_file(fp32_onnx, dst, data, Calibration(opts.calibration_images, opts.seed, opts.int8), nodes)
+    if stages:
+        record["stages"] = sorted(opts.int8_stages)
     return {**record, "quantized_share": quantized_share(dst, opts.int8.op_types)}
 
 
@@ -327,7 +351,7 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
     model, checks, notes = _network(plan, x)
     clock.lap("extract")
 
-    fp32_onnx = export_onnx(model, plan.sample_shape, scratch / "model.fp32.onnx", opset=opts.opset)
+    fp32_onnx = exported = export_onnx(model, plan.sample_shape, scratch / "model.fp32.onnx", opset=opts.opset)
     checks.append(checker_check(fp32_onnx, opts.opset))
     raise_for_failures(checks)
     clock.lap("onnx_export")
@@ -346,7 +370,7 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
     fp32_nodes: dict[str, float] = {}
     quantization = None
     if opts.precision == "int8":
-        quantization = quantize(plan, data, fp32_onnx, onnx_path)
+        quantization = quantize(plan, data, fp32_onnx, onnx_path, exported)
         if opts.int8.activations == "uint8" and not opts.int8.reduce_range and uint8_may_saturate():
             notes.append("uint8 activations and full-range weights on an x86 CPU without VNNI: ONNX Runtime's "
                          "uint8 x int8 products can saturate here; if a check fails, drop --int8-full-range")

@@ -44,9 +44,13 @@ def int8_parameters(quantization: Mapping[str, Any] | None) -> dict[str, str]:
         return {}
     settings, calibration = quantization["settings"], quantization["calibration"]
     weights = "per-channel" if settings["per_channel"] else "per-tensor"
-    return {"vitres_deploy.precision": "int8",
+    stages = quantization.get("stages")
+    where = ""
+    if stages:
+        where = f" in stage{'s' if len(stages) > 1 else ''} {','.join(map(str, stages))}, the others float"
+    return {"vitres_deploy.precision": "int8" if not stages else "int8 (mixed)",
             "vitres_deploy.int8": (f"static {settings['format']}, {settings['activations']} activations, {weights} "
-                                   f"{settings['weights']} weights of {', '.join(settings['op_types'])}; "
+                                   f"{settings['weights']} weights of {', '.join(settings['op_types'])}{where}; "
                                    f"{settings['method']} calibration on {calibration['images']} "
                                    f"{calibration['source']} (sha256 {calibration['digest']})")}
 

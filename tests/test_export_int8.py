@@ -196,6 +196,50 @@ def test_a_table_of_another_precision_or_other_int8_settings_is_refused_before_a
         "with qdq: quantize like the table (--int8-format) or pass a table of these settings")
 
 
+def test_int8_stages_quantize_those_stages_only_and_the_gate_measures_without_a_prediction(tmp_path_factory,
+                                                                                          fmnist_dir, int8_table):
+    """Mixed precision: stage 3 (its reduction and the head with it) in int8, stages 1-2 float; checked like any
+    int8 export, recorded in the manifest and Triton's parameters, verified; timed by the gate, not predicted."""
+    root = tmp_path_factory.mktemp("mixed-export")
+    out = root / "bundle"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VITRES_DEPLOY_CACHE", str(root / "cache"))
+        result = _invoke("export", *ARGS, "--int8-stages", "3", "--profile", int8_table, "--budget-ms", 1e-4,
+                         "--no-drift-check", "--allow-over-budget", "--out", out, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = read_manifest(out).to_dict()
+    quantization = manifest["quantization"]
+    assert quantization["stages"] == [3] and 0 < quantization["quantized_share"] < 1
+    model = onnx.load(str(out / "model.onnx"))
+    fused = [n for n in model.graph.node if n.op_type.startswith("QLinear")]
+    assert fused and len([n for n in model.graph.node if n.op_type in ("MatMul", "Conv", "Gemm")]) > 0
+    assert all(n.name in quantization["nodes"] or n.name.endswith("_quant") for n in fused)
+    latency = manifest["latency"]
+    assert latency["predicted_ms"] is None and latency["prediction_error"] is None and latency["measured_ms"] > 0
+    gate = next(c for c in manifest["checks"] if c["check"] == "latency")
+    assert "no prediction (mixed precision" in gate["summary"]
+    parameters = parameters_of(parse_pbtxt((out / "triton" / manifest["name"] / "config.pbtxt").read_text()))
+    assert parameters["vitres_deploy.precision"] == "int8 (mixed)"
+    assert "in stage 3, the others float" in parameters["vitres_deploy.int8"]
+    assert all(c["status"] == "PASS" for c in manifest["checks"] if c["check"] in ("numerics", "accuracy"))
+    assert _invoke("verify", out).exit_code == 0
+
+
+def test_int8_stages_that_cannot_be_exported_are_refused_before_any_work(tmp_path):
+    def refused(*args: object) -> str:
+        result = _invoke("export", "--supernet", "fmnist-demo", "--arch", "min", *args, "--out", tmp_path / "b")
+        assert result.exit_code == 2 and not (tmp_path / "b").exists()
+        return _error_line(result)
+
+    assert refused("--int8-stages", "3") == "error: --int8-stages 3: quantizing some stages needs precision int8"
+    assert refused("--precision", "int8", "--int8-stages", "2,4") == (
+        "error: --int8-stages 2,4: space 'fmnist' has 3 stages")
+    assert refused("--precision", "int8", "--int8-stages", "3,3") == (
+        "error: --int8-stages 3,3: give distinct stage numbers from 1")
+    assert refused("--precision", "int8", "--int8-stages", "last") == (
+        "error: --int8-stages 'last': expected stage numbers from 1, comma-separated, e.g. 3 or 2,3")
+
+
 def test_int8_settings_that_cannot_be_exported_name_their_flag():
     """An engine is built from the bundle's int8 ONNX: settings TensorRT cannot build from are refused up front."""
     with pytest.raises(SettingsError, match="TensorRT builds int8 engines only from explicit") as e:

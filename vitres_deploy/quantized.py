@@ -9,6 +9,7 @@ images, never hold-out or test), the same way ``export --precision int8`` quanti
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,14 @@ def quantize_network(model: nn.Module, sample_shape: tuple[int, ...], data: Imag
     return path, quantize_file(fp32, path, data, calibration)
 
 
-def quantize_file(fp32: Path, dst: Path, data: ImageData, calibration: Calibration) -> dict[str, Any]:
+def quantize_file(fp32: Path, dst: Path, data: ImageData, calibration: Calibration,
+                  nodes: Sequence[str] | None = None) -> dict[str, Any]:
     """Write the static int8 version of the fp32 ONNX file ``fp32`` to ``dst``, calibrated as ``calibration`` says
-    on ``data``'s training images; returns the quantization record (its source names the data)."""
+    on ``data``'s training images (only ``nodes`` quantized when given); returns the quantization record (its
+    source names the data)."""
     images = data.calibration_images(calibration.images, calibration.seed).numpy()
-    return quantize_onnx(fp32, dst, images, calibration.int8, source=f"{data.kind} {calibration.source}")
+    return quantize_onnx(fp32, dst, images, calibration.int8, source=f"{data.kind} {calibration.source}",
+                         nodes=nodes)
 
 
 def evaluate_onnx(path: str | Path, data: ImageData, split: str = "holdout", batch_size: int = 500,

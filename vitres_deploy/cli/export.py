@@ -66,6 +66,9 @@ def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
 @click.option("--calibration-images", type=int, default=512, show_default=True,
               help="int8: training images (hold-out excluded, drawn with --seed) the activation ranges are "
                    "calibrated on.")
+@click.option("--int8-stages", default=None,
+              help="int8: quantize only these stages (1-based, comma-separated, e.g. 3), the others stay float "
+                   "(mixed precision; the latency gate then measures without a prediction).")
 @click.option("--batch-range", default="1:8:32", show_default=True,
               help="MIN:OPT:MAX batch sizes served (TensorRT optimization profile, Triton max_batch_size).")
 @click.option("--profile", "table_path", default=None,
@@ -101,12 +104,12 @@ def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
 @click.option("--out", "out", required=True, help="Bundle directory to write.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Flags, calibration_images: int,
-           batch_range: str, table_path: str | None, budget_ms: float | None, latency_tolerance: float,
-           allow_over_budget: bool, data_dir: str | None, eval_split: str, eval_limit: int | None,
-           atol: float | None, rtol: float | None, min_cosine: float | None, min_mean_cosine: float | None,
-           min_top1_agreement: float | None, max_accuracy_drop: float | None, no_simplify: bool, opset: int,
-           seed: int, threads: int, name: str | None, force: bool, out: str, as_json: bool, no_drift_check: bool,
-           rescale: bool, allow_other_device: bool) -> None:
+           int8_stages: str | None, batch_range: str, table_path: str | None, budget_ms: float | None,
+           latency_tolerance: float, allow_over_budget: bool, data_dir: str | None, eval_split: str,
+           eval_limit: int | None, atol: float | None, rtol: float | None, min_cosine: float | None,
+           min_mean_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
+           no_simplify: bool, opset: int, seed: int, threads: int, name: str | None, force: bool, out: str,
+           as_json: bool, no_drift_check: bool, rescale: bool, allow_other_device: bool) -> None:
     """Export one sub-network to ONNX (and TensorRT) with accuracy checks, as a serving bundle."""
     import dataclasses
 
@@ -115,7 +118,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Fl
     from ..convert.int8 import Int8Settings
     from ..data import open_checkpoint_data
     from ..export.compare import DEFAULT_TOLERANCES
-    from ..export.options import BatchRange, ExportOptions
+    from ..export.options import BatchRange, ExportOptions, parse_stages
     from ..export.pipeline import check_setup, plan_export, run_export
 
     start = time.perf_counter()
@@ -131,7 +134,7 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Fl
         budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
         drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device,
         int8=int8.settings(_int8_layout(fmts, table_path)) if precision == "int8" else Int8Settings(),
-        calibration_images=calibration_images)
+        calibration_images=calibration_images, int8_stages=parse_stages(int8_stages))
     setup = check_setup(out, options)
     checkpoint = load_any_checkpoint(ckpt)
     plan = plan_export(setup, checkpoint, resolve_arch_file(arch_spec, checkpoint.space))
