@@ -47,6 +47,7 @@ from vitres_deploy.errors import VitresError
 from vitres_deploy.files import atomic_write_json
 from vitres_deploy.latency import LatencyTable, ProfileSettings, predict
 from vitres_deploy.latency.entries import network_sample_shape
+from vitres_deploy.latency.predict import Prediction
 from vitres_deploy.latency.timing import measure_onnx
 from vitres_deploy.runtime.cache import int8_onnx
 from vitres_deploy.search.precisions import check_tables
@@ -55,10 +56,10 @@ from vitres_deploy.vit_resnas import vit_resnas
 PRECISIONS = ("fp32", "int8")
 
 
-def stage_shares(table: LatencyTable, arch: Arch) -> list[float]:
-    """The arch's predicted latency in ``table`` split by stage (stem in stage 1, head in the last), offset out."""
-    parts = predict(table, arch).parts_ms
-    stages = [parts.get(f"stage{i + 1}", 0.0) for i in range(len(arch.stages))]
+def stage_shares(prediction: Prediction, stages_count: int) -> list[float]:
+    """A prediction's latency split by stage (stem in stage 1, head in the last), offset out."""
+    parts = prediction.parts_ms
+    stages = [parts.get(f"stage{i + 1}", 0.0) for i in range(stages_count)]
     stages[0] += parts.get("stem", 0.0)
     stages[-1] += parts.get("head", 0.0)
     return stages
@@ -67,8 +68,9 @@ def stage_shares(table: LatencyTable, arch: Arch) -> list[float]:
 def headroom(fp32: LatencyTable, int8: LatencyTable, arch: Arch) -> dict[str, Any]:
     """The arch's whole-network predictions, its fastest per-stage plan (upper bound) and the gain over the
     faster whole-network precision."""
-    whole = {"fp32": predict(fp32, arch).latency_ms, "int8": predict(int8, arch).latency_ms}
-    shares = {"fp32": stage_shares(fp32, arch), "int8": stage_shares(int8, arch)}
+    predictions = {"fp32": predict(fp32, arch), "int8": predict(int8, arch)}
+    whole = {p: prediction.latency_ms for p, prediction in predictions.items()}
+    shares = {p: stage_shares(prediction, len(arch.stages)) for p, prediction in predictions.items()}
     offset = min(fp32.correction.offset_ms, int8.correction.offset_ms)
     plans = {plan: offset + sum(shares[p][i] for i, p in enumerate(plan))
              for plan in itertools.product(PRECISIONS, repeat=len(arch.stages))}

@@ -101,11 +101,13 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
     meta = gate.table.meta
     stats = measurement.stats
     measured = measurement.latency_ms
-    error = None if gate.predicted_ms is None else (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
     statistic = measurement.statistic.replace("_", " ")
     noisy = f", CV {stats.cv:.1%}" + (" (noisy)" if stats.cv > meta.protocol.max_cv else "")
-    predicted = ("no prediction (mixed precision: the table predicts whole networks)" if gate.predicted_ms is None
-                 else f"predicted {gate.predicted_ms:.4g} ms ({error:+.1%})")
+    error = None
+    predicted = "no prediction (mixed precision: the table predicts whole networks)"
+    if gate.predicted_ms is not None:
+        error = (gate.predicted_ms - measured) / measured if measured > 0 else 0.0
+        predicted = f"predicted {gate.predicted_ms:.4g} ms ({error:+.1%})"
     summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms ({statistic} of "
                f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), {predicted}")
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}

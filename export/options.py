@@ -60,7 +60,8 @@ class BatchRange:
         return cls(int(data["min"]), int(data["opt"]), int(data["max"]))
 
 
-def _stages(stages: tuple[int, ...]) -> str:
+def format_stages(stages: tuple[int, ...]) -> str:
+    """``(2, 3)`` -> ``"2,3"``, as the stages were given."""
     return ",".join(map(str, stages))
 
 
@@ -118,10 +119,10 @@ class ExportOptions:
         if self.precision == "int8" and "tensorrt" in self.formats:  # the engine is built from the bundle's ONNX
             self.int8.check_layout("tensorrt")
         if self.int8_stages and self.precision != "int8":
-            raise SettingsError(f"int8_stages {_stages(self.int8_stages)}: quantizing some stages needs precision int8",
-                                field="int8_stages")
+            raise SettingsError(f"int8_stages {format_stages(self.int8_stages)}: quantizing some stages needs "
+                                "precision int8", field="int8_stages")
         if self.int8_stages and (min(self.int8_stages) < 1 or len(set(self.int8_stages)) < len(self.int8_stages)):
-            raise SettingsError(f"int8_stages {_stages(self.int8_stages)}: give distinct stage numbers from 1",
+            raise SettingsError(f"int8_stages {format_stages(self.int8_stages)}: give distinct stage numbers from 1",
                                 field="int8_stages")
         if self.calibration_images < 1:
             raise SettingsError(f"calibration_images {self.calibration_images}: must be at least 1",

@@ -46,7 +46,7 @@ from ..arch import Arch
 from ..archfile import ArchFile
 from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
-from ..convert.int8 import quantized_share, stage_nodes, uint8_may_saturate
+from ..convert.int8 import node_stages, quantized_share, uint8_may_saturate
 from ..convert.to_onnx import export_onnx
 from ..data import ImageData
 from ..errors import ConversionError, DataError, SettingsError, first_line
@@ -76,7 +76,7 @@ from .manifest import (
     SpaceRecord,
     SupernetRecord,
 )
-from .options import ExportOptions
+from .options import ExportOptions, format_stages
 from .tensorrt_plan import build_plan
 from .triton import TensorConfig, int8_parameters, write_repository
 
@@ -187,7 +187,7 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
     space = checkpoint.space
     chosen = arch_file.arch.validate(space)
     if opts.int8_stages and max(opts.int8_stages) > len(space.stages):
-        raise SettingsError(f"int8_stages {','.join(map(str, opts.int8_stages))}: space {space.name!r} has "
+        raise SettingsError(f"int8_stages {format_stages(opts.int8_stages)}: space {space.name!r} has "
                             f"{len(space.stages)} stages", field="int8_stages")
     if isinstance(checkpoint, FinetunedCheckpoint):
         checkpoint.check_arch(chosen)
@@ -318,8 +318,8 @@ def quantize(plan: ExportPlan, data: ImageData, fp32_onnx: Path, dst: Path, expo
     stages = {s - 1 for s in opts.int8_stages}
     nodes = None
     if stages:
-        count = len(plan.checkpoint.space.stages)
-        nodes, known = stage_nodes(exported, stages, count), set(stage_nodes(exported, set(range(count)), count))
+        known = node_stages(exported, len(plan.checkpoint.space.stages))
+        nodes = [name for name, stage in known.items() if stage in stages]
         lost = [n.name for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node
                 if n.op_type in opts.int8.op_types and n.name not in known]
         if lost:

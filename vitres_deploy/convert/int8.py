@@ -300,9 +300,8 @@ def quantization_record(model: Any, settings: Int8Settings, calibration: dict[st
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 
 
-def stage_nodes(path: str | Path, stages: Collection[int], num_stages: int) -> list[str]:
-    """Names of the nodes of an exported ViT-ResNAS network that belong to the 0-based ``stages``, for
-    quantizing some stages only (``quantize_onnx(..., nodes=...)``).
+def node_stages(path: str | Path, num_stages: int) -> dict[str, int]:
+    """The 0-based stage of every node of an exported ViT-ResNAS network that belongs to one, by node name.
 
     A node belongs to the stage of its outermost module: ``stem`` to stage 0, ``stages.i`` to stage ``i``,
     ``reductions.i`` to the stage it leads into (``i + 1``), ``norm`` and ``head`` to the last stage. Nodes of no
@@ -315,7 +314,7 @@ def stage_nodes(path: str | Path, stages: Collection[int], num_stages: int) -> l
 
     model = onnx.load(str(path), load_external_data=False)
     owner = {"stem": 0, "norm": num_stages - 1, "head": num_stages - 1}
-    scoped, names = False, []
+    scoped, stages = False, {}
     for node in model.graph.node:
         scopes = next((p.value for p in node.metadata_props if p.key == NAME_SCOPES), None)
         if scopes is None:
@@ -323,13 +322,21 @@ def stage_nodes(path: str | Path, stages: Collection[int], num_stages: int) -> l
         scoped = True
         outer = next((s for s in ast.literal_eval(scopes) if s), "")
         kind, _, index = outer.partition(".")
-        stage = owner.get(outer) if not index.isdigit() else (
-            int(index) if kind == "stages" else int(index) + 1 if kind == "reductions" else None)
-        if stage in stages:
-            names.append(node.name)
+        if not index.isdigit():
+            stage = owner.get(outer)
+        else:
+            stage = {"stages": int(index), "reductions": int(index) + 1}.get(kind)
+        if stage is not None:
+            stages[node.name] = stage
     if not scoped:
         raise ConversionError(f"{Path(path).name} has no module scopes ({NAME_SCOPES}): export it with vitres-deploy")
-    return names
+    return stages
+
+
+def stage_nodes(path: str | Path, stages: Collection[int], num_stages: int) -> list[str]:
+    """Names of the nodes of the 0-based ``stages`` (:func:`node_stages`), for quantizing some stages only
+    (``quantize_onnx(..., nodes=...)``)."""
+    return [name for name, stage in node_stages(path, num_stages).items() if stage in stages]
 
 
 def quantized_share(path: str | Path, op_types: Sequence[str] = DEFAULT_OP_TYPES) -> float:
