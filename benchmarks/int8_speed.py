@@ -5,9 +5,9 @@ a wide ViT-ResNAS-Tiny sub-network.
    width, plotted (``--plot``).
 2. **Networks**: ``--samples`` seeded random archs of the space plus its smallest and largest: each exported to
    fp32 ONNX and quantized as the int8 table's entries were (seeded calibration: the values change the accuracy,
-   not the speed), each timed with its table's protocol and statistic (fp32 then int8, the order alternating
-   arch by arch). The ratio the tables predict (``predict(int8) / predict(fp32)``) is compared with the measured
-   one (target: within 10%).
+   not the speed), each timed with its table's protocol and statistic, every network in both precisions in one
+   interleaved schedule over wall time (as a table's validation networks are). The ratio the tables predict
+   (``predict(int8) / predict(fp32)``) is compared with the measured one (target: within 10%).
 3. **Tiny** (``--tiny-arch`` of ``vit-resnas-tiny@112``, random weights): fp32 and int8 timed with the tiny fp32
    table's protocol (``--tiny-profile``), and the int8 network's outputs compared with fp32's (cosine, top-1
    agreement on seeded random inputs) (target: at least 1.5x faster).
@@ -37,9 +37,11 @@ from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.files import atomic_write, atomic_write_json
 from vitres_deploy.latency import LatencyTable, predict
 from vitres_deploy.latency.entries import network_sample_shape
-from vitres_deploy.latency.timing import ProfileSettings, measure_onnx
+from vitres_deploy.latency.timing import ProfileSettings, measure_onnx, measure_source, time_until_stable
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, RunnerOptions, get_backend
 from vitres_deploy.runtime.cache import int8_onnx
+from vitres_deploy.runtime.loaders import ModelLoader
+from vitres_deploy.runtime.statistics import TimingStats, item_latency
 from vitres_deploy.vit_resnas import vit_resnas
 
 
@@ -90,22 +92,38 @@ def plot_blocks(path: Path, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def networks(fp32: LatencyTable, int8: LatencyTable, samples: int, seed: int, work: Path) -> list[dict[str, Any]]:
-    """Predicted and measured int8/fp32 ratio of seeded random archs plus the smallest and the largest."""
+    """Predicted and measured int8/fp32 ratio of seeded random archs plus the smallest and the largest.
+
+    Every network in both precisions is timed in one interleaved schedule over wall time
+    (:func:`~vitres_deploy.latency.timing.time_until_stable`, each with its own table's settings), as a table's
+    validation networks are: slow drift of the machine meets both precisions of a network alike.
+    """
     space = fp32.space
     rng = random.Random(seed)
     archs = [min_arch(space), max_arch(space), *(sample_arch(space, rng) for _ in range(samples))]
-    settings = ProfileSettings.from_table(int8)
-    rows = []
-    for i, arch in enumerate(archs):
+    tables = {"fp32": fp32, "int8": int8}
+    settings = {p: ProfileSettings.from_table(t) for p, t in tables.items()}
+    sources: dict[str, OnnxFile] = {}
+    for arch in archs:
         torch.manual_seed(0)
         path = export_onnx(vit_resnas(arch, space).eval(), network_sample_shape(space), work / f"{arch.hash}.onnx")
-        quantized = int8_onnx(path, settings.int8)
-        order = [("fp32", fp32, path), ("int8", int8, quantized)]
-        measured = {name: measure_onnx(table, file).latency_ms
-                    for name, table, file in (order[::-1] if i % 2 else order)}
-        predicted = {"fp32": predict(fp32, arch).latency_ms, "int8": predict(int8, arch).latency_ms}
+        sources[f"{arch.hash}/fp32"] = OnnxFile(path)
+        sources[f"{arch.hash}/int8"] = OnnxFile(int8_onnx(path, settings["int8"].int8))
+    precision_of = {source.path: name.split("/")[1] for name, source in sources.items()}
+
+    def one_pass(source: ModelLoader, _: ProfileSettings) -> TimingStats:
+        assert isinstance(source, OnnxFile)
+        return measure_source(source, settings[precision_of[source.path]])[0]
+
+    print(f"timing {len(sources)} networks in interleaved passes", flush=True)
+    passes = time_until_stable(sources, settings["fp32"], measure_pass=one_pass)
+    rows = []
+    for arch in archs:
+        measured = {p: item_latency(passes[f"{arch.hash}/{p}"], settings[p].protocol) for p in tables}
+        predicted = {p: predict(t, arch).latency_ms for p, t in tables.items()}
         ratio_p, ratio_m = predicted["int8"] / predicted["fp32"], measured["int8"] / measured["fp32"]
         rows.append({"arch": arch.hash, "short": arch.short(), "predicted_ms": predicted, "measured_ms": measured,
+                     "passes": {p: len(passes[f"{arch.hash}/{p}"]) for p in tables},
                      "predicted_ratio": ratio_p, "measured_ratio": ratio_m, "ratio_error": ratio_p / ratio_m - 1})
         print(f"{arch.hash}: fp32 {measured['fp32']:.4f} ms, int8 {measured['int8']:.4f} ms; ratio predicted "
               f"{ratio_p:.3f} measured {ratio_m:.3f} ({100 * (ratio_p / ratio_m - 1):+.1f}%)", flush=True)
