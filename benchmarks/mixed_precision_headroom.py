@@ -40,13 +40,13 @@ from typing import Any
 import torch
 from search_vs_baselines import uniform_archs
 
-from vitres_deploy.arch import Arch, sample_arch
-from vitres_deploy.convert.int8 import TIMING_CALIBRATION, quantize_onnx, stage_nodes, timing_calibration
+from vitres_deploy.arch import Arch, MixedArch, sample_arch
 from vitres_deploy.convert.to_onnx import export_onnx
 from vitres_deploy.errors import VitresError
 from vitres_deploy.files import atomic_write_json
 from vitres_deploy.latency import LatencyTable, ProfileSettings, predict
 from vitres_deploy.latency.entries import network_sample_shape
+from vitres_deploy.latency.mixed import mixed_onnx
 from vitres_deploy.latency.predict import Prediction
 from vitres_deploy.latency.timing import measure_onnx
 from vitres_deploy.runtime.cache import int8_onnx
@@ -126,10 +126,8 @@ def measure_mixed(fp32: LatencyTable, int8: LatencyTable, archs: dict[str, Arch]
         arch = archs[row["hash"]]
         torch.manual_seed(0)
         path = export_onnx(vit_resnas(arch, space).eval(), network_sample_shape(space), work / f"{arch.hash}.onnx")
-        stages = {k for k, p in enumerate(row["best_plan"]) if p == "int8"}
-        mixed = work / f"{arch.hash}-mixed.onnx"
-        quantize_onnx(path, mixed, timing_calibration(path), settings, source=TIMING_CALIBRATION,
-                      nodes=stage_nodes(path, stages, len(arch.stages)))
+        stages = tuple(k + 1 for k, p in enumerate(row["best_plan"]) if p == "int8")
+        mixed = mixed_onnx(MixedArch(arch.space, arch.stages, stages), fp32, int8, work)
         files = [("fp32", fp32, path), ("int8", int8, int8_onnx(path, settings)), ("mixed", int8, mixed)]
         ms = {name: measure_onnx(table, file).latency_ms for name, table, file in (files[::-1] if i % 2 else files)}
         best_whole = min(ms["fp32"], ms["int8"])

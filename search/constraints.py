@@ -16,9 +16,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..arch import Arch, min_arch
+from ..arch import Arch, MixedArch, min_arch
 from ..errors import BudgetError, ProfileError
 from ..latency import LatencyRange, LatencyTable, latency_range, predict
+from ..latency.mixed import MixedTables
 from ..macs import arch_cost
 from ..space import SearchSpace, space_difference
 from .genome import GeneLayout, perturb
@@ -34,16 +35,22 @@ class Metrics:
 
 
 class CostModel:
-    """Predicted latency (from a latency table) and closed-form MACs/parameters of archs, memoised."""
+    """Predicted latency (from a latency table) and closed-form MACs/parameters of archs, memoised.
 
-    def __init__(self, table: LatencyTable, space: SearchSpace) -> None:
-        diff = space_difference(table.space, space)
-        if diff:
-            where = f" {table.path}" if table.path else ""
-            raise ProfileError(f"latency table{where} was profiled for another space than the supernet's ({diff}): "
-                               f"profile the supernet's space with `vitres-deploy profile --space ...`")
-        table.require_complete()
-        self.table, self.space = table, space
+    With ``mixed`` (an fp32 and an int8 table and the measured boundary cost; ``table`` is then its int8 table),
+    the archs are :class:`~vitres_deploy.arch.MixedArch` networks with a precision per stage, predicted by
+    :meth:`~vitres_deploy.latency.mixed.MixedTables.predict`.
+    """
+
+    def __init__(self, table: LatencyTable, space: SearchSpace, mixed: MixedTables | None = None) -> None:
+        for t in (mixed.fp32, mixed.int8) if mixed is not None else (table,):
+            diff = space_difference(t.space, space)
+            if diff:
+                where = f" {t.path}" if t.path else ""
+                raise ProfileError(f"latency table{where} was profiled for another space than the supernet's "
+                                   f"({diff}): profile the supernet's space with `vitres-deploy profile --space ...`")
+            t.require_complete()
+        self.table, self.space, self.mixed = table, space, mixed
         self._memo: dict[Arch, Metrics] = {}
 
     def __call__(self, arch: Arch) -> Metrics:
@@ -51,8 +58,20 @@ class CostModel:
         m = self._memo.get(arch)
         if m is None:
             cost = arch_cost(arch, self.space)
-            m = self._memo[arch] = Metrics(predict(self.table, arch).latency_ms, cost.macs, cost.params)
+            m = self._memo[arch] = Metrics(self.latency_ms(arch), cost.macs, cost.params)
         return m
+
+    def latency_ms(self, arch: Arch) -> float:
+        """The predicted latency of ``arch`` (a :class:`MixedArch` with ``mixed``)."""
+        if self.mixed is None:
+            return predict(self.table, arch).latency_ms
+        if not isinstance(arch, MixedArch):
+            raise TypeError("a cost model of mixed precision predicts MixedArch networks only")
+        return self.mixed.predict(arch)
+
+    def achievable(self) -> LatencyRange:
+        """The exact fastest and slowest predicted arch of the space (mixed: of every mixed plan)."""
+        return self.mixed.latency_range() if self.mixed is not None else latency_range(self.table)
 
 
 @dataclass(frozen=True)
@@ -105,7 +124,7 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
     Returns the table's achievable latency range. A budget below the fastest or above the slowest
     predicted arch, or a cap below the smallest arch's MACs/parameters, is a :class:`BudgetError`.
     """
-    achievable = latency_range(cost.table)
+    achievable = cost.achievable()
     fast, slow = achievable.fastest_ms, achievable.slowest_ms
     where = f" (table {cost.table.path})" if cost.table.path else ""
     for c in constraints:
@@ -118,7 +137,7 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
                               f"the achievable range is {fast:.4g} .. {slow:.4g} ms{where}")
         if not 0.0 < c.alpha <= 1.0:
             raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]", field="alpha")
-    smallest = cost(min_arch(cost.space))
+    smallest = arch_cost(min_arch(cost.space), cost.space)
     for c in constraints:
         if c.max_macs is not None and c.max_macs < smallest.macs:
             raise BudgetError(f"max_macs {c.max_macs:,} is below the smallest architecture of space "

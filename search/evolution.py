@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..arch import Arch, sample_arch
+from ..arch import Arch
 from ..errors import BudgetError, SettingsError
 from ..seeding import stream_rng
 from .constraints import Constraint, CostModel, Metrics, repair
@@ -143,7 +143,7 @@ class Evolution:
         for attempt in range(cfg.population * cfg.tries):
             if len(out) == cfg.population or attempt - last_new > 10 * cfg.tries:
                 break
-            arch = repair(sample_arch(self.cost.space, rng), c, self.cost, self.layout, rng, cfg.repair_steps)
+            arch = repair(self.layout.sample(rng), c, self.cost, self.layout, rng, cfg.repair_steps)
             cand = None if arch is None else self._candidate(arch, c, taken, 0, "random")
             if cand is not None:
                 out.append(cand)

@@ -4,7 +4,8 @@ precision the network will run in.
 Each arch is run through its extracted static sub-network in inference mode
 (:func:`vitres_deploy.evaluate.evaluate_arch`), never on the test split; in int8 (a ``calibration`` is given),
 through its static int8 ONNX calibrated on training images, in ONNX Runtime
-(:func:`vitres_deploy.quantized.evaluate_arch_int8`). Results are cached by arch hash (one fitness holds one
+(:func:`vitres_deploy.quantized.evaluate_arch_int8`; a :class:`~vitres_deploy.arch.MixedArch` with only its
+int8 stages quantized). Results are cached by arch hash (one fitness holds one
 precision and calibration). Under ``torchrun`` the archs still to evaluate are dealt out to the ranks
 round-robin and the results gathered, so every rank holds every result, the same as one process computes.
 """

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..arch import MixedArch
 from ..archfile import ArchFile, SearchedRecord
 from ..checkpoint import Checkpoint
 from ..files import atomic_write_json, sha256_file
@@ -63,24 +64,28 @@ def wilson_interval(fraction: float, n: int, z: float = 1.96) -> tuple[float, fl
 def best_file(record: Record, constraint: Constraint, records: Sequence[Record], table: dict[str, Any],
               supernet: dict[str, Any], calibration: Calibration | None = None) -> ArchFile:
     """The best file of ``constraint``: the arch with its metrics, the budget, the table's identity, and the
-    precision it was searched in (the table's) with its calibration (int8).
+    precision it was searched in (the table's) with its calibration (int8) and, for a
+    :class:`~vitres_deploy.arch.MixedArch`, the stages that run in int8.
 
     ``holdout_top1_ci95`` is the best's 95% interval on the hold-out images and ``within_ci95`` counts
     the other archs of ``records`` in the window whose hold-out top-1 reaches its lower end: their
     distance to the best may be sampling noise of the hold-out split rather than a real difference.
     """
+    arch, int8_stages = record.arch, None
+    if isinstance(arch, MixedArch):  # the file holds the architecture; its plan is the search's record
+        arch, int8_stages = arch.plain, list(arch.int8_stages)
     low, high = wilson_interval(record.holdout_top1, record.images)
     within = sum(1 for r in records if r.hash != record.hash and constraint.satisfied(r.metrics)
                  and r.holdout_top1 >= low)
     searched = SearchedRecord(
-        hash=record.hash, latency_ms=record.latency_ms, macs=record.macs, params=record.params,
+        hash=arch.hash, latency_ms=record.latency_ms, macs=record.macs, params=record.params,
         holdout_top1=record.holdout_top1, holdout_top5=record.holdout_top5, holdout_images=record.images,
         holdout_top1_ci95=(low, high), within_ci95=within, alpha=constraint.alpha,
         window_ms=(constraint.low_ms, constraint.limit_ms), max_macs=constraint.max_macs,
         max_params=constraint.max_params, evaluated=len(records), table=table, supernet=supernet,
         margin=constraint.margin, precision=table["precision"],
-        calibration=calibration.to_dict() if calibration else None)
-    return ArchFile(record.arch, constraint.budget_ms, searched)
+        calibration=calibration.to_dict() if calibration else None, int8_stages=int8_stages)
+    return ArchFile(arch, constraint.budget_ms, searched)
 
 
 def pareto_front(records: Sequence[Record]) -> list[Record]:

@@ -9,6 +9,7 @@ naming the range) and the identities of the table and supernet that the outputs 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from ..distributed import Ranks
 from ..errors import SettingsError, VitresError
 from ..latency import LatencyRange, LatencyTable, latency_range
 from ..latency.drift import DriftReport, trusted_table
+from ..latency.mixed import BoundaryFit, MixedTables, mixed_plans
 from ..latency.quantization import check_int8_settings, table_int8_settings
 from ..quantized import Calibration
 from .constraints import Constraint, CostModel, check_budgets
 from .evolution import EvolutionConfig
+from .genome import GeneLayout
 from .outputs import supernet_identity, table_identity
 
 
@@ -39,7 +42,9 @@ class SearchOptions:
     handful of the table's entries and networks first and stop if the table no longer describes this
     machine, unless ``rescale`` (apply the measured ratio); ``allow_other_device``: use a table of another
     device fingerprint; ``calibration``: how int8 candidates are calibrated (a table of int8 precision: each
-    candidate's hold-out top-1 is measured on its int8 network). Out-of-range settings raise
+    candidate's hold-out top-1 is measured on its int8 network); ``per_stage`` (an fp32 and an int8 table): also
+    search precision per stage (:func:`plan_mixed_search`), the float/int8 boundary measured first on
+    ``boundary_networks`` mixed networks unless ``boundary_ms`` gives it. Out-of-range settings raise
     :class:`SettingsError` naming the field.
     """
 
@@ -58,6 +63,9 @@ class SearchOptions:
     rescale: bool = False
     allow_other_device: bool = False
     calibration: Calibration = field(default_factory=Calibration)
+    per_stage: bool = False
+    boundary_networks: int = 6
+    boundary_ms: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(float(b) for b in self.budgets_ms))
@@ -71,6 +79,10 @@ class SearchOptions:
             raise SettingsError(f"eval_limit {self.eval_limit} must be >= 1", field="eval_limit")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size {self.batch_size} must be >= 1", field="batch_size")
+        if self.boundary_ms is not None and not math.isfinite(self.boundary_ms):
+            raise SettingsError(f"boundary_ms {self.boundary_ms}: give a finite time", field="boundary_ms")
+        if self.boundary_networks < 1:
+            raise SettingsError(f"boundary_networks {self.boundary_networks} must be >= 1", field="boundary_networks")
         if self.margin is not None and not 0 <= self.margin < 1:
             raise SettingsError(f"margin {self.margin} must be in [0, 1)", field="margin")
 
@@ -91,8 +103,20 @@ class SearchPlan:
 
     @property
     def calibration(self) -> Calibration | None:
-        """How candidates are calibrated: the options' calibration for an int8 table, else None (float)."""
+        """How candidates are calibrated: the options' calibration for an int8 table (and a search of precision
+        per stage, whose table is its int8 one), else None (float)."""
         return self.options.calibration if self.table.meta.precision == "int8" else None
+
+    @property
+    def precision(self) -> str:
+        """What the search's candidates run in: the table's precision, or ``mixed`` (precision per stage)."""
+        return "mixed" if self.cost.mixed is not None else self.table.meta.precision
+
+    @property
+    def layout(self) -> GeneLayout:
+        """The genome of the search's candidates (with the plan gene for precision per stage)."""
+        space = self.checkpoint.space
+        return GeneLayout.of(space, mixed_plans(len(space.stages)) if self.cost.mixed is not None else ())
 
 
 def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOptions,
@@ -114,8 +138,7 @@ def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOpti
     if isinstance(trusted, VitresError):
         raise trusted
     table, drift = trusted
-    margin = options.margin if options.margin is not None else (
-        table.validation.search_margin if table.validation is not None else 0.0)
+    margin = search_margin(table, options)
     span = latency_range(table)
     shared = (round(span.fastest_ms + f * (span.slowest_ms - span.fastest_ms), 4) for f in options.budget_shares)
     constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params, margin)
@@ -125,6 +148,31 @@ def plan_search(checkpoint: Checkpoint, table: LatencyTable, options: SearchOpti
     table_id = {**table_identity(table), "drift_check": drift.to_dict(items=False) if drift else None}
     return SearchPlan(checkpoint, table, options, constraints, cost, achievable, table_id,
                       supernet_identity(checkpoint), drift)
+
+
+def plan_mixed_search(fp32: SearchPlan, int8: SearchPlan, boundary: BoundaryFit, options: SearchOptions
+                      ) -> SearchPlan:
+    """The search of precision per stage from the planned (drift-checked) fp32 and int8 searches of one supernet:
+    every mixed plan of every arch, predicted from the two tables and the measured ``boundary``
+    (:class:`~vitres_deploy.latency.mixed.MixedTables`), under ``options``' budgets (in ms, those of the two plans),
+    with the larger of the two tables' margins. A budget outside the mixed networks' range is a
+    :class:`~vitres_deploy.errors.BudgetError` naming the range."""
+    margin = max(search_margin(t, options) for t in (fp32.table, int8.table))
+    constraints = tuple(Constraint(b, options.alpha, options.max_macs, options.max_params, margin)
+                        for b in options.budgets_ms)
+    cost = CostModel(int8.table, int8.checkpoint.space, MixedTables(fp32.table, int8.table, boundary.boundary_ms))
+    achievable = check_budgets(constraints, cost)
+    table_id = {**int8.table_id, "fp32_table": fp32.table_id, "boundary": boundary.to_dict()}
+    return SearchPlan(int8.checkpoint, int8.table, options, constraints, cost, achievable, table_id,
+                      int8.supernet_id, int8.drift)
+
+
+def search_margin(table: LatencyTable, options: SearchOptions) -> float:
+    """The margin a search keeps below its budgets: the options' one, or the table's validated under-prediction
+    (:attr:`~vitres_deploy.latency.report.ValidationReport.search_margin`; 0 for a table not validated)."""
+    if options.margin is not None:
+        return options.margin
+    return table.validation.search_margin if table.validation is not None else 0.0
 
 
 def _trust(table: LatencyTable, options: SearchOptions) -> tuple[LatencyTable, DriftReport | None] | VitresError:

@@ -45,7 +45,7 @@ def plot_search(path: Path, records: Sequence[Record], front: Sequence[Record], 
 def plot_precisions(path: Path, records: dict[str, Sequence[Record]], budgets_ms: Sequence[float],
                     winners: Sequence[ArchFile]) -> None:
     """Draw a precision search into ``path`` (PNG, written atomically): each precision's evaluated archs in its
-    own colour, the budgets, and the (arch, precision) chosen for each."""
+    own colour (``mixed``: precision per stage), the budgets, and the (arch, precision) chosen for each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,10 +61,11 @@ def plot_precisions(path: Path, records: dict[str, Sequence[Record]], budgets_ms
             s = winner.searched
             assert s is not None  # a search's best file
             ax.axvline(budget, color="0.3", linestyle="--", linewidth=1.0)
-            ax.scatter([s.latency_ms], [100 * s.holdout_top1], marker="*", s=240, color=colors[s.precision],
+            search = "mixed" if s.int8_stages else s.precision
+            ax.scatter([s.latency_ms], [100 * s.holdout_top1], marker="*", s=240, color=colors[search],
                        edgecolors="black", linewidths=0.8, zorder=5,
-                       label=f"{budget:g} ms: {s.precision}, {100 * s.holdout_top1:.2f}% at {s.latency_ms:.3g} ms")
-        _finish(fig, ax, path, "predicted latency (ms), each precision's own table",
+                       label=f"{budget:g} ms: {s.plan}, {100 * s.holdout_top1:.2f}% at {s.latency_ms:.3g} ms")
+        _finish(fig, ax, path, "predicted latency (ms), each search's own tables",
                 "hold-out top-1 (%), measured in the precision",
                 "architecture and precision search: dashed lines are the budgets")
     finally:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..arch import Arch
+from ..arch import Arch, parse_arch
 from ..errors import ArchError, RunDirError
 from ..files import JSONError, append_json_line, atomic_write_json, atomic_write_text, loads_json
 from ..rundir import check_same_settings, check_start
@@ -59,7 +59,7 @@ class Record:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Record:
         """Inverse of :meth:`to_dict` (the stored hash must match the arch)."""
-        arch = Arch.from_dict(d["arch"])
+        arch = parse_arch(d["arch"])
         if arch.hash != d["hash"]:
             raise ArchError(f"record {d['index']}: hash {d['hash']} does not match its arch ({arch.hash})")
         return cls(int(d["index"]), arch, float(d["latency_ms"]), int(d["macs"]), int(d["params"]),

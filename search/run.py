@@ -29,7 +29,6 @@ from ..rundir import hold_output
 from .constraints import Constraint
 from .evolution import Candidate, Evolution
 from .fitness import Fitness
-from .genome import GeneLayout
 from .outputs import best_file, write_outputs
 from .plan import SearchPlan
 from .records import EVALUATED, Record, append_record, open_run_dir
@@ -79,7 +78,7 @@ def run_search(plan: SearchPlan, data: ImageData, *, ranks: Ranks | None = None,
         if ranks.main:
             m = plan.table.meta
             title = (f"{plan.checkpoint.space.name}: {len(evolution.records)} archs evaluated, {m.backend} "
-                     f"{m.precision} b{m.batch} on {m.device}")
+                     f"{plan.precision} b{m.batch} on {m.device}")
             write_outputs(out, files, evolution.records, plan.constraints, bests, plan.table_id, plan.supernet_id,
                           title)
     return SearchResult(out, list(plan.constraints), bests, files, evolution.records, new, time.perf_counter() - t0,
@@ -93,8 +92,10 @@ def search_settings(plan: SearchPlan, data: ImageData) -> dict[str, Any]:
             "alpha": o.alpha, "max_macs": o.max_macs, "max_params": o.max_params,
             "evolution": dataclasses.asdict(o.evolution), "table_sha256": plan.table_id["sha256"],
             "supernet_sha256": plan.supernet_id["sha256"], "holdout_sha256": data.holdout_digest,
-            "eval_limit": o.eval_limit, "precision": plan.table.meta.precision,
-            "calibration": plan.calibration.to_dict() if plan.calibration else None}
+            "eval_limit": o.eval_limit, "precision": plan.precision,
+            "calibration": plan.calibration.to_dict() if plan.calibration else None,
+            **({"fp32_table_sha256": plan.table_id["fp32_table"]["sha256"],
+                "boundary_ms": plan.table_id["boundary"]["boundary_ms"]} if plan.cost.mixed is not None else {})}
 
 
 def run_info(plan: SearchPlan) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def evolve(plan: SearchPlan, data: ImageData, saved: Sequence[Record], ranks: Ra
     Returns the evolution's final state and how many evaluations were new.
     """
     o, config, out = plan.options, plan.options.evolution, plan.options.out_dir
-    evolution = Evolution(GeneLayout.of(plan.checkpoint.space), plan.cost, plan.constraints, config)
+    evolution = Evolution(plan.layout, plan.cost, plan.constraints, config)
     fitness = Fitness(plan.checkpoint.supernet, data, ranks, o.batch_size, o.eval_limit, plan.calibration)
     replay = collections.deque(saved)
     new = 0

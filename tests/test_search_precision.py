@@ -172,3 +172,148 @@ def test_int8_candidates_quantized_unlike_the_table_are_refused_before_the_searc
         plan_search(setup["checkpoint"], int8, options)
     assert e.value.field == "int8_format" and not (tmp_path / "s").exists()
     plan_search(setup["checkpoint"], int8, dataclasses.replace(options, calibration=CALIBRATION))  # the table's
+
+
+# precision per stage: MixedArch networks, their prediction from both tables, the measured boundary, the search
+
+
+def test_a_mixed_arch_round_trips_and_refuses_bad_plans() -> None:
+    from vitres_deploy.arch import MixedArch, parse_arch
+    from vitres_deploy.errors import ArchError
+    from vitres_deploy.search.genome import GeneLayout
+    from vitres_deploy.search.records import Record
+
+    space = SearchSpace.from_dict(SPACE)
+    plain = sample_arch(space, random.Random(3))
+    mixed = MixedArch(plain.space, plain.stages, (2,))
+    assert parse_arch(mixed.to_dict()) == mixed and parse_arch(plain.to_dict()) == plain
+    assert mixed.hash != plain.hash != MixedArch(plain.space, plain.stages, (1,)).hash and mixed.plain == plain
+    assert mixed.short().endswith(" int8:2")
+    record = Record(0, mixed, 0.2, 1, 2, 0.5, 0.9, 40, 0, "random", 0.2)
+    assert Record.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    for bad, says in (([], "non-empty list"), ([3], "from 1 to 2"), ([1, 1], "distinct"), (["2"], "not an integer")):
+        with pytest.raises(ArchError, match=says):
+            parse_arch({**plain.to_dict(), "int8_stages": bad})
+    layout = GeneLayout.of(space, ((1,), (2,)))  # the plan is one more gene, decoded back
+    assert layout.decode(layout.encode(mixed)) == mixed and layout.names[-1] == "int8_stages"
+    assert len(layout.active(layout.encode(mixed))) == len(GeneLayout.of(space).active(layout.encode(mixed))) + 1
+    rng = random.Random(0)
+    assert {layout.sample(rng).int8_stages for _ in range(20)} == {(1,), (2,)}  # type: ignore[attr-defined]
+
+
+def test_a_mixed_prediction_takes_each_stage_from_its_precision_s_table(
+        setup: dict[str, Any], every_arch: Callable[[SearchSpace], list[Arch]]) -> None:
+    """Each stage's part (stem with stage 1, head with the last) from its own precision's prediction, the smaller
+    offset, and the boundary per change of precision; the range is exact over every arch and plan."""
+    from vitres_deploy.arch import MixedArch
+    from vitres_deploy.latency.mixed import MixedTables, boundaries, mixed_plans
+
+    fp32, int8 = setup["tables"]
+    tables = MixedTables(fp32, int8, boundary_ms=0.007)
+    assert mixed_plans(2) == ((1,), (2,)) and mixed_plans(3) == ((1,), (2,), (3,), (1, 2), (1, 3), (2, 3))
+    assert boundaries((1, 3), 3) == 2 and boundaries((2, 3), 3) == 1
+    arch = sample_arch(fp32.space, random.Random(5))
+    parts = {"fp32": predict(fp32, arch).parts_ms, "int8": predict(int8, arch).parts_ms}
+    offset = min(fp32.correction.offset_ms, int8.correction.offset_ms)
+    in_stage_1 = MixedArch(arch.space, arch.stages, (1,))
+    expected = (parts["int8"]["stem"] + parts["int8"]["stage1"] + parts["fp32"]["stage2"] + parts["fp32"]["head"]
+                + offset + 0.007)
+    assert tables.predict(in_stage_1) == pytest.approx(expected, rel=1e-12)
+    everything = [tables.predict(MixedArch(a.space, a.stages, p)) for a in every_arch(fp32.space) for p in ((1,), (2,))]
+    span = tables.latency_range()
+    assert span.fastest_ms == pytest.approx(min(everything)) and span.slowest_ms == pytest.approx(max(everything))
+    assert tables.predict(span.fastest) == pytest.approx(span.fastest_ms)  # type: ignore[arg-type]
+
+
+def test_the_boundary_is_measured_on_mixed_networks_in_onnx_runtime(setup: dict[str, Any]) -> None:
+    from vitres_deploy.latency.mixed import MixedTables, boundary_archs, measure_boundary
+
+    fp32, int8 = setup["tables"]
+    fit = measure_boundary(fp32, int8, count=3, seed=1)
+    archs = boundary_archs(fp32, 3, 1)
+    assert [n["hash"] for n in fit.networks] == [a.hash for a in archs]  # seeded: the same networks
+    assert all(n["int8_stages"] in ([1], [2]) and n["boundaries"] == 1 and n["measured_ms"] > 0 for n in fit.networks)
+    composed = MixedTables(fp32, int8, 0.0)
+    assert [n["composed_ms"] for n in fit.networks] == [composed.predict(a) for a in archs]
+    residuals = sorted(n["measured_ms"] - n["composed_ms"] for n in fit.networks)
+    assert fit.boundary_ms == residuals[1]  # the median, one boundary each
+
+
+def test_precision_per_stage_is_searched_with_the_architecture_and_resumes(setup: dict[str, Any]) -> None:
+    """``per_stage``: a third search of MixedArch networks, predicted with the boundary, each scored with only its
+    int8 stages quantized, over the budgets its range reaches; the winners compete with the whole precisions; a
+    resumed search evaluates nothing again."""
+    from vitres_deploy.arch import MixedArch
+    from vitres_deploy.latency.mixed import MixedTables
+
+    checkpoint: Checkpoint = setup["checkpoint"]
+    fp32, int8 = setup["tables"]
+    out = setup["root"] / "per-stage"
+    tables = MixedTables(fp32, int8, 0.004)  # a boundary given: the measurement is timed in the test above
+    span = tables.latency_range()
+    budgets = (*_budgets(setup["tables"]), round(span.fastest_ms + 0.6 * (span.slowest_ms - span.fastest_ms), 6))
+    options = SearchOptions(budgets_ms=budgets, out_dir=out, evolution=SMALL, eval_limit=LIMIT, drift_check=False,
+                            calibration=CALIBRATION, per_stage=True, boundary_ms=0.004)
+    result = search_precisions(checkpoint, setup["tables"], options, setup["data"])
+    assert set(result.searches) == {"fp32", "int8", "mixed"}
+    boundary = {"boundary_ms": 0.004, "networks": [], "date": "", "given": True}
+    assert result.boundary == boundary
+    assert {c.budget_ms for c in result.searches["mixed"].constraints} == {
+        b for b in budgets if span.fastest_ms <= b <= span.slowest_ms}  # the others are left to the whole ones
+    mixed = result.searches["mixed"].records
+    assert mixed and all(isinstance(r.arch, MixedArch) and r.arch.int8_stages in ((1,), (2,)) for r in mixed)
+    assert all(r.latency_ms == tables.predict(r.arch) for r in mixed)  # type: ignore[arg-type]
+    again = evaluate_arch_int8(checkpoint.supernet, mixed[0].arch, setup["data"], CALIBRATION, limit=LIMIT)
+    assert again.top1 == mixed[0].holdout_top1
+    for f, r in zip(result.searches["mixed"].best_files, result.searches["mixed"].bests):
+        assert f.searched.int8_stages == list(r.arch.int8_stages) and f.arch == r.arch.plain  # type: ignore[attr-defined]
+        assert f.searched.hash == f.arch.hash and f.searched.plan == f"int8:{r.arch.int8_stages[0]}"  # type: ignore[attr-defined]
+    record = json.loads((out / "precisions.json").read_text())
+    assert record["boundary"] == boundary and set(record["evaluated"]) == {"fp32", "int8", "mixed"}
+    for row in record["budgets"]:
+        best = max(row["picks"].values(), key=lambda p: (p["holdout_top1"], -p["latency_ms"]))
+        chosen = json.loads((out / f"best-{row['budget_ms']:g}.json").read_text())
+        assert chosen["hash"] == best["hash"] and chosen.get("int8_stages") == best["int8_stages"]
+    resumed = search_precisions(checkpoint, setup["tables"], dataclasses.replace(options, resume=True), setup["data"])
+    assert resumed.boundary == boundary and resumed.searches["mixed"].new_evaluations == 0
+    assert [r.hash for r in resumed.searches["mixed"].records] == [r.hash for r in mixed]
+
+
+def test_per_stage_without_an_fp32_and_an_int8_table_is_a_one_line_error(setup: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    fp32 = setup["tables"][0]
+    result = CliRunner().invoke(main, ["search", "--supernet", str(setup["checkpoint"].path), "--profile",
+                                       str(fp32.path), "--budget-ms", "1", "--out", str(tmp_path / "s"),
+                                       "--no-drift-check", "--per-stage"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: --per-stage: precision per stage needs one fp32 and one int8 table of one device and batch "
+        "(--profile fp32.json,int8.json)"]
+    result = CliRunner().invoke(main, ["search", "--supernet", str(setup["checkpoint"].path), "--profile",
+                                       str(fp32.path), "--budget-ms", "1", "--out", str(tmp_path / "s"),
+                                       "--no-drift-check", "--boundary-us", "20"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        "error: --boundary-us: the float/int8 boundary is a setting of --per-stage: add --per-stage, or leave the "
+        "boundary out"]
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_measured_boundary_is_kept_for_the_resumed_search(setup: dict[str, Any]) -> None:
+    """The boundary is measured once, written to ``mixed/boundary.json`` and read back by ``resume`` (timing it
+    again would change the settings the resumed search must match); a corrupt file is a one-line refusal."""
+    from vitres_deploy.errors import RunDirError
+
+    out = setup["root"] / "per-stage-measured"
+    options = SearchOptions(budgets_ms=_budgets(setup["tables"]), out_dir=out, evolution=SMALL, eval_limit=LIMIT,
+                            drift_check=False, calibration=CALIBRATION, per_stage=True, boundary_networks=2)
+    first = search_precisions(setup["checkpoint"], setup["tables"], options, setup["data"])
+    stored = json.loads((out / "mixed" / "boundary.json").read_text())
+    assert len(stored["networks"]) == 2 and not stored["given"] and stored["date"]
+    assert first.boundary == stored or "mixed" not in first.searches  # its range may reach no budget
+    resumed = search_precisions(setup["checkpoint"], setup["tables"], dataclasses.replace(options, resume=True),
+                                setup["data"])
+    assert json.loads((out / "mixed" / "boundary.json").read_text()) == stored
+    assert sum(s.new_evaluations for s in resumed.searches.values()) == 0
+    (out / "mixed" / "boundary.json").write_text("{")
+    with pytest.raises(RunDirError, match=r"boundary\.json is corrupt: start a new search in another out_dir"):
+        search_precisions(setup["checkpoint"], setup["tables"], dataclasses.replace(options, resume=True),
+                          setup["data"])

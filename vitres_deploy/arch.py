@@ -116,6 +116,49 @@ class Arch:
         return self
 
 
+@dataclass(frozen=True)
+class MixedArch(Arch):
+    """An arch with a precision per stage: ``int8_stages`` (1-based, ascending) run in int8, the others in fp32.
+
+    The unit of a search of precision per stage. The stem goes with stage 1, a reduction with the stage it leads
+    into, the final norm and head with the last stage (as :func:`vitres_deploy.convert.int8.node_stages` assigns
+    the nodes of an exported network). Its file form is the arch's with ``int8_stages`` beside ``stages``, so its
+    hash differs from the plain arch's and from the same arch's other plans.
+    """
+
+    int8_stages: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The architecture-file form with ``int8_stages``."""
+        return {**super().to_dict(), "int8_stages": list(self.int8_stages)}
+
+    def short(self) -> str:
+        """The arch's one-line description and its int8 stages, e.g. ``... | 192[2/576] int8:3``."""
+        return f"{super().short()} int8:{','.join(map(str, self.int8_stages))}"
+
+    @property
+    def plain(self) -> Arch:
+        """The architecture alone (no precision)."""
+        return Arch(self.space, self.stages)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MixedArch:
+        """Parse the file form (the arch's, with ``int8_stages``: distinct stage numbers from 1, any order)."""
+        arch = Arch.from_dict(data)
+        stages = data.get("int8_stages")
+        if not isinstance(stages, list) or not stages:
+            raise ArchError("'int8_stages' must be a non-empty list of stage numbers")
+        numbers = tuple(sorted(_as_int(s, "int8_stages") for s in stages))
+        if numbers[0] < 1 or numbers[-1] > len(arch.stages) or len(set(numbers)) < len(numbers):
+            raise ArchError(f"int8_stages {list(stages)}: give distinct stage numbers from 1 to {len(arch.stages)}")
+        return cls(arch.space, arch.stages, numbers)
+
+
+def parse_arch(data: Any) -> Arch:
+    """An arch of the file form: a :class:`MixedArch` when it names ``int8_stages``, else an :class:`Arch`."""
+    return MixedArch.from_dict(data) if isinstance(data, dict) and "int8_stages" in data else Arch.from_dict(data)
+
+
 def _as_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArchError(f"{where}={value!r} is not an integer")

@@ -20,7 +20,7 @@ from .files import JSONError, loads_json
 from .space import SearchSpace
 
 #: Fields of a search's record that files written by earlier versions lack (their defaults apply).
-OPTIONAL = ("margin", "precision", "calibration")
+OPTIONAL = ("margin", "precision", "calibration", "int8_stages")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class SearchedRecord:
     ``supernet`` identify the latency table and the supernet (path, sha256, what they hold, the drift check);
     ``margin`` is how far below the budget the window ended (the table's validated under-prediction);
     ``precision`` is the precision the arch was searched (and its accuracy measured) in, ``calibration`` how its
-    int8 network was calibrated (None in float).
+    int8 network was calibrated (None in float); ``int8_stages`` the 1-based stages that run in int8 when only
+    some do (a search of precision per stage; export it with ``--precision int8 --int8-stages ...``), else None.
     """
 
     hash: str
@@ -54,6 +55,12 @@ class SearchedRecord:
     margin: float = 0.0
     precision: str = "fp32"
     calibration: dict[str, Any] | None = None
+    int8_stages: list[int] | None = None
+
+    @property
+    def plan(self) -> str:
+        """The precision it runs in, e.g. ``fp32``, ``int8`` or ``int8:3`` (int8 in stage 3 only)."""
+        return f"int8:{','.join(map(str, self.int8_stages))}" if self.int8_stages else self.precision
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (the fields beside ``space`` and ``stages`` in ``best.json``)."""

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from .arch import Arch
-from .convert.int8 import Int8Settings, quantize_onnx
+from .arch import Arch, MixedArch
+from .convert.int8 import Int8Settings, quantize_onnx, stage_nodes
 from .convert.to_onnx import export_onnx
 from .data import ImageData
 from .errors import RuntimeFailure, SettingsError, first_line
 from .evaluate import TopKAccuracy, count_topk
 from .supernet import ViTResNASSupernet
+from .vit_resnas import ViTResNAS
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,17 @@ class Calibration:
         return cls(int(data["images"]), int(data["seed"]), Int8Settings.from_dict(data["int8"]))
 
 
-def quantize_network(model: nn.Module, sample_shape: tuple[int, ...], data: ImageData, calibration: Calibration,
-                     workdir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Export the static float network ``model`` into ``workdir`` and quantize it there; returns the int8 ONNX file
-    and the quantization record."""
+def quantize_network(model: ViTResNAS, sample_shape: tuple[int, ...], data: ImageData, calibration: Calibration,
+                     workdir: str | Path, int8_stages: Sequence[int] = ()) -> tuple[Path, dict[str, Any]]:
+    """Export the static float network ``model`` into ``workdir`` and quantize it there (only the nodes of the
+    1-based ``int8_stages`` when given, :func:`~vitres_deploy.convert.int8.stage_nodes`); returns the int8 ONNX
+    file and the quantization record."""
     fp32 = export_onnx(model, sample_shape, Path(workdir) / "model.fp32.onnx")
     path = Path(workdir) / "model.int8.onnx"
-    return path, quantize_file(fp32, path, data, calibration)
+    nodes = None
+    if int8_stages:
+        nodes = stage_nodes(fp32, {s - 1 for s in int8_stages}, len(model.stages))
+    return path, quantize_file(fp32, path, data, calibration, nodes)
 
 
 def quantize_file(fp32: Path, dst: Path, data: ImageData, calibration: Calibration,
@@ -97,9 +101,11 @@ def evaluate_onnx(path: str | Path, data: ImageData, split: str = "holdout", bat
 
 def evaluate_arch_int8(supernet: ViTResNASSupernet, arch: Arch, data: ImageData, calibration: Calibration,
                        split: str = "holdout", batch_size: int = 500, limit: int | None = None) -> TopKAccuracy:
-    """Top-1/top-5 accuracy of ``arch``'s int8 network (see the module docstring) on ``split``."""
+    """Top-1/top-5 accuracy of ``arch``'s int8 network (see the module docstring) on ``split``; a
+    :class:`~vitres_deploy.arch.MixedArch` with only its int8 stages quantized."""
     model = supernet.extract(arch).cpu().eval()
     shape = (supernet.space.in_chans, supernet.space.image_size, supernet.space.image_size)
+    int8_stages = arch.int8_stages if isinstance(arch, MixedArch) else ()
     with tempfile.TemporaryDirectory(prefix="vitres-int8-eval-") as work:
-        path, _ = quantize_network(model, shape, data, calibration, work)
+        path, _ = quantize_network(model, shape, data, calibration, work, int8_stages)
         return evaluate_onnx(path, data, split, batch_size, limit)

@@ -89,6 +89,14 @@ def _preset_help() -> str:
 @click.option("--calibration-images", type=click.IntRange(min=1), default=512, show_default=True,
               help="int8 tables: training images (hold-out excluded, drawn by --seed) each candidate's int8 network is "
                    "calibrated on, quantized with the table's int8 settings.")
+@click.option("--per-stage", is_flag=True,
+              help="With an fp32 and an int8 table: also search precision per stage (int8 in some stages, fp32 in the "
+                   "others) jointly with the architecture, in OUT/mixed; the float/int8 boundary is measured first.")
+@click.option("--boundary-networks", type=click.IntRange(min=1), default=6, show_default=True,
+              help="--per-stage: seeded mixed networks timed to measure the float/int8 boundary (idle machine).")
+@click.option("--boundary-us", type=float,
+              help="--per-stage: the cost of one float/int8 boundary in microseconds, instead of measuring it (e.g. "
+                   "from an earlier search's mixed/boundary.json on this device).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads per process. More can be many times slower on a shared machine; to use N "
                    "cores run N processes: torchrun --nproc_per_node N -m vitres_deploy.cli search ...")
@@ -98,8 +106,8 @@ def _preset_help() -> str:
 def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, max_params: str | None,
            data_dir: str | None, out_dir: Path, seed: int, preset: str, alpha: float, eval_limit: int | None,
            batch_size: int, calibration_images: int, threads: int, device: str | None, resume: bool, as_json: bool,
-           margin: float | None, no_drift_check: bool, rescale: bool, allow_other_device: bool,
-           **overrides: float | None) -> None:
+           margin: float | None, no_drift_check: bool, rescale: bool, allow_other_device: bool, per_stage: bool,
+           boundary_networks: int, boundary_us: float | None, **overrides: float | None) -> None:
     """Evolutionary search for the most accurate sub-network under a latency budget (works under torchrun)."""
     import dataclasses
 
@@ -120,7 +128,9 @@ def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, m
                             alpha=alpha, max_macs=caps[0],
                             max_params=caps[1], resume=resume, eval_limit=eval_limit, batch_size=batch_size,
                             margin=margin, drift_check=not no_drift_check, rescale=rescale,
-                            allow_other_device=allow_other_device)
+                            allow_other_device=allow_other_device, per_stage=per_stage,
+                            boundary_networks=boundary_networks,
+                            boundary_ms=None if boundary_us is None else boundary_us / 1e3)
     torch.set_num_threads(threads)
     tables = [LatencyTable.load(Path(p.strip())) for p in table_paths.split(",") if p.strip()]
     if not tables:
@@ -129,6 +139,12 @@ def search(ckpt: str, table_paths: str, budgets_ms: str, max_macs: str | None, m
     if int8:
         options = dataclasses.replace(options, calibration=Calibration(
             calibration_images, seed, table_int8_settings(int8[0])))
+    if boundary_us is not None and not per_stage:
+        raise SettingsError("boundary_us: the float/int8 boundary is a setting of --per-stage: add --per-stage, or "
+                            "leave the boundary out", field="boundary_us")
+    if per_stage and sorted(t.meta.precision for t in tables) != ["fp32", "int8"]:
+        raise SettingsError("per_stage: precision per stage needs one fp32 and one int8 table of one device and batch "
+                            "(--profile fp32.json,int8.json)", field="per_stage")
     if len(tables) > 1:
         _search_precisions(ckpt, tables, options, data_dir, device, as_json)
         return
@@ -202,6 +218,15 @@ def _search_precisions(ckpt: str, tables: list[Any], options: Any, data_dir: str
     m = tables[0].meta
     print_table(f"architecture and precision search on {m.device} ({m.backend}, batch {m.batch})",
                 ["budget (ms)", "chosen", "arch", *(f"best {p} (hold-out @ predicted)" for p in precisions)], rows)
+    boundary = record["boundary"]
+    if boundary is not None:
+        how = "given" if boundary["given"] else f"measured on {len(boundary['networks'])} mixed networks"
+        click.echo(f"  float/int8 boundary {how}: {1e3 * boundary['boundary_ms']:+.1f} us each")
+    for row, winner in zip(record["budgets"], result.winners):
+        stages = winner.searched.int8_stages if winner.searched else None
+        if stages:
+            click.echo(f"  {row['budget_ms']:g} ms: export with --precision int8 --int8-stages "
+                       f"{','.join(map(str, stages))}")
     spent = ", ".join(f"{p}: {record['evaluated'][p]} archs in {record['seconds'][p]:.0f} s" for p in precisions)
     click.echo(f"{spent}; results in {result.out_dir} (one search folder per precision inside)")
 
