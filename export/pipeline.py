@@ -138,6 +138,7 @@ class ExportPlan:
     onnx_runtime: str
     budget_ms: float | None
     gate: LatencyGate | None
+    notes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -198,7 +199,23 @@ def plan_export(setup: ExportSetup, checkpoint: Checkpoint | FinetunedCheckpoint
                                  opts.all_formats, drift_check=opts.drift_check, rescale=opts.rescale,
                                  allow_other_device=opts.allow_other_device, int8=opts.int8,
                                  whole_network=not opts.int8_stages)
-    return ExportPlan(checkpoint, chosen, setup.target, opts, setup.onnx_runtime, budget, gate)
+    return ExportPlan(checkpoint, chosen, setup.target, opts, setup.onnx_runtime, budget, gate,
+                      searched_plan_notes(arch_file, opts))
+
+
+def searched_plan_notes(arch_file: ArchFile, opts: ExportOptions) -> tuple[str, ...]:
+    """A note when the arch file was searched (and its accuracy and latency judged) in another precision plan than
+    this export's, naming the flags that export what was searched."""
+    searched = arch_file.searched
+    if searched is None:
+        return ()
+    stages = tuple(searched.int8_stages or ())
+    if (searched.precision, stages) == (opts.precision, opts.int8_stages):
+        return ()
+    flags = f"--precision {searched.precision}" + (f" --int8-stages {format_stages(stages)}" if stages else "")
+    this = opts.precision + (f" in stages {format_stages(opts.int8_stages)}" if opts.int8_stages else "")
+    return (f"the arch file was searched as {searched.plan}, this export is {this}: {flags} exports what was "
+            "searched",)
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -538,7 +555,7 @@ def run_export(plan: ExportPlan, data: ImageData, *, progress: bool = False) -> 
             checks.append(verdict)
             clock.lap("latency")
         manifest = write(plan, built, data, evaluation, checks, latency, clock.laps, root)
-        report = ExportReport(checks, manifest, None, clock.laps, built.notes)
+        report = ExportReport(checks, manifest, None, clock.laps, [*plan.notes, *built.notes])
         if report.passed:
             report.bundle = stage.commit()
         return report

@@ -250,3 +250,28 @@ def test_int8_settings_that_cannot_be_exported_name_their_flag():
     assert result.exit_code == 2 and _error_line(result) == (
         "error: --int8-activations 'uint8': TensorRT builds int8 engines only from signed int8 activations: use "
         "'int8' (the tensorrt layout's default)")
+
+
+def test_an_arch_file_searched_in_another_precision_plan_gets_a_note_naming_the_flags() -> None:
+    """A ``best.json`` of a search of precision per stage records ``int8_stages``: exporting it otherwise says how
+    to export what was searched; exporting it as searched says nothing."""
+    from vitres_deploy.arch import min_arch
+    from vitres_deploy.archfile import ArchFile, SearchedRecord
+    from vitres_deploy.export.pipeline import searched_plan_notes
+    from vitres_deploy.space import load_space
+
+    arch = min_arch(load_space("fmnist"))
+    searched = SearchedRecord(hash=arch.hash, latency_ms=0.7, macs=1, params=1, holdout_top1=0.9, holdout_top5=1.0,
+                              holdout_images=6000, holdout_top1_ci95=(0.89, 0.91), within_ci95=0, alpha=0.9,
+                              window_ms=(0.6, 0.7), max_macs=None, max_params=None, evaluated=72, table={},
+                              supernet={}, precision="int8", int8_stages=[3])
+    best = ArchFile.from_dict(json.loads(json.dumps(ArchFile(arch, 0.78, searched).to_dict())))
+    assert best.searched.int8_stages == [3] and best.arch == arch
+    assert searched_plan_notes(best, ExportOptions()) == (
+        "the arch file was searched as int8:3, this export is fp32: --precision int8 --int8-stages 3 exports what was "
+        "searched",)
+    assert searched_plan_notes(best, ExportOptions(precision="int8")) == (
+        "the arch file was searched as int8:3, this export is int8: --precision int8 --int8-stages 3 exports what was "
+        "searched",)
+    assert searched_plan_notes(best, ExportOptions(precision="int8", int8_stages=(3,))) == ()
+    assert searched_plan_notes(ArchFile(arch), ExportOptions()) == ()  # a plain arch file was not searched
