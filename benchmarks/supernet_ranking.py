@@ -157,8 +157,9 @@ def measure(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
         "alone": {"archs": len(chosen), "epochs": args.alone_epochs, "lr": args.alone_lr, "seed": args.seed,
                   "taken_from": str(args.alone_from) if reused else None,
                   "taken": sorted(a.hash for a in chosen if a.hash in reused),
-                  "inherited_alone_kendall_tau": kendall_tau(inherited, trained),
-                  "holdout_alone_kendall_tau": kendall_tau([holdout[a.hash] for a in chosen], trained),
+                  "inherited_alone_kendall_tau": kendall_tau(inherited, trained) if len(chosen) > 1 else None,
+                  "holdout_alone_kendall_tau": (kendall_tau([holdout[a.hash] for a in chosen], trained)
+                                                if len(chosen) > 1 else None),
                   "rows": [{**row[a.hash], "hash": a.hash, "inherited_test_top1": test[a.hash],
                             "holdout_top1": holdout[a.hash], "alone_test_top1": alone[a.hash]} for a in chosen]},
         "uniform": [{**row[a.hash], "hash": a.hash, "test_top1": test[a.hash]} for a in uniforms],
@@ -207,11 +208,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"{100 * (big['test_top1'] - small['test_top1']):.2f} points apart",
              f"- {r['archs']} random archs, hold-out against test top-1: Kendall tau "
              f"{r['holdout_test_kendall_tau']:+.3f}, Spearman {r['holdout_test_spearman']:+.3f}",
-             f"- {a['archs']} archs spread over the latency range, inherited test top-1 against trained alone for "
-             f"{a['epochs']} epochs: Kendall tau {a['inherited_alone_kendall_tau']:+.3f} (inherited hold-out "
-             f"against alone: {a['holdout_alone_kendall_tau']:+.3f})"
-             + (f"; the trained-alone results of {len(a['taken'])} of them are taken from `{a['taken_from']}`"
-                if a.get("taken") else ""), "",
+             (f"- {a['archs']} archs spread over the latency range, inherited test top-1 against trained alone for "
+              f"{a['epochs']} epochs: Kendall tau {a['inherited_alone_kendall_tau']:+.3f} (inherited hold-out "
+              f"against alone: {a['holdout_alone_kendall_tau']:+.3f})"
+              + (f"; the trained-alone results of {len(a['taken'])} of them are taken from `{a['taken_from']}`"
+                 if a.get("taken") else "")) if a["inherited_alone_kendall_tau"] is not None
+             else "- no archs trained alone (`--alone` below 2)", "",
              "| arch | predicted ms | inherited hold-out | inherited test | trained alone, test |",
              "|---|---|---|---|---|"]
     for x in a["rows"]:
@@ -227,7 +229,8 @@ def main() -> int:
     parser.add_argument("--data", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
     parser.add_argument("--out", required=True, type=Path, help="Directory for the report and the trained-alone runs.")
     parser.add_argument("--random-archs", type=int, default=50, help="Random archs for the hold-out/test tau.")
-    parser.add_argument("--alone", type=int, default=8, help="Archs trained alone (spread over the latency range).")
+    parser.add_argument("--alone", type=int, default=8,
+                        help="Archs trained alone (spread over the latency range; below 2: none, no tau).")
     parser.add_argument("--alone-epochs", type=int, default=3, help="Epochs of each trained-alone run.")
     parser.add_argument("--alone-lr", type=float, default=2e-3, help="Peak learning rate of the trained-alone runs.")
     parser.add_argument("--alone-steps-per-epoch", type=int, default=None,
