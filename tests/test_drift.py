@@ -180,7 +180,9 @@ def test_a_table_of_a_machine_twice_as_fast_fails_the_drift_check(table: Latency
     # the machine as it is now against the table (the parallel suite loads it unlike when the table was made)
     now = check_drift(table, workers=1, cache_dir=cache).ratio
     report = check_drift(halved, workers=1, cache_dir=cache)
-    assert report.drifted and report.ratio / now == pytest.approx(2.0, rel=0.35) and report.low <= report.ratio
+    # about 2x the machine's own ratio; the two checks are seconds apart on a shared machine, whose level moved
+    # by a third between them once (3.3x): bounds that still fail a check blind to the table's scale (1x)
+    assert report.drifted and 1.4 < report.ratio / now < 3.6 and report.low <= report.ratio
     kinds = {i.kind for i in report.items}
     assert kinds == {"entry", "network"} and len(report.items) >= 8
     with pytest.raises(ProfileError, match="no longer describes this machine") as error:
