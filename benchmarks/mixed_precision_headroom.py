@@ -9,10 +9,11 @@ two whole-network precisions.
 
 The mixed plans are priced as an **upper bound** on what per-stage precision buys: each stage's share of its
 table's prediction (its entries, scaled by that table's correction) plus the smaller of the two tables' call
-offsets, with the float/int8 boundaries free. Every int8 entry was timed as its own model with float input and
-output, so its own quantize and dequantize steps are in it; a real mixed network would add nothing at a boundary
-only if the runtime fused nothing across it. If even this bound buys little, per-stage precision has nothing
-to buy on this device and batch.
+offsets, with the float/int8 boundaries free (``vitres_deploy.latency.mixed.MixedTables``, the composition the
+search of precision per stage uses, with a zero boundary). Every int8 entry was timed as its own model with float
+input and output, so its own quantize and dequantize steps are in it; a real mixed network would add nothing at a
+boundary only if the runtime fused nothing across it. If even this bound buys little, per-stage precision has
+nothing to buy on this device and batch.
 
 ``--measure K`` then checks the bound on the device (idle machine): K archs the bound favours a mixed plan for,
 spread over the predicted gain, each exported (random weights: speed only) as fp32, as int8 whole and in its
@@ -46,7 +47,7 @@ from vitres_deploy.errors import VitresError
 from vitres_deploy.files import atomic_write_json
 from vitres_deploy.latency import LatencyTable, ProfileSettings, predict
 from vitres_deploy.latency.entries import network_sample_shape
-from vitres_deploy.latency.mixed import mixed_onnx
+from vitres_deploy.latency.mixed import MixedTables, mixed_onnx
 from vitres_deploy.latency.predict import Prediction
 from vitres_deploy.latency.timing import measure_onnx
 from vitres_deploy.runtime.cache import int8_onnx
@@ -71,8 +72,9 @@ def headroom(fp32: LatencyTable, int8: LatencyTable, arch: Arch) -> dict[str, An
     predictions = {"fp32": predict(fp32, arch), "int8": predict(int8, arch)}
     whole = {p: prediction.latency_ms for p, prediction in predictions.items()}
     shares = {p: stage_shares(prediction, len(arch.stages)) for p, prediction in predictions.items()}
-    offset = min(fp32.correction.offset_ms, int8.correction.offset_ms)
-    plans = {plan: offset + sum(shares[p][i] for i, p in enumerate(plan))
+    free = MixedTables(fp32, int8, boundary_ms=0.0)  # the search's composition, boundaries free
+    plans = {plan: free.predict(MixedArch(arch.space, arch.stages, tuple(i + 1 for i, p in enumerate(plan)
+                                                                        if p == "int8")))
              for plan in itertools.product(PRECISIONS, repeat=len(arch.stages))}
     best_plan = min(plans, key=plans.__getitem__)
     best_whole = min(whole, key=whole.__getitem__)
