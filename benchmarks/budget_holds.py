@@ -4,7 +4,9 @@ For each budget ``B`` (``--fractions`` of the way from the fastest to the slowes
 evolutionary search runs under ``B`` with the table's validated margin, the best arch is exported to ONNX
 with every check, and the export's latency gate measures it with the table's own protocol and statistic.
 The report counts how many measure at most ``B`` and at most ``1.05 B`` (the targets: at least 9 of 10,
-and all). The table's fingerprint and drift are checked once before the first search.
+and all). The table's fingerprint and drift are checked once before the first search. The gate runs as a user's
+export does: a measurement over ``1.05 B`` is taken again before it fails (``export --latency-retries``, default
+2; every attempt in the row's ``attempts_ms``); a bundle that still fails is left unwritten, its latency reported.
 
     python benchmarks/budget_holds.py --supernet fmnist-demo --profile profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json \\
         --out runs/budget-holds
@@ -65,15 +67,17 @@ def main() -> None:
         arch = result.best_files[0].arch
         report = export_bundle(checkpoint, arch, data, args.out / f"bundle-{fraction:g}",
                                ExportOptions(table_path=args.profile, budget_ms=budget, eval_limit=500,
-                                             allow_over_budget=True, drift_check=False, force=True))
+                                             drift_check=False, force=True))
         latency = report.manifest.latency or {}
         measured = latency["measured_ms"]
         rows.append({"fraction": fraction, "budget_ms": budget, "margin": result.constraints[0].margin,
                      "predicted_ms": predict(table, arch).latency_ms, "measured_ms": measured,
-                     "over_budget": measured / budget - 1, "arch": arch.hash, "seconds": time.perf_counter() - t0})
+                     "over_budget": measured / budget - 1, "attempts_ms": latency["attempts_ms"], "arch": arch.hash,
+                     "seconds": time.perf_counter() - t0})
         r = rows[-1]
+        retried = f", lowest of {len(r['attempts_ms'])} measurements" if len(r["attempts_ms"]) > 1 else ""
         print(f"budget {budget:.4f} ms: predicted {r['predicted_ms']:.4f}, measured {measured:.4f} "
-              f"({r['over_budget']:+.1%})", flush=True)
+              f"({r['over_budget']:+.1%}{retried})", flush=True)
     measured = [r for r in rows if "measured_ms" in r]
     within = sum(r["measured_ms"] <= r["budget_ms"] for r in measured)
     within_5 = sum(r["measured_ms"] <= 1.05 * r["budget_ms"] for r in measured)

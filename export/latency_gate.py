@@ -4,11 +4,19 @@ The table fixes the backend, precision, batch, threads, protocol and statistic (
 :mod:`vitres_deploy.latency.timing`, the same as the table's entries); the measured latency is set beside
 the table's prediction for the arch and the budget (from ``best.json``'s ``budget_ms`` or given). Measured
 above ``budget * (1 + tolerance)`` fails unless over-budget exports are allowed.
+
+A measurement over that limit is confirmed before it fails (:func:`confirm_over_limit`): the network is measured
+again, up to ``retries`` times some seconds apart, and the lowest measurement counts. A table's statistic is the
+lowest window median of passes spread over minutes; one gate measurement spans a few seconds, and a burst of a
+shared machine can cover all of it (measured: two of ten gate readings ~30% slow that re-timed a minute later
+within 6% of their predictions, docs/latency.md). A network that is slow is slow in every attempt.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +95,28 @@ def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
         return "pytorch", measure_module(gate.table, module, sample_shape)
 
 
+#: Seconds between a gate measurement over the limit and its confirmation (and between confirmations).
+CONFIRM_PAUSE_S = 10.0
+
+
+def confirm_over_limit(measure: Callable[[], tuple[str, Measurement]], limit_ms: float | None, retries: int,
+                       pause_s: float = CONFIRM_PAUSE_S,
+                       on_retry: Callable[[int, float], None] | None = None) -> tuple[str, Measurement, list[float]]:
+    """Measure with ``measure()``; while the lowest measurement so far is above ``limit_ms`` and retries are left,
+    wait ``pause_s`` and measure again. Returns the artifact, the lowest measurement and every measured latency in
+    order. ``on_retry(attempt, lowest_ms)`` is told before each new measurement. No limit: one measurement."""
+    artifact, best = measure()
+    attempts = [best.latency_ms]
+    while limit_ms is not None and best.latency_ms > limit_ms and len(attempts) <= retries:
+        if on_retry is not None:
+            on_retry(len(attempts), best.latency_ms)
+        time.sleep(pause_s)
+        artifact, again = measure()
+        attempts.append(again.latency_ms)
+        best = again if again.latency_ms < best.latency_ms else best
+    return artifact, best, attempts
+
+
 def timed_engine_profile(table: LatencyTable) -> dict[str, int] | None:
     """The batch profile (min, opt, max) of the engine the gate times for a ``tensorrt`` table, built as the
     table's entries were (:func:`~vitres_deploy.runtime.tensorrt.engine_profile`); None for other backends."""
@@ -96,8 +126,10 @@ def timed_engine_profile(table: LatencyTable) -> dict[str, int] | None:
 
 
 def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, budget_ms: float | None,
-                  tolerance: float, allow_over_budget: bool) -> tuple[CheckResult, dict[str, Any]]:
-    """The gate's verdict and the manifest's ``latency`` record."""
+                  tolerance: float, allow_over_budget: bool,
+                  attempts: list[float] | None = None) -> tuple[CheckResult, dict[str, Any]]:
+    """The gate's verdict and the manifest's ``latency`` record; ``attempts``: every measured latency when the gate
+    measured more than once (:func:`confirm_over_limit`), ``measurement`` the lowest."""
     meta = gate.table.meta
     stats = measurement.stats
     measured = measurement.latency_ms
@@ -110,6 +142,8 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         predicted = f"predicted {gate.predicted_ms:.4g} ms ({error:+.1%})"
     summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms ({statistic} of "
                f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), {predicted}")
+    if attempts and len(attempts) > 1:
+        summary += f", lowest of {len(attempts)} measurements ({', '.join(f'{a:.4g}' for a in attempts)} ms)"
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
     passed, failure = True, ""
     if budget_ms is None:
@@ -132,7 +166,7 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         "protocol": meta.protocol.to_dict(), "predicted_ms": gate.predicted_ms, "measured_ms": measured,
         "prediction_error": error, "statistic": measurement.statistic, "passes": len(measurement.passes),
         "spread": measurement.to_dict()["spread"], "stats": stats.to_dict(), "budget_ms": budget_ms,
-        "tolerance": tolerance,
+        "tolerance": tolerance, "attempts_ms": list(attempts or [measured]),
         "allow_over_budget": allow_over_budget, "artifact": artifact,
         "engine_profile": timed_engine_profile(gate.table),
         "drift_check": gate.drift.to_dict(items=False) if gate.drift else None,

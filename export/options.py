@@ -102,6 +102,7 @@ class ExportOptions:
     table_path: str | Path | None = None
     budget_ms: float | None = None
     latency_tolerance: float = 0.05
+    latency_retries: int = 2
     allow_over_budget: bool = False
     drift_check: bool = True
     rescale: bool = False
@@ -150,6 +151,8 @@ class ExportOptions:
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
             raise SettingsError(f"name {self.name!r}: use letters, digits, '-' and '_' (a Triton model name)",
                                 field="name")
+        if self.latency_retries < 0:
+            raise SettingsError(f"latency_retries {self.latency_retries}: must be 0 or more", field="latency_retries")
         if not (math.isfinite(self.latency_tolerance) and self.latency_tolerance >= 0):
             raise SettingsError(f"latency_tolerance {self.latency_tolerance}: must be a finite number >= 0",
                                 field="latency_tolerance")

@@ -18,7 +18,8 @@ from vitres_deploy.supernet import build_supernet
 def test_round_trip_keeps_weights_buffers_and_metadata(tmp_path):
     space = PRESETS["fmnist"]
     net = build_supernet(space)
-    net.stem.bn1.running_mean.uniform_()
+    for norms in net.stem.norms.values():  # every stem width's BatchNorm statistics
+        norms[0].running_mean.uniform_()
     path = save_checkpoint(tmp_path / "a.safetensors", net, {"metrics": {"x": 1.5}})
     loaded = load_checkpoint(path, expect_space=space)
     assert loaded.meta["metrics"] == {"x": 1.5} and "torch" in loaded.meta["packages"]

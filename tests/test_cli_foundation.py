@@ -200,6 +200,8 @@ BAD_VALUES = {
     "export atol nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--atol", "nan"], "--atol nan"),
     "export latency-tolerance nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--latency-tolerance",
                                       "nan", "--profile", SHIPPED_TABLE], "--latency-tolerance nan"),
+    "export latency-retries -1": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--latency-retries", "-1",
+                                   "--profile", SHIPPED_TABLE], "--latency-retries -1: must be 0 or more"),
     "export budget nan": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--budget-ms", "nan", "--profile",
                            SHIPPED_TABLE], "--budget-ms nan"),
     "export budget without profile": (["export", "--supernet", "fmnist-demo", "--arch", "min", "--budget-ms", "1"],

@@ -59,6 +59,17 @@ def test_fmnist_space_is_a_three_stage_demo_space(fmnist: SearchSpace) -> None:
     assert 5 * smallest <= largest, f"min {smallest} MACs is not 5x below max {largest}"
 
 
+def test_a_stem_width_per_stage_1_width_pairs_by_size(fmnist: SearchSpace) -> None:
+    assert [fmnist.stem_width(w) for w in fmnist.stages[0].embed_dims] == [16, 12, 8, 4]
+    assert fmnist.stem_widths == (16, 12, 8, 4) and fmnist.to_dict()["stem_channels"] == [16, 12, 8, 4]
+    shuffled = SearchSpace.from_dict({**fmnist.to_dict(), "stem_channels": [4, 16, 8, 12]})
+    assert shuffled == fmnist  # sorted largest first, like every list of choices
+    tiny = PRESETS["vit-resnas-tiny"]
+    assert tiny.stem_width(160) == tiny.stem_width(256) == 24 and tiny.to_dict()["stem_channels"] == 24
+    one = SearchSpace.from_dict({**fmnist.to_dict(), "stem_channels": 8})
+    assert space_difference(fmnist, one) == "stem_channels: [16, 12, 8, 4] vs 8"
+
+
 def test_number_of_subnetworks_counts_every_choice(fmnist: SearchSpace) -> None:
     # per block 3 heads x 4 MLP widths, depth 1, 2 or 3 in each of the 3 stages; 4, 3 and 5 embed widths
     per_stage = 12 + 12**2 + 12**3
@@ -149,6 +160,10 @@ BAD_SPACES = [
     ("negative width", _preset_with(stage2_embed_dims=[-8]), r"stage 2: embed_dims must be .* positive"),
     ("narrowing stage", _preset_with(stage2_embed_dims=[24]), r"stage 2 widths must be >= stage 1 widths"),
     ("odd patch", _preset_with(patch_size=7), r"patch_size must be even"),
+    ("stem widths not one per stage-1 width", _preset_with(stem_channels=[16, 8]),
+     r"stem_channels lists 2 widths for 4 stage-1 widths: give one number, or one per stage-1 width"),
+    ("stem width zero", _preset_with(stem_channels=[16, 12, 8, 0]), r"stem_channels must be a positive integer, got 0"),
+    ("stem widths strings", _preset_with(stem_channels=["16"]), r"stem_channels='16' is not an integer"),
     ("image not patch multiple", _preset_with(image_size=30), r"image_size 30 is not a multiple of patch_size 4"),
 ]
 

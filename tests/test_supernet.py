@@ -110,6 +110,18 @@ def test_multi_arch_forward_equals_each_group_alone(fmnist: SearchSpace) -> None
         assert (net(group) - out).abs().max().item() <= TOLERANCE
 
 
+def test_the_stem_narrows_with_stage_1_and_keeps_each_width_s_batchnorm(fmnist: SearchSpace) -> None:
+    torch.manual_seed(0)
+    net = build_supernet(fmnist).train()
+    smallest, largest = min_arch(fmnist), max_arch(fmnist)
+    assert net.extract(smallest).stem.conv1.out_channels == 4 and net.extract(largest).stem.conv1.out_channels == 16
+    means = {w: norms[0].running_mean.clone() for w, norms in net.stem.norms.items()}
+    with torch.no_grad():
+        net(images(fmnist, 8), archs=[smallest])  # a training step of the 4-channel stem alone
+    moved = {w for w, norms in net.stem.norms.items() if not torch.equal(norms[0].running_mean, means[w])}
+    assert moved == {"4"}, f"a 4-channel stem's batch moved the statistics of widths {sorted(moved)}"
+
+
 @torch.no_grad()
 def test_different_archs_give_different_outputs(fmnist: SearchSpace) -> None:
     torch.manual_seed(0)

@@ -145,7 +145,10 @@ def test_distilled_steps_teach_the_others_with_the_largest_s_predictions_on_the_
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert abs(plain.loss(x, y, 5, 0, 0).item() - loss.item()) > 1e-3  # not the labels' loss of the 4 groups
     loss.backward()
-    assert all(p.grad is not None for p in run.net.stem.parameters())
+    widths = {str(run.net.space.stem_width(arch.stages[0].embed_dim)) for arch in (largest, *students)}
+    trained = [p for name, p in run.net.stem.named_parameters()
+               if not name.startswith("norms.") or name.split(".")[1] in widths]  # the BatchNorms of the widths run
+    assert len(widths) > 1 and all(p.grad is not None for p in trained)
     with pytest.raises(SettingsError, match="distill needs sandwich") as error:
         TrainConfig(distill=True)
     assert error.value.field == "distill"

@@ -21,7 +21,7 @@ from .space import SearchSpace
 
 
 def _stem(space: SearchSpace, c1: int) -> tuple[int, int]:
-    c, half, k = space.stem_channels, space.image_size // 2, space.patch_size // 2
+    c, half, k = space.stem_width(c1), space.image_size // 2, space.patch_size // 2
     g = space.grids[0]
     macs = half * half * 9 * (space.in_chans * c + 2 * c * c) + g * g * k * k * c * c1
     params = 9 * (space.in_chans * c + 2 * c * c) + 3 * 2 * c + k * k * c * c1 + c1

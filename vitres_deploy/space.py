@@ -3,6 +3,8 @@
 A space fixes the geometry (image size, patch size, stem width, token grids) and, per stage, the
 choices of embedding width, number of heads (with a fixed, decoupled head dimension), MLP hidden
 width and depth. Choices are kept largest first, which is the order progressive warm-up opens them.
+The stem width is one number for every sub-network, or one per stage-1 width (the stem then narrows with
+stage 1: :meth:`SearchSpace.stem_width`).
 
 Compatibility, the one rule (:func:`space_difference`, :meth:`SearchSpace.holds_family`):
 
@@ -75,7 +77,7 @@ class SearchSpace:
     in_chans: int
     num_classes: int
     patch_size: int
-    stem_channels: int
+    stem_channels: int | tuple[int, ...]
     stages: tuple[StageSpace, ...]
     description: str = field(default="", compare=False)
 
@@ -87,12 +89,20 @@ class SearchSpace:
             raise SpaceError(f"space {self.name!r}: needs at least one stage")
         if len(self.stages) > LIMITS["stages"]:
             raise SpaceError(f"space {self.name!r}: {len(self.stages)} stages, above the limit of {LIMITS['stages']}")
-        for name in ("image_size", "in_chans", "num_classes", "stem_channels"):
-            if getattr(self, name) <= 0:
-                raise SpaceError(f"space {self.name!r}: {name} must be a positive integer, got {getattr(self, name)}")
-            if getattr(self, name) > LIMITS[name]:
-                raise SpaceError(f"space {self.name!r}: {name} {getattr(self, name)} is above the limit of "
-                                 f"{LIMITS[name]}")
+        stems = self.stem_channels if isinstance(self.stem_channels, tuple) else (self.stem_channels,)
+        for name, value in [(n, getattr(self, n)) for n in ("image_size", "in_chans", "num_classes")] + [
+                ("stem_channels", v) for v in stems]:
+            if value <= 0:
+                raise SpaceError(f"space {self.name!r}: {name} must be a positive integer, got {value}")
+            if value > LIMITS[name]:
+                raise SpaceError(f"space {self.name!r}: {name} {value} is above the limit of {LIMITS[name]}")
+        if isinstance(self.stem_channels, tuple):
+            if len(self.stem_channels) != len(self.stages[0].embed_dims):
+                raise SpaceError(
+                    f"space {self.name!r}: stem_channels lists {len(self.stem_channels)} widths for "
+                    f"{len(self.stages[0].embed_dims)} stage-1 widths: give one number, or one per stage-1 width"
+                )
+            object.__setattr__(self, "stem_channels", tuple(sorted(self.stem_channels, reverse=True)))
         if self.patch_size % 2 or self.patch_size < 2:
             raise SpaceError(f"space {self.name!r}: patch_size must be even (the stem halves first)")
         if self.image_size % self.patch_size:
@@ -106,6 +116,21 @@ class SearchSpace:
                     f"space {self.name!r}: stage {i + 1} widths must be >= stage {i} widths "
                     "(the reduction's skip path zero-pads channels)"
                 )
+
+    def stem_width(self, stage1_width: int) -> int:
+        """Channels of the conv stem of a sub-network whose stage 1 is ``stage1_width`` wide.
+
+        With one stem width per stage-1 width, they pair by size: the widest stem with the widest stage 1.
+        """
+        if not isinstance(self.stem_channels, tuple):
+            return self.stem_channels
+        return dict(zip(self.stages[0].embed_dims, self.stem_channels))[stage1_width]
+
+    @property
+    def stem_widths(self) -> tuple[int, ...]:
+        """The distinct stem widths of the space's sub-networks, largest first."""
+        widths = self.stem_channels if isinstance(self.stem_channels, tuple) else (self.stem_channels,)
+        return tuple(sorted(set(widths), reverse=True))
 
     @property
     def family(self) -> str:
@@ -146,6 +171,8 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form, the same shape that :func:`load_space` reads."""
         d = asdict(self)
+        if isinstance(self.stem_channels, tuple):
+            d["stem_channels"] = list(self.stem_channels)
         d["stages"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()} for s in d["stages"]]
         return d
 
@@ -179,7 +206,9 @@ class SearchSpace:
             in_chans=_int(data["in_chans"], "search space: in_chans"),
             num_classes=_int(data["num_classes"], "search space: num_classes"),
             patch_size=_int(data["patch_size"], "search space: patch_size"),
-            stem_channels=_int(data["stem_channels"], "search space: stem_channels"),
+            stem_channels=(_ints(data["stem_channels"], "search space: stem_channels")
+                           if isinstance(data["stem_channels"], list)
+                           else _int(data["stem_channels"], "search space: stem_channels")),
             stages=tuple(stages),
             description=str(data.get("description", "")),
         )
@@ -266,12 +295,12 @@ PRESETS: dict[str, SearchSpace] = {
     "fmnist": SearchSpace(
         name="fmnist",
         description="demo space for Fashion-MNIST: 28x28 grey, 10 classes, 7x7 -> 4x4 -> 2x2 tokens; "
-        "its narrow end is capacity-limited, so architecture matters",
+        "its narrow end is capacity-limited (the stem narrows with stage 1), so architecture matters",
         image_size=28,
         in_chans=1,
         num_classes=10,
         patch_size=4,
-        stem_channels=16,
+        stem_channels=(16, 12, 8, 4),
         stages=(
             StageSpace((32, 24, 16, 8), (4, 2, 1), 8, (96, 64, 32, 16), (1, 2, 3)),
             StageSpace((64, 48, 32), (4, 2, 1), 16, (192, 128, 64, 32), (1, 2, 3)),

@@ -3,7 +3,9 @@
 Every dynamic layer holds the full-size weight of the largest choice and slices it by its
 ``active_*`` state (first k channels, first h heads, first m MLP units); its ``get_active_subnet``
 hands back the matching static layer of :mod:`vitres_deploy.vit_resnas` with copied weights.
-LayerNorm statistics are over the active channels only; blocks beyond a stage's depth are skipped.
+LayerNorm statistics are over the active channels only; blocks beyond a stage's depth are skipped. The conv
+stem is as wide as the space's stem width for the active stage-1 width, with BatchNorm layers of its own per
+stem width (their statistics cannot be shared between widths).
 """
 
 from __future__ import annotations
@@ -180,31 +182,44 @@ class DynamicBlock(nn.Module):
         return block
 
 
-class DynamicConvStem(ConvStem):
-    """Conv stem whose patchifying conv outputs the first ``active_out`` channels."""
+class DynamicConvStem(nn.Module):
+    """Conv stem of ``active_channels`` channels (the first of each conv) whose patchifying conv outputs the first
+    ``active_out`` channels.
 
-    def __init__(self, in_chans: int, channels: int, max_out: int, patch_size: int) -> None:
-        super().__init__(in_chans, channels, max_out, patch_size)
-        self.active_out = max_out
+    Each stem width keeps its own BatchNorm layers (switchable BatchNorm, as in slimmable networks): a channel's
+    statistics depend on how many channels feed it, so widths cannot share them.
+    """
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Shared stem features -> stage-1 tokens of the active width."""
-        k = self.active_out
-        return F.conv2d(features, self.proj.weight[:k], self.proj.bias[:k], self.proj.stride).flatten(2).transpose(1, 2)
+    def __init__(self, in_chans: int, widths: Sequence[int], max_out: int, patch_size: int) -> None:
+        super().__init__()
+        c = max(widths)
+        self.conv1 = nn.Conv2d(in_chans, c, 3, 2, 1, bias=False)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.conv3 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.norms = nn.ModuleDict({str(w): nn.ModuleList(nn.BatchNorm2d(w) for _ in range(3)) for w in widths})
+        self.proj = nn.Conv2d(c, max_out, patch_size // 2, patch_size // 2)
+        self.active_channels, self.active_out = c, max_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.features(x))
+        """Image batch -> stage-1 tokens of the active width, through the stem of the active channels."""
+        c, k = self.active_channels, self.active_out
+        bn1, bn2, bn3 = self.norms[str(c)]
+        x = F.relu(bn1(F.conv2d(x, self.conv1.weight[:c], None, 2, 1)))
+        y = F.relu(bn2(F.conv2d(x, self.conv2.weight[:c, :c], None, 1, 1)))
+        x = F.relu(x + bn3(F.conv2d(y, self.conv3.weight[:c, :c], None, 1, 1)))
+        return F.conv2d(x, self.proj.weight[:k, :c], self.proj.bias[:k], self.proj.stride).flatten(2).transpose(1, 2)
 
     def get_active_subnet(self) -> ConvStem:
-        """A static :class:`ConvStem` (BatchNorm statistics included) with the active output width."""
-        k = self.active_out
+        """A static :class:`ConvStem` (its width's BatchNorm statistics included) of the active widths."""
+        c, k = self.active_channels, self.active_out
         stem = _uninitialised(
-            lambda: ConvStem(self.conv1.in_channels, self.conv1.out_channels, k, 2 * self.proj.stride[0]),
-            self.proj.weight.device,
+            lambda: ConvStem(self.conv1.in_channels, c, k, 2 * self.proj.stride[0]), self.proj.weight.device
         )
-        for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
-            setattr(stem, name, copy.deepcopy(getattr(self, name)))
-        _copy(stem.proj.weight, self.proj.weight[:k])
+        stem.bn1, stem.bn2, stem.bn3 = (copy.deepcopy(bn) for bn in self.norms[str(c)])
+        _copy(stem.conv1.weight, self.conv1.weight[:c])
+        _copy(stem.conv2.weight, self.conv2.weight[:c, :c])
+        _copy(stem.conv3.weight, self.conv3.weight[:c, :c])
+        _copy(stem.proj.weight, self.proj.weight[:k, :c])
         _copy(stem.proj.bias, self.proj.bias[:k])
         return stem
 
@@ -267,7 +282,7 @@ class ViTResNASSupernet(nn.Module):
         super().__init__()
         self.space = space
         dims = [s.embed_dims[0] for s in space.stages]
-        self.stem = DynamicConvStem(space.in_chans, space.stem_channels, dims[0], space.patch_size)
+        self.stem = DynamicConvStem(space.in_chans, space.stem_widths, dims[0], space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[0]))
         self.pos_embed = nn.Parameter(torch.zeros(1, space.tokens[0], dims[0]))
         self.stages = nn.ModuleList(
@@ -296,6 +311,7 @@ class ViTResNASSupernet(nn.Module):
         """Select the sub-network that a plain ``forward`` runs (validated against the space)."""
         arch.validate(self.space)
         self.active = arch
+        self.stem.active_channels = self.space.stem_width(arch.stages[0].embed_dim)
         self.stem.active_out = arch.stages[0].embed_dim
         for i, (stage, blocks) in enumerate(zip(arch.stages, self.stages)):
             if i:
@@ -303,9 +319,10 @@ class ViTResNASSupernet(nn.Module):
             for block_arch, block in zip(stage.blocks, blocks):
                 block.set_active(block_arch)
 
-    def _forward_tokens(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image batch -> last-stage tokens of the active sub-network."""
         c1 = self.active.stages[0].embed_dim
-        x = self.stem.project(features)
+        x = self.stem(x)
         x = torch.cat([self.cls_token[..., :c1].expand(x.shape[0], -1, -1), x], 1) + self.pos_embed[..., :c1]
         for i, (stage, blocks) in enumerate(zip(self.active.stages, self.stages)):
             if i:
@@ -313,10 +330,6 @@ class ViTResNASSupernet(nn.Module):
             for block in blocks[: stage.depth]:
                 x = block(x)
         return x
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image batch -> last-stage tokens of the active sub-network."""
-        return self._forward_tokens(self.stem.features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage tokens -> logits, with the final LayerNorm over the active channels."""
@@ -328,15 +341,14 @@ class ViTResNASSupernet(nn.Module):
         (``tensor_split``), or ``sizes[g]`` images each."""
         if not archs:
             return self.forward_head(self.forward_features(x))
-        features = self.stem.features(x)  # width-independent: computed once, BN statistics over the batch
-        groups = features.split(list(sizes)) if sizes is not None else features.tensor_split(len(archs))
+        groups = x.split(list(sizes)) if sizes is not None else x.tensor_split(len(archs))
         if len(groups) != len(archs):
             raise ValueError(f"{len(archs)} archs for {len(groups)} groups of images")
         outputs, active = [], self.active
         try:
             for arch, group in zip(archs, groups):
                 self.set_active(arch)
-                outputs.append(self.forward_head(self._forward_tokens(group)))
+                outputs.append(self.forward_head(self.forward_features(group)))
         finally:
             self.set_active(active)  # the arch a plain forward runs is left as it was
         return torch.cat(outputs)

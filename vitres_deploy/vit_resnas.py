@@ -39,14 +39,11 @@ class ConvStem(nn.Module):
         self.bn3 = nn.BatchNorm2d(channels)
         self.proj = nn.Conv2d(channels, out_dim, patch_size // 2, patch_size // 2)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The width-independent part of the stem (shared by every sub-network)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         y = F.relu(self.bn2(self.conv2(x)))
-        return F.relu(x + self.bn3(self.conv3(y)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(x)).flatten(2).transpose(1, 2)
+        x = F.relu(x + self.bn3(self.conv3(y)))
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -207,7 +204,7 @@ def vit_resnas(arch: Arch, space: SearchSpace) -> ViTResNAS:
     model = ViTResNAS(
         arch,
         space,
-        stem=ConvStem(space.in_chans, space.stem_channels, dims[0], space.patch_size),
+        stem=ConvStem(space.in_chans, space.stem_width(dims[0]), dims[0], space.patch_size),
         cls_token=nn.Parameter(torch.zeros(1, 1, dims[0])),
         pos_embed=nn.Parameter(torch.zeros(1, tokens[0], dims[0])),
         stages=nn.ModuleList(

@@ -76,6 +76,9 @@ def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: budget_ms of a best.json).")
 @click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
               help="Measured latency may exceed the budget by this fraction.")
+@click.option("--latency-retries", type=int, default=2, show_default=True,
+              help="A measurement over the budget's limit is taken again up to this many times, 10 s apart, and "
+                   "the lowest counts (a burst of a busy machine is not the network's latency); 0: measure once.")
 @click.option("--allow-over-budget", is_flag=True, help="Write the bundle even if measured latency is over budget.")
 @trust_options("the latency gate (with --profile)")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")
@@ -105,8 +108,8 @@ def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Flags, calibration_images: int,
            int8_stages: str | None, batch_range: str, table_path: str | None, budget_ms: float | None,
-           latency_tolerance: float, allow_over_budget: bool, data_dir: str | None, eval_split: str,
-           eval_limit: int | None, atol: float | None, rtol: float | None, min_cosine: float | None,
+           latency_tolerance: float, latency_retries: int, allow_over_budget: bool, data_dir: str | None,
+           eval_split: str, eval_limit: int | None, atol: float | None, rtol: float | None, min_cosine: float | None,
            min_mean_cosine: float | None, min_top1_agreement: float | None, max_accuracy_drop: float | None,
            no_simplify: bool, opset: int, seed: int, threads: int, name: str | None, force: bool, out: str,
            as_json: bool, no_drift_check: bool, rescale: bool, allow_other_device: bool) -> None:
@@ -131,7 +134,8 @@ def export(ckpt: str, arch_spec: str, formats: str, precision: str, int8: Int8Fl
         eval_limit=eval_limit, seed=seed,
         tolerances=dataclasses.replace(DEFAULT_TOLERANCES[precision], **given) if given else None,
         max_accuracy_drop=max_accuracy_drop, threads=threads, name=name, force=force, table_path=table_path,
-        budget_ms=budget_ms, latency_tolerance=latency_tolerance, allow_over_budget=allow_over_budget,
+        budget_ms=budget_ms, latency_tolerance=latency_tolerance, latency_retries=latency_retries,
+        allow_over_budget=allow_over_budget,
         drift_check=not no_drift_check, rescale=rescale, allow_other_device=allow_other_device,
         int8=int8.settings(_int8_layout(fmts, table_path)) if precision == "int8" else Int8Settings(),
         calibration_images=calibration_images, int8_stages=parse_stages(int8_stages))

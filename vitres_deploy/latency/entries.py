@@ -32,7 +32,7 @@ class StemEntry(nn.Module):
 
     def __init__(self, space: SearchSpace, width: int) -> None:
         super().__init__()
-        self.stem = ConvStem(space.in_chans, space.stem_channels, width, space.patch_size)
+        self.stem = ConvStem(space.in_chans, space.stem_width(width), width, space.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         self.pos_embed = nn.Parameter(torch.zeros(1, space.tokens[0], width))
         self.stages = nn.ModuleList()
