@@ -466,14 +466,13 @@ def gate_latency(gate: LatencyGate, plan: ExportPlan, built: Build, *,
     limit = plan.budget_ms * (1 + opts.latency_tolerance) if gated else None
 
     def told(attempt: int, lowest_ms: float) -> None:
-        if progress:
-            print(f"latency: measured {lowest_ms:.4g} ms, over the {limit:.4g} ms limit; measuring again in "
-                  f"{CONFIRM_PAUSE_S:.0f} s ({attempt} of {opts.latency_retries}) to tell the network from a busy "
-                  "machine", file=sys.stderr)
+        print(f"latency: measured {lowest_ms:.4g} ms, over the {limit:.4g} ms limit; measuring again in "
+              f"{CONFIRM_PAUSE_S:.0f} s ({attempt} of {opts.latency_retries}) to tell the network from a busy "
+              "machine", file=sys.stderr)
 
     artifact, stats, attempts = confirm_over_limit(
         lambda: measure_export(gate, onnx_path=onnx_path, module=built.model, sample_shape=plan.sample_shape),
-        limit, opts.latency_retries, on_retry=told)
+        limit, opts.latency_retries, on_retry=told if progress else None)
     return latency_check(gate, artifact, stats, plan.budget_ms, opts.latency_tolerance, opts.allow_over_budget,
                          attempts)
 

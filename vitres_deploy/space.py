@@ -89,9 +89,8 @@ class SearchSpace:
             raise SpaceError(f"space {self.name!r}: needs at least one stage")
         if len(self.stages) > LIMITS["stages"]:
             raise SpaceError(f"space {self.name!r}: {len(self.stages)} stages, above the limit of {LIMITS['stages']}")
-        stems = self.stem_channels if isinstance(self.stem_channels, tuple) else (self.stem_channels,)
         for name, value in [(n, getattr(self, n)) for n in ("image_size", "in_chans", "num_classes")] + [
-                ("stem_channels", v) for v in stems]:
+                ("stem_channels", v) for v in self.stem_widths]:
             if value <= 0:
                 raise SpaceError(f"space {self.name!r}: {name} must be a positive integer, got {value}")
             if value > LIMITS[name]:
