@@ -28,9 +28,12 @@ pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
               pytest.mark.filterwarnings("ignore::vitres_deploy.runtime.base.NoisyMeasurement")]
 
 #: The export's settings, shared by both exports: the default int8 settings (uint8 activations, 7-bit weights,
-#: which do not saturate on x86 CPUs without VNNI).
+#: which do not saturate on x86 CPUs without VNNI). The accuracy check runs on 4,000 hold-out images: on a few
+#: hundred one image is a third of a point, and the default 0.5-point limit would rest on one or two images (the
+#: smallest sub-network of the shipped supernet loses 0.14 points in int8 on the whole hold-out split, 0.94 on the
+#: first 320 images).
 ARGS = ("--supernet", "fmnist-demo", "--arch", "min", "--precision", "int8",
-        "--calibration-images", "64", "--batch-range", "1:4:16", "--eval-limit", "320")
+        "--calibration-images", "64", "--batch-range", "1:4:16", "--eval-limit", "4000")
 
 
 def _invoke(*args: object):
@@ -125,7 +128,7 @@ def test_int8_is_checked_for_cosine_nan_inf_agreement_and_top1_drop_against_pyto
         assert numerics["status"] == "PASS" and numerics["values"]["nan"] == numerics["values"]["inf"] == 0
         assert numerics["values"]["mean_cosine"] >= 0.99 and "elements out" not in numerics["summary"]
     accuracy = checks[("onnx", "accuracy", None)]
-    assert accuracy["values"]["images"] == 320 and accuracy["values"]["drop_points"] <= 0.5
+    assert accuracy["values"]["images"] == 4000 and accuracy["values"]["drop_points"] <= 0.5
     assert accuracy["values"]["top1_agreement"] >= 0.9 and "top-1 agree" in accuracy["summary"]
 
 
