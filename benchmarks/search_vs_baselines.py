@@ -169,9 +169,10 @@ def add_paired(report: dict[str, Any], supernet: Any, data: ImageData, limit: in
     arch of median test top-1 (``paired_vs_random``) and minus the MACs-constrained pick (``paired_vs_macs``)."""
     for row in report["budgets"]:
         searched = Arch.from_dict(row["search"]["arch"])
-        others = {"paired_vs_uniform": row["uniform"]["arch"],
-                  "paired_vs_uniform_at_limit": row["uniform_at_limit"]["arch"],
-                  "paired_vs_random": row["random"]["median_test_arch"], "paired_vs_macs": row["macs_search"]["arch"]}
+        others = {"paired_vs_uniform": row["uniform"]["arch"], "paired_vs_random": row["random"]["median_test_arch"],
+                  "paired_vs_macs": row["macs_search"]["arch"]}
+        if "uniform_at_limit" in row:  # reports written before it have no such baseline
+            others["paired_vs_uniform_at_limit"] = row["uniform_at_limit"]["arch"]
         for key, other in others.items():
             row[key] = {split: paired_difference(correct_per_image(supernet, searched, data, split, limit),
                                                  correct_per_image(supernet, Arch.from_dict(other), data, split, limit))
@@ -192,7 +193,7 @@ def macs_search(args: argparse.Namespace, checkpoint: Any, table: LatencyTable, 
 def add_measured(report: dict[str, Any], table: LatencyTable, runs: int) -> None:
     """Time the searched, the best uniform and the MACs-constrained arch of every budget end to end as the table
     was measured (all of them interleaved, ``runs`` independent runs) and add ``measured_ms`` to each."""
-    keys = ("search", "uniform", "uniform_at_limit", "macs_search")
+    keys = [k for k in ("search", "uniform", "uniform_at_limit", "macs_search") if k in report["budgets"][0]]
     archs = [Arch.from_dict(row[k]["arch"]) for row in report["budgets"] for k in keys]
     drift = check_drift(table)
     measured = measure_networks(table, archs, ProfileSettings.from_table(table), progress=True, runs=runs)
