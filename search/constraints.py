@@ -118,6 +118,10 @@ class Constraint:
         return ", ".join(parts)
 
 
+#: Relative slack of the range check for floating-point sums taken in another order.
+_SUM_ORDER_ROUNDING = 1e-9
+
+
 def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> LatencyRange:
     """Refuse, before any evaluation, budgets and caps that no arch of the space can meet.
 
@@ -125,7 +129,9 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
     predicted arch, or a cap below the smallest arch's MACs/parameters, is a :class:`BudgetError`.
     """
     achievable = cost.achievable()
-    fast, slow = achievable.fastest_ms, achievable.slowest_ms
+    # an arch's own prediction (its entries summed in arch order) may differ from the extremes' (summed stage by
+    # stage) in the last bits: the budget of exactly the fastest or slowest arch is in range
+    fast, slow = achievable.fastest_ms * (1 - _SUM_ORDER_ROUNDING), achievable.slowest_ms * (1 + _SUM_ORDER_ROUNDING)
     where = f" (table {cost.table.path})" if cost.table.path else ""
     for c in constraints:
         if not c.budget_ms > 0:
@@ -134,7 +140,8 @@ def check_budgets(constraints: Sequence[Constraint], cost: CostModel) -> Latency
             side = "below the fastest" if c.limit_ms < fast else "above the slowest"
             kept = f" with the table's {c.margin:.1%} margin" if c.margin and c.limit_ms < fast else ""
             raise BudgetError(f"budget {c.budget_ms:g} ms is {side} architecture of space {cost.space.name!r}{kept}: "
-                              f"the achievable range is {fast:.4g} .. {slow:.4g} ms{where}")
+                              f"the achievable range is {achievable.fastest_ms:.4g} .. "
+                              f"{achievable.slowest_ms:.4g} ms{where}")
         if not 0.0 < c.alpha <= 1.0:
             raise BudgetError(f"alpha {c.alpha:g} must be in (0, 1]: the window is [alpha*B, B]", field="alpha")
     smallest = arch_cost(min_arch(cost.space), cost.space)

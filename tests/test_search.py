@@ -381,6 +381,22 @@ def test_bad_settings_are_one_line_errors(table: LatencyTable, checkpoint: Check
         check_budgets([Constraint(budget_at(table, 0.5), 0.0)], CostModel(table, checkpoint.space))
 
 
+def test_the_extremes_own_predictions_are_budgets_in_range(table: LatencyTable, checkpoint: Checkpoint) -> None:
+    """A budget of exactly the slowest (fastest) arch's prediction is in range, though its entries summed in
+    another order may land an ulp beyond the extremes' sum; a budget a little further out is refused."""
+    from vitres_deploy.search import check_budgets
+
+    cost = CostModel(table, checkpoint.space)
+    span = latency_range(table)
+    for budget in (span.slowest_ms, predict(table, span.slowest).latency_ms, span.slowest_ms * (1 + 1e-12),
+                   span.fastest_ms, predict(table, span.fastest).latency_ms, span.fastest_ms * (1 - 1e-12)):
+        assert check_budgets([Constraint(budget, alpha=0.5)], cost) == span
+    with pytest.raises(BudgetError, match="above the slowest architecture"):
+        check_budgets([Constraint(span.slowest_ms * 1.001)], cost)
+    with pytest.raises(BudgetError, match="below the fastest architecture"):
+        check_budgets([Constraint(span.fastest_ms * 0.999)], cost)
+
+
 def test_library_errors_name_fields(table: LatencyTable, checkpoint: Checkpoint, tmp_path: Path) -> None:
     """From Python a bad setting is named by its field (the CLI puts the flag in its place, tested above)."""
     with pytest.raises(SettingsError, match=r"^parents 0 must be >= 1$") as error:
