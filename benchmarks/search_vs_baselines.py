@@ -234,14 +234,15 @@ def compare(args: argparse.Namespace, ranks: Ranks) -> dict[str, Any]:
     test = TestAccuracy(fitness, data, args.eval_limit)
 
     uniform = uniform_archs(space)
+
+    def uniform_under(limit_ms: float) -> list[Arch]:
+        found = {a.hash: a for a in uniform if cost(a).latency_ms <= limit_ms}
+        found.update((a.hash, a) for a in stage_uniform_under(table, limit_ms, args.uniform_candidates))
+        return [a for a in found.values() if cost(a).latency_ms <= limit_ms]
+
     candidates, at_limit = [], []
     for c in result.constraints:
-        under = {a.hash: a for a in uniform if cost(a).latency_ms <= c.budget_ms}
-        under.update((a.hash, a) for a in stage_uniform_under(table, c.budget_ms, args.uniform_candidates))
-        under = [a for a in under.values() if cost(a).latency_ms <= c.budget_ms]
-        limited = {a.hash: a for a in under if cost(a).latency_ms <= c.limit_ms}
-        limited.update((a.hash, a) for a in stage_uniform_under(table, c.limit_ms, args.uniform_candidates))
-        limited = [a for a in limited.values() if cost(a).latency_ms <= c.limit_ms]
+        under, limited = uniform_under(c.budget_ms), uniform_under(c.limit_ms)
         if not under or not limited:
             raise VitresError(f"no uniform arch is under {c.limit_ms:g} ms (the search's limit for "
                               f"{c.budget_ms:g} ms): choose a higher budget")
