@@ -22,9 +22,9 @@ from vitres_deploy.errors import ProfileError
 from vitres_deploy.latency import LatencyTable, latency_range, profile_space
 from vitres_deploy.latency.drift import check_drift, check_fingerprint, median_interval, rescaled, trusted_table
 from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_difference, fingerprint_id
-from vitres_deploy.latency.timing import ProfileSettings, time_until_stable
+from vitres_deploy.latency.timing import ProfileSettings, recheck_sample, time_until_stable
 from vitres_deploy.runtime import Protocol, Runner, RunnerOptions, TensorSpec, TimingStats, measure
-from vitres_deploy.runtime.statistics import Settled, window_floor
+from vitres_deploy.runtime.statistics import Settled, needs_pass, window_floor
 from vitres_deploy.space import SearchSpace
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
@@ -139,6 +139,59 @@ def test_the_passes_of_a_lone_model_are_spread_over_wall_time() -> None:
     unspread = time_until_stable({"model": "model"}, ProfileSettings(protocol=dataclasses.replace(protocol, round_s=0)),
                                  measure_pass=burst_again)
     assert Settled.of(unspread["model"], protocol).value_ms == 2.0  # without the spread: the burst is taken
+
+
+RECHECKED = dataclasses.replace(FLOOR, rounds=6, min_rounds=3, stable_within=0.03, recheck_rounds=2)
+
+
+def _machine(slow_passes: int, factor: float, values: Mapping[str, float]):
+    """A pass timer of a machine ``factor`` times slower for its first ``slow_passes`` passes (then normal, or the
+    other way round for ``factor`` < 1), over items of latency ``values``; ``calls`` counts passes per item."""
+    calls = {name: 0 for name in values}
+
+    def timer(source: str, settings: ProfileSettings) -> TimingStats:
+        scale = factor if sum(calls.values()) < slow_passes else 1.0
+        calls[source] += 1
+        return _stats(values[source] * scale)
+
+    return timer, calls
+
+
+def test_a_slow_spell_ending_before_the_schedule_does_is_rechecked_and_timed_again() -> None:
+    """Every pass of the regular schedule (20 items x 3) meets a spell 1.5x slow, so every item settles on the
+    spell's level; the recheck finds the machine quieter, every item is timed again and settles on its own
+    latency. Without the recheck the table would keep the spell's level."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(20)}
+    for protocol, expected, timed in ((RECHECKED, 1.0, 60 + 5 + 15 + 20 + 5),
+                                      (dataclasses.replace(RECHECKED, recheck_rounds=0), 1.5, 60)):
+        timer, calls = _machine(slow_passes=60, factor=1.5, values=values)
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=protocol), measure_pass=timer)
+        for name, value in values.items():
+            assert Settled.of(passes[name], protocol).value_ms == pytest.approx(value * expected)
+            assert not needs_pass(passes[name], protocol)  # the table is complete: no item left reopened
+        # the recheck's sample, one more pass of the others, a pass settling each reopened item, a second recheck
+        assert sum(calls.values()) == timed
+
+
+def test_a_recheck_in_a_quiet_or_slower_machine_costs_one_pass_of_its_sample() -> None:
+    """A quiet run, and a run whose machine turns slower at the end, are left as they settled: the recheck times
+    its sample once (a tenth of the items, at least 5), finds nothing lower and stops."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(60)}
+    for slow_passes, factor in ((0, 1.0), (180, 1 / 1.5)):  # quiet; normal until the recheck, then 1.5x slow
+        timer, calls = _machine(slow_passes, factor, values)
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=RECHECKED), measure_pass=timer)
+        assert sum(calls.values()) == 60 * 3 + 6
+        for name, value in values.items():
+            assert Settled.of(passes[name], RECHECKED).value_ms == pytest.approx(value * factor)
+
+
+def test_recheck_samples_spread_over_the_schedule() -> None:
+    names = [f"e{i}" for i in range(180)]
+    first, second = recheck_sample(names, 0), recheck_sample(names, 1)
+    assert len(first) == len(second) == 18 and not set(first) & set(second)
+    assert first[0] == "e0" and first[-1] == "e170" and second[0] == "e5"
+    assert len(recheck_sample([str(i) for i in range(480)], 0)) == 24  # a tiny table: at most 24
+    assert recheck_sample(names[:3], 1) == names[:3] and recheck_sample(["model"], 0) == ["model"]  # a lone model
 
 
 def test_median_interval_is_the_order_statistic_interval() -> None:

@@ -45,7 +45,14 @@ from vitres_deploy.latency import (
 )
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
-from vitres_deploy.latency.profiler import entry_target, new_meta, onnx_cache_path, prepare_sources, resolve_cache_state
+from vitres_deploy.latency.profiler import (
+    entry_target,
+    new_meta,
+    onnx_cache_path,
+    prepare_sources,
+    resolve_cache_state,
+    unsettled_entries,
+)
 from vitres_deploy.latency.report import Repeatability
 from vitres_deploy.latency.table import shipped_profiles
 from vitres_deploy.latency.validate import sample_archs
@@ -571,6 +578,29 @@ def test_cli_profile_show_predict(mini_file: Path, cache: Path, tmp_path: Path, 
     r = runner.invoke(main, ["predict", "--profile", str(out), "--arch", str(other)])
     assert r.exit_code == 2 and r.output.strip().startswith("error: latency table")
     assert "Traceback" not in r.output
+
+
+def test_profile_show_counts_the_entries_that_did_not_settle(tmp_path: Path) -> None:
+    """An entry whose two lowest passes are more than the protocol's 3% apart is unsettled; a table of a fixed
+    number of passes has no settling rule and none."""
+    data = shipped_table_data()
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(data))
+    before = unsettled_entries(LatencyTable.load(path))
+    settled = [k for k in data["entries"] if k not in before][:3]
+    for key in settled:  # a second-lowest pass 10% above the lowest
+        passes = sorted(data["entries"][key]["passes"], key=lambda p: p["floor_ms"])
+        passes[1]["floor_ms"] = passes[0]["floor_ms"] * 1.1
+        data["entries"][key]["passes"] = passes
+    path.write_text(json.dumps(data))
+    assert set(unsettled_entries(LatencyTable.load(path))) == set(before) | set(settled)
+    r = CliRunner().invoke(main, ["profile", "show", str(path), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["unsettled_entries"] == len(before) + 3
+    r = CliRunner().invoke(main, ["profile", "show", str(path)])
+    assert f"{len(before) + 3} unsettled (best two passes > 3% apart)" in r.output
+    data["meta"]["protocol"].update(min_rounds=6)  # every entry timed in each of 6 passes
+    path.write_text(json.dumps(data))
+    assert unsettled_entries(LatencyTable.load(path)) == []
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from ..runtime.base import NoisyMeasurement
 from ..runtime.cache import cache_root, int8_onnx
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import Backend, get_backend
-from ..runtime.statistics import TimingStats, item_latency, needs_pass
+from ..runtime.statistics import Settled, TimingStats, item_latency, needs_pass
 from ..space import SearchSpace
 from ..vit_resnas import vit_resnas
 from ..workers import spawning_workers
@@ -357,12 +357,16 @@ def fill_table(table: LatencyTable, settings: ProfileSettings, progress: bool,
 
         def timed(entry: Entry, final: bool) -> None:
             bar.advance(timing)
+            task = bar.tasks[timing]
             if not final and entry.passes_done >= fewest:  # one more pass than planned: the plan grows
-                bar.update(timing, total=bar.tasks[timing].total + 1)
+                bar.update(timing, total=(task.total or 0) + 1)
+            elif task.total is not None and task.completed > task.total:  # a recheck's pass (see timing.py)
+                bar.update(timing, total=task.completed)
             if on_entry is not None and final:
                 on_entry(entry)
 
         time_entries(table, todo, sources, settings, done, timed)
+        bar.update(timing, total=bar.tasks[timing].completed)  # a recheck may reopen an item it does not time
 
 
 def open_table(space: SearchSpace, meta: TableMeta, path: Path, *, resume: bool) -> LatencyTable:
@@ -449,8 +453,14 @@ def note_node_share(table: LatencyTable, key: str, info: Mapping[str, Any]) -> N
                                              "lowest_tensorrt_node_share": {"share": share, "entry": key}})
 
 
-def noisy_entries(table: LatencyTable) -> list[str]:
-    """Keys of entries whose coefficient of variation is above the table protocol's limit."""
-    limit = table.meta.protocol.max_cv
-    return [k for k, e in table.entries.items() if e.stats.cv > limit]
+def unsettled_entries(table: LatencyTable) -> list[str]:
+    """Keys of entries whose two lowest passes are further apart than the protocol's ``stable_within``: timed up
+    to its ``rounds`` without settling, the machine's noise reaching them (the per-run coefficient of variation
+    says nothing here: runs of tens of microseconds vary by 20-40% in a quiet hour too). Empty for a protocol
+    without a settling rule (a fixed number of passes)."""
+    protocol = table.meta.protocol
+    if protocol.fewest_rounds >= protocol.rounds or protocol.statistic != "window_floor":
+        return []
+    return [k for k, e in table.entries.items()
+            if len(e.passes) > 1 and Settled.of(e.passes, protocol).spread > protocol.stable_within]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .correction import Correction
 from .predict import LatencyRange, latency_range
-from .profiler import noisy_entries
+from .profiler import unsettled_entries
 from .report import ValidationReport
 from .table import LatencyTable, TableMeta
 
@@ -36,7 +36,7 @@ class TableSummary:
     expected_entries: int
     complete: bool
     overhead_ms: float | None
-    noisy_entries: int
+    unsettled_entries: int
     kinds: dict[str, KindSpan]
     correction: Correction
     validation: ValidationReport | None
@@ -52,7 +52,7 @@ class TableSummary:
             path=str(table.path) if table.path else None, meta=table.meta, entries=len(table.entries),
             expected_entries=len(table.expected_keys()), complete=table.complete,
             overhead_ms=table.overhead.median_ms if table.overhead else None,
-            noisy_entries=len(noisy_entries(table)),
+            unsettled_entries=len(unsettled_entries(table)),
             kinds={k: KindSpan(len(v), min(v), max(v)) for k, v in by_kind.items()},
             correction=table.correction, validation=table.validation,
             range=latency_range(table) if table.complete else None,
@@ -63,7 +63,7 @@ class TableSummary:
         out: dict[str, Any] = {
             "path": self.path, "meta": self.meta.to_dict(), "entries": self.entries,
             "expected_entries": self.expected_entries, "complete": self.complete, "overhead_ms": self.overhead_ms,
-            "noisy_entries": self.noisy_entries, "kinds": {k: v.to_dict() for k, v in self.kinds.items()},
+            "unsettled_entries": self.unsettled_entries, "kinds": {k: v.to_dict() for k, v in self.kinds.items()},
             "correction": self.correction.to_dict(),
             "validation": self.validation.to_dict(rows=False) if self.validation else None,
         }

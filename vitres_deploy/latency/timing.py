@@ -15,6 +15,14 @@ different times of the run that found the same quiet level. A round lasts at lea
 alone (the export's gate) waits between its passes instead of timing them back to back, where one burst
 of a neighbour's load can cover two passes that then agree on the wrong level. An item that never settles
 stops at ``rounds`` and is reported as unsettled (its spread is recorded).
+
+**Recheck.** Settling cannot tell a quiet level from a slow spell of the machine that lasts several rounds:
+two passes in the spell agree too. So when every item is done, a sample spread over the items
+(:func:`recheck_sample`) is timed once more; if the sample now reads lower than the values its items settled
+on (median ratio below ``1 - stable_within``), the machine is quieter than while they were timed and every
+other item gets one more pass, then another sample is rechecked: at most ``recheck_rounds`` times. A quiet run
+pays one short pass per sampled item; a run whose slow spell ended before it did is timed again at the quiet
+level (the statistic is the lowest pass, so a pass can only lower an item's value).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from ..errors import CheckFailed, ProfileError
 from ..runtime.base import RunnerOptions, measure
 from ..runtime.loaders import ModelLoader, ModuleLoader, OnnxFile
 from ..runtime.registry import get_backend
-from ..runtime.statistics import Protocol, Settled, TimingStats, needs_pass
+from ..runtime.statistics import Protocol, Settled, TimingStats, item_latency, needs_pass
 from .quantization import table_int8_settings
 from .table import LatencyTable
 
@@ -43,9 +51,10 @@ from .table import LatencyTable
 #: table has hundreds of entries of tens of microseconds to milliseconds each; still thousands of runs for
 #: small ones), at least three passes each (the third after every item's second: a check that the level two
 #: passes agreed on is the quiet one), more until the two best agree within 3% (at most six), rounds at
-#: least 1 s long (the passes of a lone model are spread over wall time).
+#: least 1 s long (the passes of a lone model are spread over wall time), and up to two rechecks at the end.
 TABLE_PROTOCOL = Protocol(warmup_s=0.01, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=3,
-                          stable_within=0.03, window_s=0.01, statistic="window_floor", round_s=1.0)
+                          stable_within=0.03, window_s=0.01, statistic="window_floor", round_s=1.0,
+                          recheck_rounds=2)
 
 
 @dataclass(frozen=True)
@@ -117,27 +126,64 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
 
     ``done`` holds passes measured before (an interrupted profile). Pass ``r`` times every item that has at
     most ``r`` passes and still needs one; odd passes run in reverse order; a round shorter than the
-    protocol's ``round_s`` waits out the rest before the next. ``on_pass(name, passes)`` is called after
-    each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every item's
-    passes in order.
+    protocol's ``round_s`` waits out the rest before the next; then up to ``recheck_rounds`` rechecks (see the
+    module docstring), after which every item is settled or at ``rounds`` again. ``on_pass(name, passes)`` is
+    called after each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every
+    item's passes in order.
     """
     protocol = settings.protocol
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
     passes = {name: list((done or {}).get(name, ())) for name in sources}
     started: float | None = None
-    for r in range(protocol.rounds):
-        pending = [name for name in sources if needs_pass(passes[name], protocol)]
-        if not pending:
-            break
+
+    def time_round(names: Sequence[str], backwards: bool) -> None:
+        nonlocal started
+        if not names:
+            return
         if started is not None:
             time.sleep(max(0.0, started + protocol.round_s - time.monotonic()))
         started = time.monotonic()
-        order = [name for name in pending if len(passes[name]) <= r]
-        for name in reversed(order) if r % 2 else order:
+        for name in reversed(names) if backwards else names:
             passes[name].append(timer(sources[name], settings))
             if on_pass is not None:
                 on_pass(name, passes[name])
+
+    def settle() -> None:  # pass r times the items with at most r passes that still need one
+        for r in range(protocol.rounds):
+            pending = [name for name in sources if needs_pass(passes[name], protocol)]
+            if not pending:
+                break
+            time_round([name for name in pending if len(passes[name]) <= r], bool(r % 2))
+
+    settle()
+    names = list(sources)
+    for attempt in range(protocol.recheck_rounds if names else 0):
+        sample = recheck_sample(names, attempt)
+        before = {name: item_latency(passes[name], protocol) for name in sample}
+        time_round(sample, False)
+        ratio = float(np.median([passes[n][-1].value(protocol.statistic) / before[n] for n in sample]))
+        quieter = ratio < 1.0 - protocol.stable_within
+        if quieter:  # every other item once more, at the quieter level
+            time_round([name for name in names if name not in before], attempt % 2 == 0)
+        settle()  # an item a lower pass reopened is settled again
+        if not quieter:
+            break
     return passes
+
+
+#: Items a recheck times again: a tenth of the schedule, at least :data:`RECHECK_FEWEST` (all of a smaller
+#: one) and at most :data:`RECHECK_MOST` (a median of 24 ratios is steady; a tiny table's 480 cold entries
+#: would otherwise cost 20 s a recheck).
+RECHECK_FEWEST, RECHECK_MOST = 5, 24
+
+
+def recheck_sample(names: Sequence[str], attempt: int) -> list[str]:
+    """The items the ``attempt``-th recheck times again: evenly spread over ``names`` (entries of every kind
+    and size in a table's order), a different stride offset each attempt."""
+    count = min(len(names), max(RECHECK_FEWEST, min(RECHECK_MOST, len(names) // 10)))
+    step = len(names) / count
+    offset = (attempt * 0.5 * step) % step if count < len(names) else 0.0
+    return list(dict.fromkeys(names[min(len(names) - 1, int(offset + i * step))] for i in range(count)))
 
 
 @dataclass(frozen=True)

@@ -132,11 +132,15 @@ def measure_networks(table: LatencyTable, archs: list[Arch], settings: ProfileSe
 
         def timed(_name: str, passes: list[TimingStats]) -> None:
             bar.advance(timing)
+            task = bar.tasks[timing]
             if needs_pass(passes, protocol) and len(passes) >= protocol.fewest_rounds:
-                bar.update(timing, total=bar.tasks[timing].total + 1)
+                bar.update(timing, total=(task.total or 0) + 1)
+            elif task.total is not None and task.completed > task.total:  # a recheck's pass (see timing.py)
+                bar.update(timing, total=task.completed)
 
         measured = [time_until_stable({t.name: sources[t.name] for t in targets}, settings, on_pass=timed)
                     for _ in range(runs)]
+        bar.update(timing, total=bar.tasks[timing].completed)  # a recheck may reopen an item it does not time
     return [Measured(tuple(tuple(run[t.name]) for run in measured), protocol) for t in targets]
 
 

@@ -32,7 +32,11 @@ class Protocol:
     ``rounds`` passes, stopping an item once its two best pass values agree within ``stable_within``
     (relative). A round lasts at least ``round_s`` of wall time (a schedule of few items waits before the
     next round), so two passes of one item are never back to back: a neighbour's burst shorter than that
-    cannot give an item two agreeing passes.
+    cannot give an item two agreeing passes. When every item is done, up to ``recheck_rounds`` times a
+    sample of the items is timed once more: if they now read lower than the values they settled on (their
+    median ratio below ``1 - stable_within``), the machine has become quieter than it was while they were
+    timed, and every other item gets one more pass (a slow spell of a shared machine lasting several rounds
+    otherwise settles items on its level).
 
     ``statistic`` is what a table predicts and every later measurement reproduces: ``window_floor`` (the
     lowest median over windows of about ``window_s`` of wall time, then the lowest over passes: the
@@ -51,6 +55,7 @@ class Protocol:
     window_s: float = 0.01
     statistic: str = "median"
     round_s: float = 0.0
+    recheck_rounds: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a protocol no measurement can follow (NaN and infinity included), naming the field."""
@@ -62,6 +67,10 @@ class Protocol:
                 check_count(name, getattr(self, name), error=ProfileError)
         except ProfileError as e:
             raise ProfileError(f"protocol: {e}", field=e.field) from None
+        if isinstance(self.recheck_rounds, bool) or not isinstance(self.recheck_rounds, int) \
+                or self.recheck_rounds < 0:
+            raise ProfileError(f"protocol: recheck_rounds {self.recheck_rounds!r} must be a whole number of at "
+                               "least 0", field="recheck_rounds")
         if not self.max_cv > 0:  # infinity is allowed: no pass is reported as noisy
             raise ProfileError(f"protocol: max_cv {self.max_cv!r} must be a number > 0", field="max_cv")
         if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
