@@ -368,6 +368,8 @@ def shipped_table_data() -> dict:
     (lambda d: d["meta"].update(threads=-3), "threads is -3: it must be a whole number of at least 1"),
     (lambda d: d["meta"].update(backend=None), "backend is None: it must be text"),
     (lambda d: d["meta"]["protocol"].update(warmup_s=float("nan")), "is malformed: protocol: warmup_s nan must be"),
+    (lambda d: d["meta"]["protocol"].update(recheck_rounds=-1),
+     "is malformed: protocol: recheck_rounds -1 must be a whole number of at least 0"),
 ])
 def test_tables_with_impossible_values_are_refused_on_load(tmp_path: Path, edit, message: str) -> None:
     """NaN, infinite, negative, mistyped values and unknown entries: one-line errors, on load and in the CLI."""

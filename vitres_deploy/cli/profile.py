@@ -112,9 +112,9 @@ def profile(ctx: click.Context, space: str | None, backend: str | None, batch: i
     if summary.unsettled_entries > UNSETTLED_WARNING * summary.entries:
         p = summary.meta.protocol
         click.echo(f"warning: {summary.unsettled_entries} of {summary.entries} entries did not settle (their two "
-                   f"lowest passes more than {p.stable_within:.0%} apart after {p.rounds}): the machine was noisy "
-                   "while they were timed; `vitres-deploy profile validate` tells whether the table still predicts "
-                   "within its target", err=True)
+                   f"lowest passes more than {p.stable_within:.0%} apart after {p.rounds} passes): the machine was "
+                   "noisy while they were timed; `vitres-deploy profile validate` tells whether the table still "
+                   "predicts within its target", err=True)
     _show(summary, as_json)
 
 
