@@ -43,7 +43,7 @@ from ..convert.to_onnx import export_onnx_group
 from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
 from ..macs import arch_cost
-from ..progress import progress_bar
+from ..progress import advance_plan, progress_bar
 from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
 from ..runtime.cache import cache_root, int8_onnx
@@ -356,12 +356,7 @@ def fill_table(table: LatencyTable, settings: ProfileSettings, progress: bool,
             bar.advance(timing)
 
         def timed(entry: Entry, final: bool) -> None:
-            bar.advance(timing)
-            task = bar.tasks[timing]
-            if not final and entry.passes_done >= fewest:  # one more pass than planned: the plan grows
-                bar.update(timing, total=(task.total or 0) + 1)
-            elif task.total is not None and task.completed > task.total:  # a recheck's pass (see timing.py)
-                bar.update(timing, total=task.completed)
+            advance_plan(bar, timing, another_step=not final and entry.passes_done >= fewest)
             if on_entry is not None and final:
                 on_entry(entry)
 

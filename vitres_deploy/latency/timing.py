@@ -179,11 +179,11 @@ RECHECK_FEWEST, RECHECK_MOST = 5, 24
 
 def recheck_sample(names: Sequence[str], attempt: int) -> list[str]:
     """The items the ``attempt``-th recheck times again: evenly spread over ``names`` (entries of every kind
-    and size in a table's order), a different stride offset each attempt."""
+    and size in a table's order), the stride's offset alternating between its start and its middle."""
     count = min(len(names), max(RECHECK_FEWEST, min(RECHECK_MOST, len(names) // 10)))
-    step = len(names) / count
-    offset = (attempt * 0.5 * step) % step if count < len(names) else 0.0
-    return list(dict.fromkeys(names[min(len(names) - 1, int(offset + i * step))] for i in range(count)))
+    step = len(names) / count  # at least 1: the indices below are distinct and below len(names)
+    offset = step / 2 if attempt % 2 else 0.0
+    return [names[int(offset + i * step)] for i in range(count)]
 
 
 @dataclass(frozen=True)

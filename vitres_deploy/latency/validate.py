@@ -30,7 +30,7 @@ import numpy as np
 from ..arch import Arch, sample_arch_sized
 from ..errors import SettingsError
 from ..macs import arch_cost
-from ..progress import progress_bar
+from ..progress import advance_plan, progress_bar
 from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
 from ..runtime.registry import get_backend
@@ -131,12 +131,8 @@ def measure_networks(table: LatencyTable, archs: list[Arch], settings: ProfileSe
         timing = bar.add_task("time", total=len(targets) * protocol.fewest_rounds * runs)
 
         def timed(_name: str, passes: list[TimingStats]) -> None:
-            bar.advance(timing)
-            task = bar.tasks[timing]
-            if needs_pass(passes, protocol) and len(passes) >= protocol.fewest_rounds:
-                bar.update(timing, total=(task.total or 0) + 1)
-            elif task.total is not None and task.completed > task.total:  # a recheck's pass (see timing.py)
-                bar.update(timing, total=task.completed)
+            advance_plan(bar, timing,
+                         another_step=needs_pass(passes, protocol) and len(passes) >= protocol.fewest_rounds)
 
         measured = [time_until_stable({t.name: sources[t.name] for t in targets}, settings, on_pass=timed)
                     for _ in range(runs)]
