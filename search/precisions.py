@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,18 @@ def absolute_budgets(ranges: Sequence[LatencyRange], options: SearchOptions) -> 
     return sorted({*options.budgets_ms, *shared})
 
 
+def refuse_unreachable(budgets: Sequence[float], reached: Iterable[Sequence[float]],
+                       ranges: Mapping[str, LatencyRange], per_stage: bool = False) -> None:
+    """Raise :class:`BudgetError` for the first of ``budgets`` that none of the searches ``reached``."""
+    covered = {b for searched in reached for b in searched}
+    unreachable = [b for b in budgets if b not in covered]
+    if unreachable:
+        spans = ", ".join(f"{p} {r.fastest_ms:.4g} .. {r.slowest_ms:.4g} ms" for p, r in ranges.items())
+        what = "every table and of their networks mixed per stage" if per_stage else "every table"
+        raise BudgetError(f"budget {unreachable[0]:g} ms is outside the achievable range of {what} ({spans})",
+                          field="budgets_ms")
+
+
 def search_precisions(checkpoint: Checkpoint, tables: Sequence[LatencyTable], options: SearchOptions,
                       data: ImageData, *, ranks: Ranks | None = None, progress: bool = False
                       ) -> PrecisionSearchResult:
@@ -98,17 +110,17 @@ def search_precisions(checkpoint: Checkpoint, tables: Sequence[LatencyTable], op
     ranges = {t.meta.precision: latency_range(t) for t in tables}
     budgets = absolute_budgets(list(ranges.values()), options)
     reachable = {p: [b for b in budgets if r.fastest_ms <= b <= r.slowest_ms] for p, r in ranges.items()}
-    unreachable = [b for b in budgets if not any(b in r for r in reachable.values())]
-    if unreachable:
-        spans = ", ".join(f"{p} {r.fastest_ms:.4g} .. {r.slowest_ms:.4g} ms" for p, r in ranges.items())
-        raise BudgetError(f"budget {unreachable[0]:g} ms is outside the achievable range of every table ({spans})",
-                          field="budgets_ms")
+    if not options.per_stage:  # refused before anything is planned
+        refuse_unreachable(budgets, reachable.values(), ranges)
     plans = {t.meta.precision: plan_search(checkpoint, t, dataclasses.replace(
         options, budgets_ms=tuple(reachable[t.meta.precision]), budget_shares=(),
         out_dir=options.out_dir / t.meta.precision), ranks) for t in tables if reachable[t.meta.precision]}
     mixed = plan_mixed(plans, budgets, options, ranks, progress) if options.per_stage else None
     if mixed is not None:
         plans[MIXED] = mixed
+    if options.per_stage:  # mixed networks can reach a budget between the whole precisions' ranges
+        refuse_unreachable(budgets, [[c.budget_ms for c in plan.constraints] for plan in plans.values()], ranges,
+                           per_stage=True)
     searches = {p: run_search(plan, data, ranks=ranks, progress=progress)
                 for p, plan in leave_empty_windows(plans).items()}
     winners = [_winner(b, searches) for b in budgets]
