@@ -16,7 +16,9 @@ its candidates are :class:`~vitres_deploy.arch.MixedArch` networks (int8 in some
 plan gene beside the arch's genes), predicted from both tables plus the float/int8 boundary cost measured first
 (:mod:`vitres_deploy.latency.mixed`, kept in ``<out>/mixed/boundary.json``), each scored on hold-out with only
 its int8 stages quantized. Its picks compete with the whole-precision ones; a mixed winner's best file says which
-stages run in int8 (``int8_stages``: export it with ``--precision int8 --int8-stages``).
+stages run in int8 (``int8_stages``: export it with ``--precision int8 --int8-stages``). A budget between the
+whole precisions' ranges (int8 slower than fp32 for every arch leaves such a gap) is searched by the mixed search
+alone where its networks reach it, and refused only when they do not either (after the boundary is measured).
 """
 
 from __future__ import annotations
