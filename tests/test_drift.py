@@ -185,6 +185,39 @@ def test_a_recheck_in_a_quiet_or_slower_machine_costs_one_pass_of_its_sample() -
             assert Settled.of(passes[name], RECHECKED).value_ms == pytest.approx(value * factor)
 
 
+def test_an_item_whose_best_pass_fell_in_slow_spells_is_timed_again() -> None:
+    """20 items in three passes (forward, backward, forward) on a machine 1.6x slow in spells of nine, nine and
+    five passes that cover items 8-10 in every pass: their passes agree on the slow level and they settle there.
+    Their neighbours were slow in the same spells but quick in another pass, so read against their own values
+    the passes around items 8-10 read 1.6x: with ``disturbed_above`` the three are timed again and reach their
+    own latency; without it they keep the spells' level. Every other item ends the same either way."""
+    values = {f"item{i}": 0.1 * (1 + i % 7) for i in range(20)}
+    slow = ({i for i in range(4, 13)} | {20 + 19 - i for i in range(8, 17)} | {40 + i for i in range(6, 11)})
+    spelled = dataclasses.replace(RECHECKED, recheck_rounds=0, disturbed_above=0.1)
+    for protocol, off in ((spelled, 1.0), (dataclasses.replace(spelled, disturbed_above=0.0), 1.6)):
+        timed: list[str] = []
+
+        def timer(source: str, settings: ProfileSettings, timed: list[str] = timed) -> TimingStats:
+            timed.append(source)
+            return _stats(values[source] * (1.6 if len(timed) - 1 in slow else 1.0))
+
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=protocol), measure_pass=timer)
+        for name, value in values.items():
+            expected = off if name in ("item8", "item9", "item10") else 1.0
+            assert Settled.of(passes[name], protocol).value_ms == pytest.approx(value * expected), name
+            assert not needs_pass(passes[name], protocol)
+        assert timed[:60] == [*values, *reversed(values), *values]  # the schedule the spells were laid on
+
+
+def test_a_quiet_machine_times_no_pass_for_disturbance() -> None:
+    """With every pass at its item's level no pass reads slow around another: three passes each, as without."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(30)}
+    timer, calls = _machine(0, 1.0, values)
+    protocol = dataclasses.replace(RECHECKED, recheck_rounds=0, disturbed_above=0.1)
+    time_until_stable({n: n for n in values}, ProfileSettings(protocol=protocol), measure_pass=timer)
+    assert sum(calls.values()) == 30 * 3
+
+
 def test_recheck_samples_spread_over_the_schedule() -> None:
     names = [f"e{i}" for i in range(180)]
     first, second = recheck_sample(names, 0), recheck_sample(names, 1)

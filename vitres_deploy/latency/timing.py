@@ -23,6 +23,13 @@ on (median ratio below ``1 - stable_within``), the machine is quieter than while
 other item gets one more pass, then another sample is rechecked: at most ``recheck_rounds`` times. A quiet run
 pays one short pass per sampled item; a run whose slow spell ended before it did is timed again at the quiet
 level (the statistic is the lowest pass, so a pass can only lower an item's value).
+
+**Disturbed passes.** The other items tell how the machine was doing when a pass was timed: on a noisy hour
+the shared CPU alternates between its quiet level and spells of one to a few seconds 1.3-1.8x slower, and a
+pass that falls in a spell reads slow for every item timed around it. An item whose lowest pass was timed
+while the passes around it read more than ``disturbed_above`` above their own items' values
+(:func:`disturbed_items`) is timed again, up to ``rounds``: its best level may be a spell's, however well
+its passes agree.
 """
 
 from __future__ import annotations
@@ -51,10 +58,11 @@ from .table import LatencyTable
 #: table has hundreds of entries of tens of microseconds to milliseconds each; still thousands of runs for
 #: small ones), at least three passes each (the third after every item's second: a check that the level two
 #: passes agreed on is the quiet one), more until the two best agree within 3% (at most six), rounds at
-#: least 1 s long (the passes of a lone model are spread over wall time), and up to two rechecks at the end.
+#: least 1 s long (the passes of a lone model are spread over wall time), up to two rechecks at the end, and
+#: another pass for an item whose best pass was timed while the others read more than 10% slow.
 TABLE_PROTOCOL = Protocol(warmup_s=0.01, min_iterations=20, min_seconds=0.1, rounds=6, min_rounds=3,
                           stable_within=0.03, window_s=0.01, statistic="window_floor", round_s=1.0,
-                          recheck_rounds=2)
+                          recheck_rounds=2, disturbed_above=0.1)
 
 
 @dataclass(frozen=True)
@@ -125,15 +133,16 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     """Time every source in interleaved passes until each is settled (see the module docstring).
 
     ``done`` holds passes measured before (an interrupted profile). Pass ``r`` times every item that has at
-    most ``r`` passes and still needs one; odd passes run in reverse order; a round shorter than the
-    protocol's ``round_s`` waits out the rest before the next; then up to ``recheck_rounds`` rechecks (see the
-    module docstring), after which every item is settled or at ``rounds`` again. ``on_pass(name, passes)`` is
-    called after each pass; ``measure_pass`` times one pass (default: :func:`measure_source`). Returns every
-    item's passes in order.
+    most ``r`` passes and still needs one (not settled, or its lowest pass disturbed: :func:`disturbed_items`);
+    odd passes run in reverse order; a round shorter than the protocol's ``round_s`` waits out the rest before
+    the next; then up to ``recheck_rounds`` rechecks (see the module docstring), after which every item is
+    settled or at ``rounds`` again. ``on_pass(name, passes)`` is called after each pass; ``measure_pass`` times
+    one pass (default: :func:`measure_source`). Returns every item's passes in order.
     """
     protocol = settings.protocol
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
     passes = {name: list((done or {}).get(name, ())) for name in sources}
+    order: list[tuple[str, int]] = []  # (item, index of its pass) in the order this call timed them
     started: float | None = None
 
     def time_round(names: Sequence[str], backwards: bool) -> None:
@@ -145,12 +154,14 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         started = time.monotonic()
         for name in reversed(names) if backwards else names:
             passes[name].append(timer(sources[name], settings))
+            order.append((name, len(passes[name]) - 1))
             if on_pass is not None:
                 on_pass(name, passes[name])
 
     def settle() -> None:  # pass r times the items with at most r passes that still need one
         for r in range(protocol.rounds):
-            pending = [name for name in sources if needs_pass(passes[name], protocol)]
+            again = disturbed_items(passes, order, protocol)
+            pending = [name for name in sources if needs_pass(passes[name], protocol) or name in again]
             if not pending:
                 break
             time_round([name for name in pending if len(passes[name]) <= r], bool(r % 2))
@@ -169,6 +180,46 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         if not quieter:
             break
     return passes
+
+
+#: Passes on each side of an item's pass that tell how the machine was doing when it was timed: about a
+#: second of a table's schedule (passes of 0.1-0.15 s), the shortest slow spells seen on the shared CPU.
+NEIGHBOURS = 4
+
+
+def pass_states(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tuple[str, int]],
+                protocol: Protocol) -> list[float]:
+    """How slow the machine was at each pass of ``order`` (item, index of its pass, in the order timed).
+
+    Each pass is read against its own item's latency (its lowest pass); a pass's state is the median of that
+    ratio over the :data:`NEIGHBOURS` passes of other items timed before and after it (1.0 without any).
+    """
+    latency = {name: item_latency(passes[name], protocol) for name in {name for name, _ in order}}
+    ratios = [passes[name][k].value(protocol.statistic) / latency[name] for name, k in order]
+    states = []
+    for i, (name, _) in enumerate(order):
+        low = max(0, i - NEIGHBOURS)
+        around = [r for j, r in enumerate(ratios[low:i + NEIGHBOURS + 1], low) if order[j][0] != name]
+        states.append(float(np.median(around)) if around else 1.0)
+    return states
+
+
+def disturbed_items(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tuple[str, int]],
+                    protocol: Protocol) -> set[str]:
+    """Items under ``rounds`` passes whose lowest pass was timed while the machine was slow: its
+    :func:`pass_states` state is above ``1 + disturbed_above``. Such an item found its best level while the
+    others read slow; the level may be the slow spell's, and one more pass tells. Passes measured before this
+    schedule (a resumed table) are not in ``order`` and have no state."""
+    if protocol.disturbed_above <= 0 or len(order) < 2:
+        return set()
+    states = dict(zip(order, pass_states(passes, order, protocol), strict=True))
+    out: set[str] = set()
+    for name in {name for name, _ in order}:
+        values = [p.value(protocol.statistic) for p in passes[name]]
+        state = states.get((name, values.index(min(values))))
+        if len(values) < protocol.rounds and state is not None and state > 1.0 + protocol.disturbed_above:
+            out.add(name)
+    return out
 
 
 #: Items a recheck times again: a tenth of the schedule, at least :data:`RECHECK_FEWEST` (all of a smaller

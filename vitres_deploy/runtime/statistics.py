@@ -36,7 +36,10 @@ class Protocol:
     sample of the items is timed once more: if they now read lower than the values they settled on (their
     median ratio below ``1 - stable_within``), the machine has become quieter than it was while they were
     timed, and every other item gets one more pass (a slow spell of a shared machine lasting several rounds
-    otherwise settles items on its level).
+    otherwise settles items on its level). With ``disturbed_above`` > 0 an item whose lowest pass was timed while
+    the passes around it (other items', in the order they were timed) read more than that fraction above their
+    own items' values gets another pass, up to ``rounds``: the machine was slow when the item found its best
+    level, so that level may be the slow spell's (0 turns this off).
 
     ``statistic`` is what a table predicts and every later measurement reproduces: ``window_floor`` (the
     lowest median over windows of about ``window_s`` of wall time, then the lowest over passes: the
@@ -56,11 +59,12 @@ class Protocol:
     statistic: str = "median"
     round_s: float = 0.0
     recheck_rounds: int = 0
+    disturbed_above: float = 0.0
 
     def __post_init__(self) -> None:
         """Refuse a protocol no measurement can follow (NaN and infinity included), naming the field."""
         try:
-            for name in ("warmup_s", "min_seconds", "stable_within", "round_s", "flush_cache_mb"):
+            for name in ("warmup_s", "min_seconds", "stable_within", "round_s", "flush_cache_mb", "disturbed_above"):
                 check_real(name, getattr(self, name), low=0.0, error=ProfileError)
             check_real("window_s", self.window_s, low_open=0.0, error=ProfileError)
             for name in ("min_iterations", "rounds"):
