@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from vitres_deploy.latency.timing import (
     pass_states,
     time_until_stable,
 )
+from vitres_deploy.runtime.base import NoisyMeasurement
 from vitres_deploy.runtime.statistics import Protocol, TimingStats, item_latency
 from vitres_deploy.space import load_space
 
@@ -76,7 +78,9 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
     source = prepare_sources(space, [target], settings)[target.name]
     start, floors, seconds = time.monotonic(), [], []
     while time.monotonic() - start < args.seconds:
-        stats, _ = measure_source(source, settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoisyMeasurement)  # every pass of a spell would say so
+            stats, _ = measure_source(source, settings)
         floors.append(stats.value(TABLE_PROTOCOL.statistic))
         seconds.append(stats.seconds)
     ratio = np.asarray(floors) / min(floors)

@@ -296,6 +296,42 @@ def test_precision_per_stage_is_searched_with_the_architecture_and_resumes(setup
     assert [r.hash for r in resumed.searches["mixed"].records] == [r.hash for r in mixed]
 
 
+def test_a_budget_between_the_whole_precisions_ranges_is_left_to_the_mixed_networks(setup: dict[str, Any],
+                                                                                   tmp_path: Path) -> None:
+    """An int8 table slower than fp32 for every network (as on a CPU whose int8 kernels do not pay for a space this
+    small) leaves a gap between the two ranges. A budget in it is refused before anything is planned when only
+    whole precisions are searched; with ``per_stage`` the mixed networks reach it, so the refusal after planning
+    names only a budget nothing reaches (it named the gap's budget too, on such a CPU, before)."""
+    from vitres_deploy.arch import MixedArch
+    from vitres_deploy.latency.mixed import MixedTables, mixed_plans
+
+    fp32, int8 = setup["tables"]
+    factor = 2 * latency_range(fp32).slowest_ms / latency_range(int8).fastest_ms
+    data = int8.to_dict()
+    for entry in data["entries"].values():
+        entry["latency_ms"] *= factor
+    for key in ("offset_ms", "per_call_ms"):
+        data["correction"][key] *= factor
+    (tmp_path / "int8.json").write_text(json.dumps(data))
+    slower = LatencyTable.load(tmp_path / "int8.json")
+    low, high = latency_range(fp32).slowest_ms, latency_range(slower).fastest_ms
+    mixed = MixedTables(fp32, slower, 0.004)
+    rng = random.Random(2)
+    between = [y for a in (sample_arch(fp32.space, rng) for _ in range(40)) for plan in mixed_plans(3)
+               if 1.2 * low < (y := mixed.predict(MixedArch(a.space, a.stages, plan))) < high / 1.2]
+    assert between, "no mixed network between the two ranges"
+    gap, beyond = round(max(between), 6), round(10 * latency_range(slower).slowest_ms, 6)
+    options = SearchOptions(budgets_ms=(*_budgets([fp32, slower]), gap), out_dir=tmp_path / "whole", evolution=SMALL,
+                            eval_limit=LIMIT, drift_check=False, calibration=CALIBRATION)
+    with pytest.raises(BudgetError, match=rf"^budget {gap:g} ms is outside the achievable range of every table \("):
+        search_precisions(setup["checkpoint"], [fp32, slower], options, setup["data"])
+    per_stage = dataclasses.replace(options, budgets_ms=(*options.budgets_ms, beyond), out_dir=tmp_path / "mixed",
+                                    per_stage=True, boundary_ms=0.004)
+    with pytest.raises(BudgetError, match=rf"^budget {beyond:g} ms is outside the achievable range of every table "
+                                          "and of their networks mixed per stage"):
+        search_precisions(setup["checkpoint"], [fp32, slower], per_stage, setup["data"])
+
+
 def test_per_stage_without_an_fp32_and_an_int8_table_is_a_one_line_error(setup: dict[str, Any],
                                                                          tmp_path: Path) -> None:
     fp32 = setup["tables"][0]
