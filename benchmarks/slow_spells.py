@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import random
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ from vitres_deploy.latency.timing import (
     TABLE_PROTOCOL,
     ProfileSettings,
     disturbed_items,
+    lowest_pass_states,
     measure_source,
     pass_states,
     time_until_stable,
@@ -69,8 +71,6 @@ def runs_of(flags: list[bool]) -> list[int]:
 
 def probe(args: argparse.Namespace) -> dict[str, Any]:
     """Time one network in back-to-back passes of the table protocol; the passes against the lowest."""
-    import time
-
     space = load_space(args.space)
     arch = sample_arch(space, random.Random(args.seed))
     settings = ProfileSettings()
@@ -124,11 +124,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     protocol = dataclasses.replace(table.meta.protocol, disturbed_above=args.disturbed_above)
     states = pass_states(passes, order, protocol)
     at = dict(zip(order, states, strict=True))
-    lowest_state = {}
-    for key, ps in passes.items():
-        values = [p.value(protocol.statistic) for p in ps]
-        lowest_state[key] = at[(key, values.index(min(values)))]
-    flagged = sorted(k for k, s in lowest_state.items() if s > 1 + args.disturbed_above)
+    flagged = sorted(k for k, s in lowest_pass_states(passes, order, protocol).items() if s > 1 + args.disturbed_above)
     return {"table": str(args.profile), "passes": len(order), "entries": len(passes),
             "disturbed_above": args.disturbed_above,
             "state_percentiles": dict(zip(("p10", "p50", "p75", "p90"), np.percentile(states, [10, 50, 75, 90])

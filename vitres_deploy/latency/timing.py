@@ -204,22 +204,29 @@ def pass_states(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tup
     return states
 
 
-def disturbed_items(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tuple[str, int]],
-                    protocol: Protocol) -> set[str]:
-    """Items under ``rounds`` passes whose lowest pass was timed while the machine was slow: its
-    :func:`pass_states` state is above ``1 + disturbed_above``. Such an item found its best level while the
-    others read slow; the level may be the slow spell's, and one more pass tells. Passes measured before this
-    schedule (a resumed table) are not in ``order`` and have no state."""
-    if protocol.disturbed_above <= 0 or len(order) < 2:
-        return set()
+def lowest_pass_states(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tuple[str, int]],
+                       protocol: Protocol) -> dict[str, float]:
+    """The :func:`pass_states` state of each item's lowest pass, for the items whose lowest pass is in ``order``
+    (passes measured before this schedule, as a resumed table's, have no state)."""
     states = dict(zip(order, pass_states(passes, order, protocol), strict=True))
-    out: set[str] = set()
+    out: dict[str, float] = {}
     for name in {name for name, _ in order}:
         values = [p.value(protocol.statistic) for p in passes[name]]
         state = states.get((name, values.index(min(values))))
-        if len(values) < protocol.rounds and state is not None and state > 1.0 + protocol.disturbed_above:
-            out.add(name)
+        if state is not None:
+            out[name] = state
     return out
+
+
+def disturbed_items(passes: Mapping[str, Sequence[TimingStats]], order: Sequence[tuple[str, int]],
+                    protocol: Protocol) -> set[str]:
+    """Items under ``rounds`` passes whose lowest pass was timed while the machine was slow: its state
+    (:func:`lowest_pass_states`) is above ``1 + disturbed_above``. Such an item found its best level while the
+    others read slow; the level may be the slow spell's, and one more pass tells."""
+    if protocol.disturbed_above <= 0 or len(order) < 2:
+        return set()
+    return {name for name, state in lowest_pass_states(passes, order, protocol).items()
+            if len(passes[name]) < protocol.rounds and state > 1.0 + protocol.disturbed_above}
 
 
 #: Items a recheck times again: a tenth of the schedule, at least :data:`RECHECK_FEWEST` (all of a smaller
