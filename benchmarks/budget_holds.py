@@ -5,8 +5,10 @@ evolutionary search runs under ``B`` with the table's validated margin, the best
 with every check, and the export's latency gate measures it with the table's own protocol and statistic.
 The report counts how many measure at most ``B`` and at most ``1.05 B`` (the targets: at least 9 of 10,
 and all). The table's fingerprint and drift are checked once before the first search. The gate runs as a user's
-export does: a measurement over ``1.05 B`` is taken again before it fails (``export --latency-retries``, default
-2; every attempt in the row's ``attempts_ms``); a bundle that still fails is left unwritten, its latency reported.
+export does: among the table's reference entries (their *measured / table* ratio is the row's ``machine_ratio``),
+a measurement over ``B`` taken again once and one over ``1.05 B`` up to ``export --latency-retries`` times (default
+2) before it fails (every attempt in the row's ``attempts_ms``; ``within_budget_first`` counts the first attempts
+alone); a bundle that still fails is left unwritten, its latency reported.
 
     python benchmarks/budget_holds.py --supernet fmnist-demo --profile profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json \\
         --out runs/budget-holds
@@ -72,22 +74,27 @@ def main() -> None:
         measured = latency["measured_ms"]
         rows.append({"fraction": fraction, "budget_ms": budget, "margin": result.constraints[0].margin,
                      "predicted_ms": predict(table, arch).latency_ms, "measured_ms": measured,
-                     "over_budget": measured / budget - 1, "attempts_ms": latency["attempts_ms"], "arch": arch.hash,
+                     "over_budget": measured / budget - 1, "attempts_ms": latency["attempts_ms"],
+                     "machine_ratio": latency.get("machine_ratio"), "arch": arch.hash,
                      "seconds": time.perf_counter() - t0})
         r = rows[-1]
         retried = f", lowest of {len(r['attempts_ms'])} measurements" if len(r["attempts_ms"]) > 1 else ""
+        machine = f", references {r['machine_ratio']:.3f}x the table" if r["machine_ratio"] is not None else ""
         print(f"budget {budget:.4f} ms: predicted {r['predicted_ms']:.4f}, measured {measured:.4f} "
-              f"({r['over_budget']:+.1%}{retried})", flush=True)
+              f"({r['over_budget']:+.1%}{retried}{machine})", flush=True)
     measured = [r for r in rows if "measured_ms" in r]
     within = sum(r["measured_ms"] <= r["budget_ms"] for r in measured)
     within_5 = sum(r["measured_ms"] <= 1.05 * r["budget_ms"] for r in measured)
+    within_first = sum(r["attempts_ms"][0] <= r["budget_ms"] for r in measured)
     summary = {"table": str(args.profile), "drift_check": drift.to_dict(items=False) if drift else None,
                "statistic": table.meta.protocol.statistic, "searches": len(measured),
                "infeasible": len(rows) - len(measured), "within_budget": within, "within_1_05_budget": within_5,
+               "within_budget_first": within_first,
                "max_over_budget": max((r["over_budget"] for r in measured), default=None), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "budget_holds.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{within}/{len(measured)} measured within the budget, {within_5}/{len(measured)} within 1.05x "
+    print(f"{within}/{len(measured)} measured within the budget ({within_first} at the first measurement), "
+          f"{within_5}/{len(measured)} within 1.05x "
           f"({len(rows) - len(measured)} budgets infeasible under the margin); report in "
           f"{args.out / 'budget_holds.json'}")
 

@@ -5,19 +5,26 @@ The table fixes the backend, precision, batch, threads, protocol and statistic (
 the table's prediction for the arch and the budget (from ``best.json``'s ``budget_ms`` or given). Measured
 above ``budget * (1 + tolerance)`` fails unless over-budget exports are allowed.
 
-A measurement over that limit is confirmed before it fails (:func:`confirm_over_limit`): the network is measured
-again, up to ``retries`` times some seconds apart, and the lowest measurement counts. A table's statistic is the
-lowest window median of passes spread over minutes; one gate measurement spans a few seconds, and a burst of a
-shared machine can cover all of it (measured: two of ten gate readings ~30% slow that re-timed a minute later
-within 6% of their predictions, docs/latency.md). A network that is slow is slow in every attempt.
+The network is timed among a few of the table's own entries (:func:`~vitres_deploy.latency.drift.reference_sources`):
+a lone model gives the disturbed-pass rule nothing to read the machine by, the references do (a pass of the
+network timed while they read slow is timed again), and their *measured / table* ratio says how the machine
+read against the table during the gate (recorded beside the result).
+
+A measurement over the budget is confirmed (:func:`confirm_over_budget`): the network is measured again some
+seconds later and the lowest measurement counts, as the validation that set the search's margin measured every
+network in two runs (the verdict "at most the budget" is the same as measuring twice every time). Over the limit,
+it is measured again up to ``retries`` times in all before it fails. A table's statistic is the lowest window
+median of passes spread over minutes; one gate measurement spans a few seconds, and a burst of a shared machine
+can cover all of it (measured: two of ten gate readings ~30% slow that re-timed a minute later within 6% of their
+predictions, docs/latency.md). A network that is slow is slow in every attempt.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +33,13 @@ from torch import nn
 from ..arch import Arch
 from ..convert.int8 import Int8Settings
 from ..errors import ProfileError
-from ..latency.drift import DriftReport, trusted_table
+from ..latency.drift import DriftReport, reference_sources, trusted_table
 from ..latency.predict import predict
 from ..latency.quantization import check_int8_settings, table_int8_settings
 from ..latency.table import LatencyTable
 from ..latency.timing import Measurement, ProfileSettings, measure_module, measure_onnx
 from ..runtime.base import NoisyMeasurement
+from ..runtime.loaders import ModelLoader
 from ..runtime.registry import get_backend
 from ..runtime.tensorrt import engine_profile
 from ..space import SearchSpace
@@ -45,6 +53,7 @@ class LatencyGate:
     table: LatencyTable
     predicted_ms: float | None
     drift: DriftReport | None = None
+    references: Mapping[str, ModelLoader] = field(default_factory=dict)
 
 
 def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, precision: str,
@@ -54,8 +63,9 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
     """Load the table at ``table_path`` and check, before anything is exported, that it can gate this export here:
     its space, precision and batch, for int8 how its models were quantized (as ``int8``, the export's settings,
     in what changes the speed), its device fingerprint and (unless ``drift_check`` is off) its drift
-    (:func:`~vitres_deploy.latency.drift.trusted_table`). ``whole_network`` False: only some stages are in the
-    table's precision (mixed precision), so the gate measures with the table's protocol but has no prediction."""
+    (:func:`~vitres_deploy.latency.drift.trusted_table`), and build the reference entries the network is timed
+    among. ``whole_network`` False: only some stages are in the table's precision (mixed precision), so the gate
+    measures with the table's protocol but has no prediction."""
     table = LatencyTable.load(table_path)
     meta = table.meta
     if meta.space != space.name:
@@ -73,12 +83,14 @@ def plan_latency_gate(table_path: str | Path, arch: Arch, space: SearchSpace, pr
                            f"{batch_range[0]}:{batch_range[1]}:{batch_range[2]} of the engine", field="batch_range")
     table, drift = trusted_table(table, drift_check=drift_check, rescale=rescale,
                                  allow_other_device=allow_other_device)
-    return LatencyGate(table, predict(table, arch).latency_ms if whole_network else None, drift)
+    return LatencyGate(table, predict(table, arch).latency_ms if whole_network else None, drift,
+                       reference_sources(table))
 
 
 def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
                    sample_shape: tuple[int, ...]) -> tuple[str, Measurement]:
-    """Time the exported network with the table's backend, protocol and statistic; returns (artifact, measurement).
+    """Time the exported network with the table's backend, protocol and statistic, among the gate's reference
+    entries; returns (artifact, measurement).
 
     ONNX backends time ``onnx_path`` (the fp32 ONNX: the backend applies the table's precision as when
     profiling; or a quantized ONNX, which int8 runners run as it is); torch tables time the static module.
@@ -91,23 +103,31 @@ def measure_export(gate: LatencyGate, *, onnx_path: Path, module: nn.Module,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)  # the CV is reported beside the result instead
         if get_backend(meta.backend).source == "onnx":
-            return ("tensorrt" if meta.backend == "tensorrt" else "onnx"), measure_onnx(gate.table, onnx_path)
-        return "pytorch", measure_module(gate.table, module, sample_shape)
+            artifact = "tensorrt" if meta.backend == "tensorrt" else "onnx"
+            return artifact, measure_onnx(gate.table, onnx_path, gate.references)
+        return "pytorch", measure_module(gate.table, module, sample_shape, gate.references)
 
 
-#: Seconds between a gate measurement over the limit and its confirmation (and between confirmations).
+#: Seconds between a gate measurement over the budget and its confirmation (and between confirmations).
 CONFIRM_PAUSE_S = 10.0
 
 
-def confirm_over_limit(measure: Callable[[], tuple[str, Measurement]], limit_ms: float | None, retries: int,
-                       pause_s: float = CONFIRM_PAUSE_S,
-                       on_retry: Callable[[int, float], None] | None = None) -> tuple[str, Measurement, list[float]]:
-    """Measure with ``measure()``; while the lowest measurement so far is above ``limit_ms`` and retries are left,
-    wait ``pause_s`` and measure again. Returns the artifact, the lowest measurement and every measured latency in
-    order. ``on_retry(attempt, lowest_ms)`` is told before each new measurement. No limit: one measurement."""
+def confirm_over_budget(measure: Callable[[], tuple[str, Measurement]], budget_ms: float | None,
+                        limit_ms: float | None, retries: int, pause_s: float = CONFIRM_PAUSE_S,
+                        on_retry: Callable[[int, float], None] | None = None) -> tuple[str, Measurement, list[float]]:
+    """Measure with ``measure()``; while retries are left, wait ``pause_s`` and measure again when the lowest
+    measurement so far is above ``budget_ms`` after one measurement or above ``limit_ms`` (the failure line) after
+    more. Returns the artifact, the lowest measurement and every measured latency in order. ``on_retry(attempt,
+    lowest_ms)`` is told before each new measurement. No budget: one measurement."""
     artifact, best = measure()
     attempts = [best.latency_ms]
-    while limit_ms is not None and best.latency_ms > limit_ms and len(attempts) <= retries:
+
+    def unconfirmed() -> bool:
+        if budget_ms is None or len(attempts) > retries:
+            return False
+        return best.latency_ms > (budget_ms if len(attempts) == 1 else (limit_ms or budget_ms))
+
+    while unconfirmed():
         if on_retry is not None:
             on_retry(len(attempts), best.latency_ms)
         time.sleep(pause_s)
@@ -129,7 +149,7 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
                   tolerance: float, allow_over_budget: bool,
                   attempts: list[float] | None = None) -> tuple[CheckResult, dict[str, Any]]:
     """The gate's verdict and the manifest's ``latency`` record; ``attempts``: every measured latency when the gate
-    measured more than once (:func:`confirm_over_limit`), ``measurement`` the lowest."""
+    measured more than once (:func:`confirm_over_budget`), ``measurement`` the lowest."""
     meta = gate.table.meta
     stats = measurement.stats
     measured = measurement.latency_ms
@@ -142,6 +162,8 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         predicted = f"predicted {gate.predicted_ms:.4g} ms ({error:+.1%})"
     summary = (f"{meta.backend} {meta.precision} b{meta.batch}: measured {measured:.4g} ms ({statistic} of "
                f"{len(measurement.passes)} passes, {stats.iterations} runs{noisy}), {predicted}")
+    if measurement.machine_ratio is not None:
+        summary += f", reference entries {measurement.machine_ratio:.3f}x the table"
     if attempts and len(attempts) > 1:
         summary += f", lowest of {len(attempts)} measurements ({', '.join(f'{a:.4g}' for a in attempts)} ms)"
     limits: dict[str, Any] = {"budget_ms": budget_ms, "tolerance": tolerance, "allow_over_budget": allow_over_budget}
@@ -167,6 +189,7 @@ def latency_check(gate: LatencyGate, artifact: str, measurement: Measurement, bu
         "prediction_error": error, "statistic": measurement.statistic, "passes": len(measurement.passes),
         "spread": measurement.to_dict()["spread"], "stats": stats.to_dict(), "budget_ms": budget_ms,
         "tolerance": tolerance, "attempts_ms": list(attempts or [measured]),
+        "machine_ratio": measurement.machine_ratio, "references": dict(measurement.references),
         "allow_over_budget": allow_over_budget, "artifact": artifact,
         "engine_profile": timed_engine_profile(gate.table),
         "drift_check": gate.drift.to_dict(items=False) if gate.drift else None,

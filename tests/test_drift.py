@@ -218,6 +218,51 @@ def test_a_quiet_machine_times_no_pass_for_disturbance() -> None:
     assert sum(calls.values()) == 30 * 3
 
 
+def test_a_lone_model_timed_among_references_is_timed_again_out_of_a_slow_spell() -> None:
+    """A spell 1.6x slow covers the first three passes of a lone model (the export's gate): alone they agree and it
+    settles on the spell's level. Timed among four references (round by round: two before it, two after), the
+    passes around the model's read slow against the references' own values (two of the four were in the spell
+    too, then quick), so the model is timed again and reaches its latency; the references do not keep the schedule
+    going once the model is settled (they are timed in its rounds only)."""
+    spelled = dataclasses.replace(RECHECKED, recheck_rounds=0, disturbed_above=0.1)
+    slow_passes = {"model": 3, "ref2": 2, "ref3": 2}  # the spell: the model's first three passes, two of two refs'
+    refs = {f"ref{i}": f"ref{i}" for i in range(1, 5)}
+    for references, expected in ((None, 1.6), (refs, 1.0)):
+        timed: list[str] = []
+
+        def timer(source: str, settings: ProfileSettings, timed: list[str] = timed) -> TimingStats:
+            timed.append(source)
+            return _stats(1.6 if timed.count(source) <= slow_passes.get(source, 0) else 1.0)
+
+        passes = time_until_stable({"model": "model"}, ProfileSettings(protocol=spelled), measure_pass=timer,
+                                   references=references)
+        assert Settled.of(passes["model"], spelled).value_ms == pytest.approx(expected)
+        assert not needs_pass(passes["model"], spelled)
+        if references:
+            rounds = len(passes["model"])
+            assert rounds == 5 and all(len(passes[r]) == rounds for r in refs)  # a round: the refs and the model
+            assert timed[:10] == ["ref1", "ref2", "model", "ref3", "ref4", "ref4", "ref3", "model", "ref2", "ref1"]
+    with pytest.raises(ValueError, match="also sources"):
+        time_until_stable({"model": "model"}, ProfileSettings(protocol=spelled), references={"model": "model"})
+
+
+def test_the_time_cap_starts_no_round_after_the_first_three() -> None:
+    """Items that never settle run to ``rounds`` passes and the recheck; past ``seconds`` no round starts beyond
+    the ``min_rounds`` every item gets (the drift check's bound), and no recheck."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(6)}
+    uncapped = {RECHECKED.rounds, RECHECKED.rounds + 1}  # the recheck's sample: one pass more
+    for seconds, expected in ((None, uncapped), (0.0, {RECHECKED.min_rounds})):
+        calls = {name: 0 for name in values}
+
+        def restless(source: str, settings: ProfileSettings, calls: dict[str, int] = calls) -> TimingStats:
+            calls[source] += 1
+            return _stats(values[source] * (1 + 0.1 * calls[source]))  # every pass 10% above the last
+
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=RECHECKED), measure_pass=restless,
+                                   seconds=seconds)
+        assert {len(p) for p in passes.values()} == expected == set(calls.values())
+
+
 def test_recheck_samples_spread_over_the_schedule() -> None:
     names = [f"e{i}" for i in range(180)]
     first, second = recheck_sample(names, 0), recheck_sample(names, 1)
@@ -294,6 +339,12 @@ def test_the_cli_check_reports_a_ratio_and_fails_on_drift(table: LatencyTable, c
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert not report["drifted"] and 0.4 < report["ratio"] < 1.6 and len(report["items"]) >= 8
+    assert report["seconds"] > 0 and report["unsettled"] >= 0
+    # a time cap spent before the first pass: every item still gets its first min_rounds passes
+    capped = check_drift(table, workers=1, cache_dir=cache, seconds=1e-6)
+    assert len(capped.items) == len(report["items"]) and 0 <= capped.unsettled <= len(capped.items)
+    result = runner.invoke(main, ["profile", "check", "--profile", str(table.path), "--seconds", "0"])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "--seconds" in result.output
 
 
 def test_a_table_of_another_fingerprint_is_refused(table: LatencyTable, tmp_path: Path) -> None:

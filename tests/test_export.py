@@ -169,38 +169,51 @@ def test_latency_gate_reports_predicted_measured_and_budget(exported, latency_ta
         raise_for_failures([CheckResult.from_dict(gate), result])
 
 
-def test_a_gate_measurement_over_the_limit_is_measured_again_and_the_lowest_counts(exported, latency_table):
+def test_a_gate_measurement_over_the_budget_is_measured_again_and_the_lowest_counts(exported, latency_table):
     """A burst of the machine during the gate's first measurement (injected: a reading 5x the network's) is told
-    from the network by measuring the real ONNX Runtime session again; a network over the limit stays over."""
-    from vitres_deploy.export.latency_gate import LatencyGate, confirm_over_limit, latency_check, measure_export
+    from the network by measuring the real ONNX Runtime session again, among the table's reference entries; a
+    reading over the budget is confirmed once, one over the limit up to the retries; a network over stays over."""
+    from vitres_deploy.export.latency_gate import LatencyGate, confirm_over_budget, latency_check, measure_export
+    from vitres_deploy.latency.drift import reference_entries, reference_sources
     from vitres_deploy.latency.table import LatencyTable
     from vitres_deploy.latency.timing import Measurement
 
     out, _ = exported
-    gate = LatencyGate(LatencyTable.load(latency_table), None)
+    table = LatencyTable.load(latency_table)
+    gate = LatencyGate(table, None, references=reference_sources(table))
+    assert len(gate.references) == 1 + len(table.space.stages)  # the slowest stem and block of each stage
+    assert [s.key for s in reference_entries(table)] == list(gate.references)
 
     def gate_measurement() -> tuple[str, Measurement]:  # what the export's gate measures: the bundle's ONNX
         return measure_export(gate, onnx_path=out / "model.onnx", module=None, sample_shape=())
 
     _, network = gate_measurement()
+    assert set(network.references) == set(gate.references) and network.machine_ratio > 0  # each read vs the table
     burst = Measurement(5 * network.latency_ms, network.spread, network.passes, network.statistic)
     readings = iter([("onnx", burst)])
     told: list[tuple[int, float]] = []
-    limit = 2.5 * network.latency_ms
-    artifact, lowest, attempts = confirm_over_limit(lambda: next(readings, None) or gate_measurement(), limit,
-                                                    retries=2, pause_s=0.0, on_retry=lambda k, ms: told.append((k, ms)))
+    budget, limit = 2.5 * network.latency_ms, 3 * network.latency_ms
+    artifact, lowest, attempts = confirm_over_budget(lambda: next(readings, None) or gate_measurement(), budget,
+                                                     limit, retries=2, pause_s=0.0,
+                                                     on_retry=lambda k, ms: told.append((k, ms)))
     assert artifact == "onnx" and attempts[0] == burst.latency_ms and len(attempts) == 2  # confirmed once, under
-    assert lowest.latency_ms == attempts[1] < limit and told == [(1, burst.latency_ms)]
-    result, record = latency_check(gate, artifact, lowest, limit, 0.0, False, attempts)
+    assert lowest.latency_ms == attempts[1] < budget and told == [(1, burst.latency_ms)]
+    result, record = latency_check(gate, artifact, lowest, budget, 0.0, False, attempts)
     assert result.passed and record["attempts_ms"] == attempts and "lowest of 2 measurements" in result.summary
+    assert record["machine_ratio"] == lowest.machine_ratio and "reference entries" in result.summary
 
+    # Over the budget but under its limit: confirmed once, not more (as the validation's two runs).
+    over = Measurement(1.02 * budget, network.spread, network.passes, network.statistic)
+    assert len(confirm_over_budget(lambda: ("onnx", over), budget, 1.05 * budget, retries=2, pause_s=0.0)[2]) == 2
     # A network really over the limit: every retry is spent, and the gate still fails on the lowest.
-    _, lowest, attempts = confirm_over_limit(gate_measurement, network.latency_ms / 10, retries=2, pause_s=0.0)
-    assert len(attempts) == 3 and lowest.latency_ms == min(attempts) > network.latency_ms / 10
-    assert not latency_check(gate, "onnx", lowest, network.latency_ms / 10, 0.0, False, attempts)[0].passed
-    # Under the limit at once, or no limit: one measurement.
-    assert len(confirm_over_limit(gate_measurement, 1e9, retries=2, pause_s=0.0)[2]) == 1
-    assert len(confirm_over_limit(lambda: ("onnx", burst), None, retries=2, pause_s=0.0)[2]) == 1
+    tiny = network.latency_ms / 10
+    _, lowest, attempts = confirm_over_budget(gate_measurement, tiny, tiny, retries=2, pause_s=0.0)
+    assert len(attempts) == 3 and lowest.latency_ms == min(attempts) > tiny
+    assert not latency_check(gate, "onnx", lowest, tiny, 0.0, False, attempts)[0].passed
+    # Under the budget at once, no budget, or no retries: one measurement.
+    assert len(confirm_over_budget(gate_measurement, 1e9, 1e9, retries=2, pause_s=0.0)[2]) == 1
+    assert len(confirm_over_budget(lambda: ("onnx", burst), None, None, retries=2, pause_s=0.0)[2]) == 1
+    assert len(confirm_over_budget(lambda: ("onnx", burst), budget, limit, retries=0, pause_s=0.0)[2]) == 1
 
 
 def test_triton_repository_is_a_valid_dynamic_batching_config(exported):

@@ -77,8 +77,9 @@ def _int8_layout(formats: tuple[str, ...], table_path: str | None) -> str:
 @click.option("--latency-tolerance", type=float, default=0.05, show_default=True,
               help="Measured latency may exceed the budget by this fraction.")
 @click.option("--latency-retries", type=int, default=2, show_default=True,
-              help="A measurement over the budget's limit is taken again up to this many times, 10 s apart, and "
-                   "the lowest counts (a burst of a busy machine is not the network's latency); 0: measure once.")
+              help="A measurement over the budget is taken again once, one over its limit up to this many times, "
+                   "10 s apart, and the lowest counts (a burst of a busy machine is not the network's latency); 0: "
+                   "measure once.")
 @click.option("--allow-over-budget", is_flag=True, help="Write the bundle even if measured latency is over budget.")
 @trust_options("the latency gate (with --profile)")
 @click.option("--data", "data_dir", default=None, help="Data directory (default: Debian's Fashion-MNIST).")

@@ -238,8 +238,12 @@ def validate(table_path: Path, samples: int, seed: int, workers: int, out: Path 
 @click.option("--allow-other-device", is_flag=True, help="Check a table measured on other hardware anyway.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes exporting the checked models before timing.")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
+              help="No new round of passes starts after this many seconds of the check, beyond the three every "
+                   "item gets (items left unsettled are counted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(table_path: Path, tolerance: float, allow_other_device: bool, workers: int, as_json: bool) -> None:
+def check(table_path: Path, tolerance: float, allow_other_device: bool, workers: int, seconds: float,
+          as_json: bool) -> None:
     """Re-time a stratified handful of entries and networks: does the table still describe this machine?"""
     from ..errors import ProfileError
     from ..latency import LatencyTable
@@ -247,7 +251,7 @@ def check(table_path: Path, tolerance: float, allow_other_device: bool, workers:
 
     table = LatencyTable.load(table_path)
     differences = check_fingerprint(table, allow_other_device)
-    report = check_drift(table, tolerance=tolerance, workers=workers)
+    report = check_drift(table, tolerance=tolerance, workers=workers, seconds=seconds)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -11,6 +11,8 @@ A table is a measurement of one device on one day. Before a search or an export 
    statistic. The ratio *measured / table* of each is summarised by its median with a distribution-free
    95% interval (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
    longer describes the machine: re-profile, or rescale the table's predictions by the measured ratio.
+   The check is bounded in time (:data:`DRIFT_SECONDS`): past it no new round of passes starts beyond the
+   three every item gets, and the items left unsettled are counted in the report.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..arch import Arch, max_arch, min_arch, sample_arch
 from ..errors import ProfileError
 from ..runtime.base import NoisyMeasurement
 from ..runtime.loaders import ModelLoader
-from ..runtime.statistics import item_latency
+from ..runtime.statistics import item_latency, needs_pass
 from ..values import check_real
 from .entries import EntrySpec, enumerate_entries
 from .fingerprint import device_fingerprint, fingerprint_difference
@@ -38,6 +40,10 @@ from .timing import ProfileSettings, time_until_stable
 
 #: A table whose median measured/table ratio is outside 1 ± this is drifted.
 DRIFT_TOLERANCE = 0.10
+
+#: Seconds after the drift check's start past which it starts no new round of passes beyond the first
+#: ``min_rounds`` (a round started before then is finished: the check ends within about 30 s).
+DRIFT_SECONDS = 25.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class DriftReport:
     high: float
     tolerance: float
     seconds: float
+    unsettled: int = 0
 
     @property
     def drifted(self) -> bool:
@@ -73,13 +80,14 @@ class DriftReport:
 
     def describe(self) -> str:
         """``measured 1.32x the table (95% interval 1.25-1.40, 12 items)``."""
+        unsettled = f", {self.unsettled} unsettled" if self.unsettled else ""
         return (f"measured {self.ratio:.3f}x the table (95% interval {self.low:.3f}-{self.high:.3f}, "
-                f"{len(self.items)} items)")
+                f"{len(self.items)} items{unsettled})")
 
     def to_dict(self, *, items: bool = True) -> dict[str, Any]:
         """Plain-JSON form (without ``items``, the summary alone)."""
         out: dict[str, Any] = {"ratio": self.ratio, "interval": [self.low, self.high], "tolerance": self.tolerance,
-                               "drifted": self.drifted, "seconds": self.seconds}
+                               "drifted": self.drifted, "seconds": self.seconds, "unsettled": self.unsettled}
         if items:
             out["items"] = [{**asdict(i), "ratio": i.ratio} for i in self.items]
         return out
@@ -120,11 +128,33 @@ def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], 
     return picked, archs
 
 
+def reference_entries(table: LatencyTable) -> list[EntrySpec]:
+    """The entries timed beside a lone model (the export's gate, :func:`reference_sources`): the slowest stem and
+    the slowest block of each stage, the wide entries whose slowdowns on a shared machine are also the network's."""
+    specs = enumerate_entries(table.space)
+    groups = [[s for s in specs if s.kind == "stem"]]
+    groups += [[s for s in specs if s.kind == "block" and s.stage == stage]
+               for stage in range(1, len(table.space.stages) + 1)]
+    return [max(group, key=lambda s: table.entries[s.key].latency_ms) for group in groups if group]
+
+
+def reference_sources(table: LatencyTable, *, workers: int = 2, cache_dir: Any = None) -> dict[str, ModelLoader]:
+    """The :func:`reference_entries` of ``table``, built as when it was profiled (cached files reused), by key:
+    the ``references`` of :func:`~vitres_deploy.latency.timing.measure_like`."""
+    table.require_complete()
+    settings = ProfileSettings.from_table(table, workers=workers, cache_dir=cache_dir)
+    specs = reference_entries(table)
+    return dict(prepare_sources(table.space, [entry_target(s) for s in specs], settings))
+
+
 def check_drift(table: LatencyTable, *, tolerance: float = DRIFT_TOLERANCE, workers: int = 2,
-                cache_dir: Any = None, seed: int = 0) -> DriftReport:
+                cache_dir: Any = None, seed: int = 0, seconds: float | None = DRIFT_SECONDS) -> DriftReport:
     """Re-time the table's drift targets with its own protocol; the report says whether the table drifted
-    (its median ratio outside ``1 ± tolerance``, a finite fraction above 0)."""
+    (its median ratio outside ``1 ± tolerance``, a finite fraction above 0). ``seconds`` bounds the check's
+    time, exports included (None: unbounded; see the module docstring)."""
     check_real("tolerance", tolerance, low_open=0.0)
+    if seconds is not None:
+        check_real("seconds", seconds, low_open=0.0)
     table.require_complete()
     start = time.perf_counter()
     settings = ProfileSettings.from_table(table, workers=workers, cache_dir=cache_dir)
@@ -133,14 +163,16 @@ def check_drift(table: LatencyTable, *, tolerance: float = DRIFT_TOLERANCE, work
     sources: Mapping[str, ModelLoader] = prepare_sources(table.space, targets, settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoisyMeasurement)
-        passes = time_until_stable({t.name: sources[t.name] for t in targets}, settings)
+        left = None if seconds is None else max(0.0, seconds - (time.perf_counter() - start))
+        passes = time_until_stable({t.name: sources[t.name] for t in targets}, settings, seconds=left)
     protocol = settings.protocol
     items = [DriftItem(s.key, "entry", table.entries[s.key].latency_ms, item_latency(passes[s.key], protocol))
              for s in specs]
     items += [DriftItem(f"network {a.hash}", "network", predict(table, a).latency_ms,
                         item_latency(passes[network_target(a).name], protocol)) for a in archs]
     ratio, low, high = median_interval([i.ratio for i in items])
-    return DriftReport(tuple(items), ratio, low, high, tolerance, time.perf_counter() - start)
+    unsettled = sum(needs_pass(passes[t.name], protocol) for t in targets)
+    return DriftReport(tuple(items), ratio, low, high, tolerance, time.perf_counter() - start, unsettled)
 
 
 def here_fingerprint(table: LatencyTable) -> dict[str, Any]:

@@ -29,7 +29,11 @@ the shared CPU alternates between its quiet level and spells of one to a few sec
 pass that falls in a spell reads slow for every item timed around it. An item whose lowest pass was timed
 while the passes around it read more than ``disturbed_above`` above their own items' values
 (:func:`disturbed_items`) is timed again, up to ``rounds``: its best level may be a spell's, however well
-its passes agree.
+its passes agree. A lone model (the export's gate) has no other items: it is timed among *references*, a few
+of its table's own entries timed in each of its rounds, which tell the machine's state around its passes.
+
+**Time cap.** A schedule given ``seconds`` (the drift check) starts no new round once they have passed, beyond
+the ``min_rounds`` every item gets, and no recheck.
 """
 
 from __future__ import annotations
@@ -129,7 +133,8 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
                       done: Mapping[str, Sequence[TimingStats]] | None = None,
                       on_pass: Callable[[str, list[TimingStats]], None] | None = None,
                       measure_pass: Callable[[ModelLoader, ProfileSettings], TimingStats] | None = None,
-                      ) -> dict[str, list[TimingStats]]:
+                      references: Mapping[str, ModelLoader] | None = None,
+                      seconds: float | None = None) -> dict[str, list[TimingStats]]:
     """Time every source in interleaved passes until each is settled (see the module docstring).
 
     ``done`` holds passes measured before (an interrupted profile). Pass ``r`` times every item that has at
@@ -137,13 +142,26 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     odd passes run in reverse order; a round shorter than the protocol's ``round_s`` waits out the rest before
     the next; then up to ``recheck_rounds`` rechecks (see the module docstring), after which every item is
     settled or at ``rounds`` again. ``on_pass(name, passes)`` is called after each pass; ``measure_pass`` times
-    one pass (default: :func:`measure_source`). Returns every item's passes in order.
+    one pass (default: :func:`measure_source`).
+
+    ``references`` are timed once in every round that times a source, half before and half after them: they
+    tell the machine's state around the sources' passes (:func:`pass_states`) where the sources alone cannot (a
+    lone model, the export's gate), but they do not keep the schedule going. ``seconds`` caps the wall time:
+    once it has passed, no new round starts beyond the ``min_rounds`` every source gets (the drift check's
+    bound). Returns every item's passes (the references' too) in order.
     """
     protocol = settings.protocol
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
-    passes = {name: list((done or {}).get(name, ())) for name in sources}
+    refs = dict(references or {})
+    if set(refs) & set(sources):
+        raise ValueError(f"references {sorted(set(refs) & set(sources))} are also sources")
+    loaders = {**sources, **refs}
+    passes = {name: list((done or {}).get(name, ())) for name in loaders}
     order: list[tuple[str, int]] = []  # (item, index of its pass) in the order this call timed them
     started: float | None = None
+    deadline = None if seconds is None else time.monotonic() + seconds
+    ref_names = list(refs)
+    before_refs, after_refs = ref_names[:len(ref_names) // 2], ref_names[len(ref_names) // 2:]
 
     def time_round(names: Sequence[str], backwards: bool) -> None:
         nonlocal started
@@ -152,16 +170,22 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         if started is not None:
             time.sleep(max(0.0, started + protocol.round_s - time.monotonic()))
         started = time.monotonic()
-        for name in reversed(names) if backwards else names:
-            passes[name].append(timer(sources[name], settings))
+        scheduled = [*before_refs, *names, *after_refs]
+        for name in reversed(scheduled) if backwards else scheduled:
+            passes[name].append(timer(loaders[name], settings))
             order.append((name, len(passes[name]) - 1))
             if on_pass is not None:
                 on_pass(name, passes[name])
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
 
     def settle() -> None:  # pass r times the items with at most r passes that still need one
         for r in range(protocol.rounds):
             again = disturbed_items(passes, order, protocol)
             pending = [name for name in sources if needs_pass(passes[name], protocol) or name in again]
+            if r >= protocol.fewest_rounds and out_of_time():
+                pending = []
             if not pending:
                 break
             time_round([name for name in pending if len(passes[name]) <= r], bool(r % 2))
@@ -169,6 +193,8 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     settle()
     names = list(sources)
     for attempt in range(protocol.recheck_rounds if names else 0):
+        if out_of_time():
+            break
         sample = recheck_sample(names, attempt)
         before = {name: item_latency(passes[name], protocol) for name in sample}
         time_round(sample, False)
@@ -252,22 +278,34 @@ class Measurement:
     spread: float
     passes: tuple[TimingStats, ...]
     statistic: str
+    references: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def stats(self) -> TimingStats:
         """The passes combined (median, p90, p99, CV over every run)."""
         return TimingStats.combine(self.passes)
 
+    @property
+    def machine_ratio(self) -> float | None:
+        """The median over the reference entries timed beside the model of *measured / table*: how the machine
+        read against the table while the model was measured (None without references)."""
+        return float(np.median(list(self.references.values()))) if self.references else None
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return {"latency_ms": self.latency_ms, "statistic": self.statistic, "passes": len(self.passes),
-                "spread": None if math.isinf(self.spread) else self.spread, "stats": self.stats.to_dict()}
+                "spread": None if math.isinf(self.spread) else self.spread, "stats": self.stats.to_dict(),
+                "machine_ratio": self.machine_ratio, "references": dict(self.references)}
 
 
-def measure_like(table: LatencyTable, source: ModelLoader, **overrides: Any) -> Measurement:
+def measure_like(table: LatencyTable, source: ModelLoader, references: Mapping[str, ModelLoader] | None = None,
+                 **overrides: Any) -> Measurement:
     """Time one model exactly as ``table`` was measured: backend, precision, batch, threads, protocol, statistic.
 
     This is how a shipped network is compared with its prediction (``predict(table, arch).latency_ms``).
+    ``references`` (by entry key: the table's own entries, built as when it was profiled) are timed beside the
+    model (:func:`time_until_stable`): the disturbed-pass rule then sees the machine's state around the model's
+    passes, and the measurement records each reference's *measured / table* ratio.
     """
     settings = ProfileSettings.from_table(table, **overrides)
     kind = get_backend(settings.backend).source
@@ -275,17 +313,25 @@ def measure_like(table: LatencyTable, source: ModelLoader, **overrides: Any) -> 
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module first")
     if kind == "module" and not isinstance(source, ModuleLoader):
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files")
-    passes = time_until_stable({"model": source}, settings)["model"]
-    state = Settled.of(passes, settings.protocol)
-    return Measurement(state.value_ms, state.spread, tuple(passes), settings.protocol.statistic)
+    unknown = sorted(set(references or {}) - set(table.entries))
+    if unknown:
+        raise ProfileError(f"reference {unknown[0]!r} is not an entry of latency table {table.path}")
+    timed = time_until_stable({"model": source}, settings, references={f"ref:{k}": v for k, v in
+                                                                       (references or {}).items()})
+    protocol = settings.protocol
+    ratios = {key: item_latency(timed[f"ref:{key}"], protocol) / table.entries[key].latency_ms
+              for key in references or {}}
+    state = Settled.of(timed["model"], protocol)
+    return Measurement(state.value_ms, state.spread, tuple(timed["model"]), protocol.statistic, ratios)
 
 
-def measure_onnx(table: LatencyTable, path: str | Path, **overrides: Any) -> Measurement:
+def measure_onnx(table: LatencyTable, path: str | Path, references: Mapping[str, ModelLoader] | None = None,
+                 **overrides: Any) -> Measurement:
     """Time the ONNX file ``path`` as ``table`` was measured (:func:`measure_like`)."""
-    return measure_like(table, OnnxFile(Path(path)), **overrides)
+    return measure_like(table, OnnxFile(Path(path)), references, **overrides)
 
 
 def measure_module(table: LatencyTable, module: nn.Module, sample_shape: Sequence[int],
-                   **overrides: Any) -> Measurement:
+                   references: Mapping[str, ModelLoader] | None = None, **overrides: Any) -> Measurement:
     """Time a static module as ``table`` was measured (torch backends; :func:`measure_like`)."""
-    return measure_like(table, ModuleLoader.of(module, tuple(sample_shape)), **overrides)
+    return measure_like(table, ModuleLoader.of(module, tuple(sample_shape)), references, **overrides)
