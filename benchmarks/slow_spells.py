@@ -1,6 +1,6 @@
 """Slow spells of a shared machine, and what the timing core's disturbed-pass rule does about them.
 
-Three views, each printed as a table and written as JSON (``--out``):
+Four views, each printed as a table and written as JSON (``--out``):
 
 ``probe``: one network of a space (seeded random sub-network), exported to ONNX and timed with the table
 protocol's passes back to back for ``--seconds``: every pass's window floor against the lowest, the share of
@@ -14,6 +14,14 @@ each entry's recorded passes in turn), then every pass's state (:func:`~vitres_d
 and the entries whose lowest pass was timed in a state above ``1 + --disturbed-above``::
 
     python benchmarks/slow_spells.py replay --profile runs/r8/fmnist.json --out runs/spells-replay.json
+
+``ablate``: a table made with the rule, its entries taken without the passes the rule added (the rule-off schedule
+fed each entry's recorded passes in turn: it stops where the rule-off protocol would have), and its validation
+recomputed with those entries against the same measured networks (the correction refitted on the fit half): what
+the rule changed in that table. The counterfactual keeps each entry's passes as they were timed; a rule-off run
+would have timed them at other moments::
+
+    python benchmarks/slow_spells.py ablate --profile runs/r10/B1.json --out runs/spells-ablate.json
 
 ``simulate``: ``--entries`` items of latencies drawn from 0.01-0.1 ms timed by the table protocol on a simulated
 machine that enters slow spells (1.3-1.8x, each pass 0.95-1.1x the spell's factor) after ``--quiet-passes``
@@ -40,7 +48,10 @@ import numpy as np
 
 from vitres_deploy.arch import sample_arch
 from vitres_deploy.latency import LatencyTable
+from vitres_deploy.latency.correction import Correction
+from vitres_deploy.latency.predict import predict
 from vitres_deploy.latency.profiler import network_target, prepare_sources
+from vitres_deploy.latency.report import PredictionErrors
 from vitres_deploy.latency.timing import (
     TABLE_PROTOCOL,
     ProfileSettings,
@@ -50,6 +61,7 @@ from vitres_deploy.latency.timing import (
     pass_states,
     time_until_stable,
 )
+from vitres_deploy.latency.validate import fit_on_half, sample_archs
 from vitres_deploy.runtime.base import NoisyMeasurement
 from vitres_deploy.runtime.statistics import Protocol, TimingStats, item_latency
 from vitres_deploy.space import load_space
@@ -133,6 +145,46 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
             "entries_states": {k: [round(at[(k, i)], 3) for i in range(len(ps))] for k, ps in passes.items()}}
 
 
+def ablate(args: argparse.Namespace) -> dict[str, Any]:
+    """A rule-on table without the rule's passes: which entries it timed again, by how much it lowered them, and
+    the table's validation with and without them."""
+    table = LatencyTable.load(args.profile)
+    if table.meta.protocol.disturbed_above <= 0:
+        raise SystemExit(f"error: {args.profile} was made without the disturbed-pass rule: nothing to take out")
+    if table.validation is None:
+        raise SystemExit(f"error: {args.profile} is not validated: run profile validate on it first")
+    recorded = {key: list(entry.passes) for key, entry in table.entries.items()}
+    handed = {key: 0 for key in recorded}
+
+    def feed(source: Any, settings: ProfileSettings) -> TimingStats:
+        handed[source] += 1
+        return recorded[source][handed[source] - 1]  # the rule-off schedule asks for no more than the rule's
+
+    off = dataclasses.replace(table.meta.protocol, round_s=0.0, disturbed_above=0.0)
+    passes = time_until_stable({key: key for key in recorded}, ProfileSettings(protocol=off), measure_pass=feed)
+    extra = {k: len(recorded[k]) - len(passes[k]) for k in recorded if len(recorded[k]) > len(passes[k])}
+    change = {k: item_latency(recorded[k], off) / item_latency(passes[k], off) - 1 for k in extra}
+    rows = table.validation.rows
+    raw = dataclasses.replace(table, correction=Correction(offset_ms=table.correction.per_call_ms,
+                                                           per_call_ms=table.correction.per_call_ms))
+    archs = sample_archs(raw, len(rows), table.validation.seed)  # the validation's networks, drawn again
+    if [a.hash for a in archs] != [r.hash for r in rows]:
+        raise SystemExit(f"error: the validation networks of {args.profile} are not drawn again: another sampler")
+    measured = [r.measured_ms for r in rows]
+    lowered = {k: dataclasses.replace(e, latency_ms=e.latency_ms / (1 + change.get(k, 0.0)))
+               for k, e in raw.entries.items()}
+    without = dataclasses.replace(raw, entries=lowered)
+    validation = {}
+    for label, t in (("with", raw), ("without", without)):
+        fitted = dataclasses.replace(t, correction=fit_on_half(t, archs, measured))
+        test = range(1, len(archs), 2)
+        validation[label] = PredictionErrors.of([predict(fitted, archs[i]).latency_ms for i in test],
+                                                [measured[i] for i in test]).to_dict()
+    return {"table": str(args.profile), "passes": sum(map(len, recorded.values())),
+            "passes_without": sum(map(len, passes.values())), "extra_passes": extra, "change": change,
+            "validation": validation}
+
+
 def spell_machine(rng: random.Random, values: dict[str, float], spell: float, quiet: float
                   ) -> tuple[Callable[[Any, ProfileSettings], TimingStats], list[int]]:
     """A pass timer of a machine that enters and leaves slow spells; the list counts its passes."""
@@ -184,6 +236,16 @@ def show(view: str, report: dict[str, Any]) -> None:
               f"{p['p10']:.3f}, p50 {p['p50']:.3f}, p75 {p['p75']:.3f}, p90 {p['p90']:.3f}; lowest pass in a state > "
               f"{1 + report['disturbed_above']:.2f}: {len(report['flagged'])} entries "
               f"({len(report['flagged_under_rounds'])} under the protocol's rounds)")
+    elif view == "ablate":
+        lowered = [c for c in report["change"].values() if c < 0]
+        print(f"{report['table']}: the rule added {report['passes'] - report['passes_without']} passes to "
+              f"{len(report['extra_passes'])} entries ({report['passes_without']} without it) and lowered "
+              f"{len(lowered)} of them (median {np.median(lowered) if lowered else 0:.1%}, largest "
+              f"{min(lowered, default=0):.1%})")
+        for label in ("with", "without"):
+            v = report["validation"][label]
+            print(f"  validation {label:<7} the rule's passes: MAPE {v['mape']:.2f}%, max {v['max_error_pct']:.1f}%, "
+                  f"within ±5% {v['within_5pct']:.0%}, ±10% {v['within_10pct']:.0%}, Kendall τ {v['kendall_tau']:.3f}")
     else:
         for label in ("off", "on"):
             r = report[label]
@@ -200,6 +262,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     r = views.add_parser("replay")
     r.add_argument("--profile", type=Path, required=True)
+    a = views.add_parser("ablate")
+    a.add_argument("--profile", type=Path, required=True)
+    a.add_argument("--out", type=Path, required=True)
     s = views.add_parser("simulate")
     s.add_argument("--entries", type=int, default=180)
     s.add_argument("--spell-passes", type=float, default=20.0)
@@ -209,7 +274,7 @@ def main() -> None:
         sub.add_argument("--disturbed-above", type=float, default=TABLE_PROTOCOL.disturbed_above)
         sub.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    report = {"probe": probe, "replay": replay, "simulate": simulate}[args.view](args)
+    report = {"probe": probe, "replay": replay, "ablate": ablate, "simulate": simulate}[args.view](args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     show(args.view, report)
