@@ -125,7 +125,8 @@ def confirm_over_budget(measure: Callable[[], tuple[str, Measurement]], budget_m
     def unconfirmed() -> bool:
         if budget_ms is None or len(attempts) > retries:
             return False
-        return best.latency_ms > (budget_ms if len(attempts) == 1 else (limit_ms or budget_ms))
+        line = budget_ms if len(attempts) == 1 or limit_ms is None else limit_ms
+        return best.latency_ms > line
 
     while unconfirmed():
         if on_retry is not None:

@@ -467,7 +467,7 @@ def gate_latency(gate: LatencyGate, plan: ExportPlan, built: Build, *,
     limit = plan.budget_ms * (1 + opts.latency_tolerance) if gated else None
 
     def told(attempt: int, lowest_ms: float) -> None:
-        over = f"the {limit:.4g} ms limit" if limit is not None and lowest_ms > limit else f"the {budget} ms budget"
+        over = f"the {limit:.4g} ms limit" if limit is not None and lowest_ms > limit else f"the {budget:.4g} ms budget"
         print(f"latency: measured {lowest_ms:.4g} ms, over {over}; measuring again in {CONFIRM_PAUSE_S:.0f} s "
               f"({attempt} of {opts.latency_retries}) to tell the network from a busy machine", file=sys.stderr)
 
