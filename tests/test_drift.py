@@ -185,6 +185,28 @@ def test_a_recheck_in_a_quiet_or_slower_machine_costs_one_pass_of_its_sample() -
             assert Settled.of(passes[name], RECHECKED).value_ms == pytest.approx(value * factor)
 
 
+def test_the_recheck_times_the_slowest_items_again_and_lowers_one_slowed_on_its_own() -> None:
+    """The widest item of 30 reads 1.4x in its first three passes while every other item reads its own latency (a
+    slowdown of that item alone): its passes agree, it settles high, and the spread sample's median sees nothing.
+    With ``recheck_slowest`` the recheck times the slowest items too: the wide one reads its latency, is lowered,
+    reopened and settles there; without it, it keeps the slowed level."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(30)}
+    for slowest, expected, item_passes in ((5, 1.0, 5), (0, 1.4, 3)):
+        calls = {name: 0 for name in values}
+
+        def timer(source: str, settings: ProfileSettings, calls: dict[str, int] = calls) -> TimingStats:
+            calls[source] += 1
+            return _stats(values[source] * (1.4 if source == "item29" and calls[source] <= 3 else 1.0))
+
+        protocol = dataclasses.replace(RECHECKED, recheck_slowest=slowest)
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=protocol), measure_pass=timer)
+        assert Settled.of(passes["item29"], protocol).value_ms == pytest.approx(values["item29"] * expected)
+        assert len(passes["item29"]) == item_passes and not needs_pass(passes["item29"], protocol)
+        assert sum(calls.values()) == 30 * 3 + 5 + (slowest and slowest + 1)  # the recheck's passes, one to settle
+    with pytest.raises(ProfileError, match="recheck_slowest"):
+        dataclasses.replace(RECHECKED, recheck_slowest=-1)
+
+
 def test_an_item_whose_best_pass_fell_in_slow_spells_is_timed_again() -> None:
     """20 items in three passes (forward, backward, forward) on a machine 1.6x slow in spells of nine, nine and
     five passes that cover items 8-10 in every pass: their passes agree on the slow level and they settle there.

@@ -39,7 +39,8 @@ def backends(as_json: bool) -> None:
 
 
 def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations: int | None,
-              rounds: int | None, recheck_rounds: int | None, disturbed_above: float | None) -> Protocol:
+              rounds: int | None, recheck_rounds: int | None, disturbed_above: float | None,
+              recheck_slowest: int | None) -> Protocol:
     from dataclasses import replace
 
     from ..latency import TABLE_PROTOCOL
@@ -47,7 +48,8 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
     changes: dict[str, Any] = {k: v for k, v in (("warmup_s", warmup_s), ("min_seconds", min_seconds),
                                                   ("min_iterations", min_iterations), ("rounds", rounds),
                                                   ("recheck_rounds", recheck_rounds),
-                                                  ("disturbed_above", disturbed_above)) if v is not None}
+                                                  ("disturbed_above", disturbed_above),
+                                                  ("recheck_slowest", recheck_slowest)) if v is not None}
     if rounds is not None:
         changes["min_rounds"] = min(rounds, TABLE_PROTOCOL.fewest_rounds)
     return replace(TABLE_PROTOCOL, **changes)
@@ -82,6 +84,9 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
               help="Rechecks at the end (default 2): a sample of the entries is timed again, and if they read more "
                    "than 3% lower than they settled on, the machine has become quieter and every entry gets one more "
                    "pass. 0 turns it off.")
+@click.option("--recheck-slowest", type=click.IntRange(min=0),
+              help="Entries of the highest latency each recheck also times again (default 5: the widest entries "
+                   "can be slowed on their own while the others read quiet); a lower pass lowers and reopens one.")
 @click.option("--disturbed-above", type=click.FloatRange(min=0),
               help="An entry whose lowest pass was timed while the entries timed around it read more than this "
                    "fraction above their own values gets another pass, up to --rounds (default 0.1: the machine "
@@ -95,7 +100,8 @@ def _protocol(warmup_s: float | None, min_seconds: float | None, min_iterations:
 def profile(ctx: click.Context, space: str | None, backend: str | None, batch: int, precision: str,
             resolution: int | None, threads: int, workers: int, cuda_graphs: bool, cache_state: str,
             warmup_s: float | None, min_seconds: float | None, min_iterations: int | None, rounds: int | None,
-            recheck_rounds: int | None, disturbed_above: float | None, out: Path | None, resume: bool,
+            recheck_rounds: int | None, recheck_slowest: int | None, disturbed_above: float | None,
+            out: Path | None, resume: bool,
             as_json: bool, int8: Int8Flags) -> None:
     """Measure every block choice of a space into a latency table (subcommands: show, validate, check)."""
     if ctx.invoked_subcommand is not None:
@@ -111,7 +117,7 @@ def profile(ctx: click.Context, space: str | None, backend: str | None, batch: i
         measured = measured.at_resolution(resolution)
     settings = ProfileSettings(backend=backend, precision=precision, batch=batch, threads=threads,
                                protocol=_protocol(warmup_s, min_seconds, min_iterations, rounds, recheck_rounds,
-                                                  disturbed_above),
+                                                  disturbed_above, recheck_slowest),
                                cuda_graphs=cuda_graphs, workers=workers, cache_state=cache_state,
                                int8=int8.settings(get_backend(backend).int8_layout or "ort-cpu")
                                if precision == "int8" else Int8Settings())
@@ -136,6 +142,7 @@ def _show(s: TableSummary, as_json: bool) -> None:
               f"{p.stable_within:.0%}" if p.fewest_rounds < p.rounds else
               f" in each of {p.rounds} interleaved passes" if p.rounds > 1 else "")
     passes += f", up to {p.recheck_rounds} recheck(s) at the end" if p.recheck_rounds else ""
+    passes += f" (each with the {p.recheck_slowest} slowest entries)" if p.recheck_rounds and p.recheck_slowest else ""
     passes += (f", another pass when the best one was timed while the others read > {p.disturbed_above:.0%} slow"
                if p.disturbed_above else "")
     statistic = (f"lowest median over {p.window_s * 1e3:g} ms windows" if p.statistic == "window_floor"

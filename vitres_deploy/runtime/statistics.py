@@ -39,7 +39,9 @@ class Protocol:
     otherwise settles items on its level). With ``disturbed_above`` > 0 an item whose lowest pass was timed while
     the passes around it (other items', in the order they were timed) read more than that fraction above their
     own items' values gets another pass, up to ``rounds``: the machine was slow when the item found its best
-    level, so that level may be the slow spell's (0 turns this off).
+    level, so that level may be the slow spell's (0 turns this off). Each recheck also times the
+    ``recheck_slowest`` items of the highest latency (the widest entries, which a shared machine can slow on
+    their own while the small ones around them read quiet; tables made before 2026-12-04 record 0).
 
     ``statistic`` is what a table predicts and every later measurement reproduces: ``window_floor`` (the
     lowest median over windows of about ``window_s`` of wall time, then the lowest over passes: the
@@ -60,6 +62,7 @@ class Protocol:
     round_s: float = 0.0
     recheck_rounds: int = 0
     disturbed_above: float = 0.0
+    recheck_slowest: int = 0
 
     def __post_init__(self) -> None:
         """Refuse a protocol no measurement can follow (NaN and infinity included), naming the field."""
@@ -71,10 +74,10 @@ class Protocol:
                 check_count(name, getattr(self, name), error=ProfileError)
         except ProfileError as e:
             raise ProfileError(f"protocol: {e}", field=e.field) from None
-        if isinstance(self.recheck_rounds, bool) or not isinstance(self.recheck_rounds, int) \
-                or self.recheck_rounds < 0:
-            raise ProfileError(f"protocol: recheck_rounds {self.recheck_rounds!r} must be a whole number of at "
-                               "least 0", field="recheck_rounds")
+        for name in ("recheck_rounds", "recheck_slowest"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ProfileError(f"protocol: {name} {value!r} must be a whole number of at least 0", field=name)
         if not self.max_cv > 0:  # infinity is allowed: no pass is reported as noisy
             raise ProfileError(f"protocol: max_cv {self.max_cv!r} must be a number > 0", field="max_cv")
         if self.min_rounds is not None and not 1 <= self.min_rounds <= self.rounds:
