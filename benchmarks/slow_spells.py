@@ -15,11 +15,12 @@ and the entries whose lowest pass was timed in a state above ``1 + --disturbed-a
 
     python benchmarks/slow_spells.py replay --profile runs/r8/fmnist.json --out runs/spells-replay.json
 
-``ablate``: a table made with the rule, its entries taken without the passes the rule added (the rule-off schedule
-fed each entry's recorded passes in turn: it stops where the rule-off protocol would have), and its validation
-recomputed with those entries against the same measured networks (the correction refitted on the fit half): what
-the rule changed in that table. The counterfactual keeps each entry's passes as they were timed; a rule-off run
-would have timed them at other moments::
+``ablate``: a table made with the rule (``--without rule``) or with the recheck's slowest items (``--without
+slowest``), its entries taken without the passes that added (the schedule without it fed each entry's recorded
+passes in turn: it stops where that protocol would have), and its validation recomputed with those entries against
+the same measured networks (the correction refitted on the fit half): what it changed in that table. The
+counterfactual keeps each entry's passes as they were timed; a run without it would have timed them at other
+moments::
 
     python benchmarks/slow_spells.py ablate --profile runs/r10/B1.json --out runs/spells-ablate.json
 
@@ -146,11 +147,13 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ablate(args: argparse.Namespace) -> dict[str, Any]:
-    """A rule-on table without the rule's passes: which entries it timed again, by how much it lowered them, and
-    the table's validation with and without them."""
+    """A table without the passes the disturbed-pass rule (``--without rule``) or the recheck's slowest items
+    (``--without slowest``) added: which entries they timed again, by how much they lowered them, and the table's
+    validation with and without them."""
     table = LatencyTable.load(args.profile)
-    if table.meta.protocol.disturbed_above <= 0:
-        raise SystemExit(f"error: {args.profile} was made without the disturbed-pass rule: nothing to take out")
+    field = {"rule": "disturbed_above", "slowest": "recheck_slowest"}[args.without]
+    if getattr(table.meta.protocol, field) <= 0:
+        raise SystemExit(f"error: {args.profile} was made with {field} 0: nothing to take out")
     if table.validation is None:
         raise SystemExit(f"error: {args.profile} is not validated: run profile validate on it first")
     recorded = {key: list(entry.passes) for key, entry in table.entries.items()}
@@ -158,9 +161,12 @@ def ablate(args: argparse.Namespace) -> dict[str, Any]:
 
     def feed(source: Any, settings: ProfileSettings) -> TimingStats:
         handed[source] += 1
-        return recorded[source][handed[source] - 1]  # the rule-off schedule asks for no more than the rule's
+        if handed[source] > len(recorded[source]):
+            raise SystemExit(f"error: without {args.without}, the schedule asks {source} for a pass the table does "
+                             "not have: no counterfactual from these passes")
+        return recorded[source][handed[source] - 1]
 
-    off = dataclasses.replace(table.meta.protocol, round_s=0.0, disturbed_above=0.0)
+    off = dataclasses.replace(table.meta.protocol, round_s=0.0, **{field: 0})
     passes = time_until_stable({key: key for key in recorded}, ProfileSettings(protocol=off), measure_pass=feed)
     extra = {k: len(recorded[k]) - len(passes[k]) for k in recorded if len(recorded[k]) > len(passes[k])}
     change = {k: item_latency(recorded[k], off) / item_latency(passes[k], off) - 1 for k in extra}
@@ -180,7 +186,7 @@ def ablate(args: argparse.Namespace) -> dict[str, Any]:
         test = range(1, len(archs), 2)
         validation[label] = PredictionErrors.of([predict(fitted, archs[i]).latency_ms for i in test],
                                                 [measured[i] for i in test]).to_dict()
-    return {"table": str(args.profile), "passes": sum(map(len, recorded.values())),
+    return {"table": str(args.profile), "without": args.without, "passes": sum(map(len, recorded.values())),
             "passes_without": sum(map(len, passes.values())), "extra_passes": extra, "change": change,
             "validation": validation}
 
@@ -238,13 +244,14 @@ def show(view: str, report: dict[str, Any]) -> None:
               f"({len(report['flagged_under_rounds'])} under the protocol's rounds)")
     elif view == "ablate":
         lowered = [c for c in report["change"].values() if c < 0]
-        print(f"{report['table']}: the rule added {report['passes'] - report['passes_without']} passes to "
+        what = {"rule": "the rule", "slowest": "the recheck's slowest items"}[report["without"]]
+        print(f"{report['table']}: {what} added {report['passes'] - report['passes_without']} passes to "
               f"{len(report['extra_passes'])} entries ({report['passes_without']} without it) and lowered "
               f"{len(lowered)} of them (median {np.median(lowered) if lowered else 0:.1%}, largest "
               f"{min(lowered, default=0):.1%})")
         for label in ("with", "without"):
             v = report["validation"][label]
-            print(f"  validation {label:<7} the rule's passes: MAPE {v['mape']:.2f}%, max {v['max_error_pct']:.1f}%, "
+            print(f"  validation {label:<7} those passes: MAPE {v['mape']:.2f}%, max {v['max_error_pct']:.1f}%, "
                   f"within ±5% {v['within_5pct']:.0%}, ±10% {v['within_10pct']:.0%}, Kendall τ {v['kendall_tau']:.3f}")
     else:
         for label in ("off", "on"):
@@ -264,6 +271,7 @@ def main() -> None:
     r.add_argument("--profile", type=Path, required=True)
     a = views.add_parser("ablate")
     a.add_argument("--profile", type=Path, required=True)
+    a.add_argument("--without", choices=("rule", "slowest"), default="rule")
     a.add_argument("--out", type=Path, required=True)
     s = views.add_parser("simulate")
     s.add_argument("--entries", type=int, default=180)
