@@ -108,8 +108,10 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
             "spell_passes": spells, "ratios": ratio.round(4).tolist()}
 
 
-def replay_order(table: LatencyTable) -> tuple[dict[str, list[TimingStats]], list[tuple[str, int]]]:
-    """The table's passes and the order they were timed in, rebuilt by running its schedule again."""
+def replay_schedule(table: LatencyTable, protocol: Protocol) -> tuple[dict[str, list[TimingStats]],
+                                                                     list[tuple[str, int]]]:
+    """The timing core's schedule under ``protocol``, fed each entry's recorded passes in the order it timed them:
+    the passes it takes and the order it takes them in."""
     recorded = {key: list(entry.passes) for key, entry in table.entries.items()}
     order: list[tuple[str, int]] = []
     handed = {key: 0 for key in recorded}
@@ -117,14 +119,19 @@ def replay_order(table: LatencyTable) -> tuple[dict[str, list[TimingStats]], lis
     def feed(source: Any, settings: ProfileSettings) -> TimingStats:
         handed[source] += 1
         if handed[source] > len(recorded[source]):
-            raise SystemExit(f"error: the schedule asks {source} for a pass the table does not have: it was not "
-                             "made by this protocol's schedule")
+            raise SystemExit(f"error: the schedule asks {source} for a pass {table.path} does not have: the table "
+                             "was not made by this schedule")
         order.append((source, handed[source] - 1))
         return recorded[source][handed[source] - 1]
 
-    settings = ProfileSettings(protocol=dataclasses.replace(table.meta.protocol, round_s=0.0))
-    passes = time_until_stable({key: key for key in recorded}, settings, measure_pass=feed)
-    if any(handed[key] != len(recorded[key]) for key in recorded):
+    settings = ProfileSettings(protocol=dataclasses.replace(protocol, round_s=0.0))
+    return time_until_stable({key: key for key in recorded}, settings, measure_pass=feed), order
+
+
+def replay_order(table: LatencyTable) -> tuple[dict[str, list[TimingStats]], list[tuple[str, int]]]:
+    """The table's passes and the order they were timed in, rebuilt by running its schedule again."""
+    passes, order = replay_schedule(table, table.meta.protocol)
+    if any(len(passes[key]) != len(entry.passes) for key, entry in table.entries.items()):
         raise SystemExit("error: the schedule left recorded passes unused: the table was resumed or made by "
                          "another schedule")
     return passes, order
@@ -157,17 +164,8 @@ def ablate(args: argparse.Namespace) -> dict[str, Any]:
     if table.validation is None:
         raise SystemExit(f"error: {args.profile} is not validated: run profile validate on it first")
     recorded = {key: list(entry.passes) for key, entry in table.entries.items()}
-    handed = {key: 0 for key in recorded}
-
-    def feed(source: Any, settings: ProfileSettings) -> TimingStats:
-        handed[source] += 1
-        if handed[source] > len(recorded[source]):
-            raise SystemExit(f"error: without {args.without}, the schedule asks {source} for a pass the table does "
-                             "not have: no counterfactual from these passes")
-        return recorded[source][handed[source] - 1]
-
-    off = dataclasses.replace(table.meta.protocol, round_s=0.0, **{field: 0})
-    passes = time_until_stable({key: key for key in recorded}, ProfileSettings(protocol=off), measure_pass=feed)
+    off = dataclasses.replace(table.meta.protocol, **{field: 0})
+    passes, _ = replay_schedule(table, off)
     extra = {k: len(recorded[k]) - len(passes[k]) for k in recorded if len(recorded[k]) > len(passes[k])}
     change = {k: item_latency(recorded[k], off) / item_latency(passes[k], off) - 1 for k in extra}
     rows = table.validation.rows
