@@ -163,7 +163,7 @@ def ablate(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"error: {args.profile} was made with {field} 0: nothing to take out")
     if table.validation is None:
         raise SystemExit(f"error: {args.profile} is not validated: run profile validate on it first")
-    recorded = {key: list(entry.passes) for key, entry in table.entries.items()}
+    recorded = {key: entry.passes for key, entry in table.entries.items()}
     off = dataclasses.replace(table.meta.protocol, **{field: 0})
     passes, _ = replay_schedule(table, off)
     extra = {k: len(recorded[k]) - len(passes[k]) for k in recorded if len(recorded[k]) > len(passes[k])}

@@ -319,14 +319,14 @@ def measure_like(table: LatencyTable, source: ModelLoader, references: Mapping[s
         raise ProfileError(f"table backend {settings.backend} times ONNX files: export the module first")
     if kind == "module" and not isinstance(source, ModuleLoader):
         raise ProfileError(f"table backend {settings.backend} times torch modules, not ONNX files")
-    unknown = sorted(set(references or {}) - set(table.entries))
+    references = references or {}
+    unknown = sorted(set(references) - set(table.entries))
     if unknown:
         raise ProfileError(f"reference {unknown[0]!r} is not an entry of latency table {table.path}")
-    timed = time_until_stable({"model": source}, settings, references={f"ref:{k}": v for k, v in
-                                                                       (references or {}).items()})
+    timed = time_until_stable({"model": source}, settings,
+                              references={f"ref:{k}": v for k, v in references.items()})
     protocol = settings.protocol
-    ratios = {key: item_latency(timed[f"ref:{key}"], protocol) / table.entries[key].latency_ms
-              for key in references or {}}
+    ratios = {key: item_latency(timed[f"ref:{key}"], protocol) / table.entries[key].latency_ms for key in references}
     state = Settled.of(timed["model"], protocol)
     return Measurement(state.value_ms, state.spread, tuple(timed["model"]), protocol.statistic, ratios)
 
