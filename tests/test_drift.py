@@ -22,6 +22,7 @@ from vitres_deploy.errors import ProfileError
 from vitres_deploy.latency import LatencyTable, latency_range, profile_space
 from vitres_deploy.latency.drift import check_drift, check_fingerprint, median_interval, rescaled, trusted_table
 from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_difference, fingerprint_id
+from vitres_deploy.latency.table import table_for_this_machine
 from vitres_deploy.latency.timing import ProfileSettings, recheck_sample, time_until_stable
 from vitres_deploy.runtime import Protocol, Runner, RunnerOptions, TensorSpec, TimingStats, measure
 from vitres_deploy.runtime.statistics import Settled, needs_pass, window_floor
@@ -383,6 +384,28 @@ def test_a_table_of_another_fingerprint_is_refused(table: LatencyTable, tmp_path
     result = CliRunner().invoke(main, ["profile", "check", "--profile", str(path)])
     assert result.exit_code == 2 and result.output.strip().splitlines()[-1].startswith("error: latency table ")
     assert "--allow-other-device" in result.output
+
+
+def test_a_table_name_finds_the_table_measured_on_this_machine(table: LatencyTable, tmp_path: Path) -> None:
+    """Of tables of one name measured on several machines, this machine's is chosen whatever their order and dates;
+    with none of this machine's, the most recently measured (which the fingerprint check then refuses)."""
+    here = device_fingerprint("cpu")
+    other = {**here, "cpu_family": "99"}
+    other["id"] = fingerprint_id(other)
+
+    def saved(folder: str, fingerprint: dict, date: str) -> Path:
+        meta = dataclasses.replace(table.meta, fingerprint=fingerprint, date=date)
+        (tmp_path / folder).mkdir()
+        return dataclasses.replace(table, meta=meta).save(tmp_path / folder / "t.json")
+
+    mine = saved("mine", here, "2026-01-01T00:00:00+00:00")
+    newer = saved("newer", other, "2026-06-01T00:00:00+00:00")
+    older = saved("older", other, "2025-06-01T00:00:00+00:00")
+    assert table_for_this_machine([newer, mine, older]) == table_for_this_machine([older, mine]) == mine
+    assert check_fingerprint(LatencyTable.load(mine)) == []
+    assert table_for_this_machine([older, newer]) == newer
+    with pytest.raises(ProfileError, match=r"measured on other hardware \(cpu_family: 99 -> "):
+        check_fingerprint(LatencyTable.load(table_for_this_machine([older, newer])))
 
 
 def test_rescaled_tables_scale_every_prediction(table: LatencyTable) -> None:

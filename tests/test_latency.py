@@ -43,7 +43,9 @@ from vitres_deploy.latency import (
     profiler,
     validate_table,
 )
+from vitres_deploy.latency.drift import check_fingerprint
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
+from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_id
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
 from vitres_deploy.latency.profiler import (
     entry_target,
@@ -54,7 +56,7 @@ from vitres_deploy.latency.profiler import (
     unsettled_entries,
 )
 from vitres_deploy.latency.report import Repeatability
-from vitres_deploy.latency.table import shipped_profiles
+from vitres_deploy.latency.table import resolve_table_path, shipped_profiles, shipped_tables
 from vitres_deploy.latency.validate import sample_archs
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
@@ -336,9 +338,14 @@ def shipped_correction() -> str:
     return f"scale {correction['scale']:g}, offset_ms {correction['offset_ms']:g}"
 
 
+def shipped_path() -> Path:
+    """The shipped fmnist table that ``profiles/amd-epyc/...`` names on this machine."""
+    return resolve_table_path(f"profiles/{SHIPPED_TABLE}")
+
+
 def shipped_table_data() -> dict:
     """The plain form of the shipped fmnist table (a complete, validated table to tamper with)."""
-    return json.loads((shipped_profiles() / SHIPPED_TABLE).read_text())
+    return json.loads((shipped_path()).read_text())
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -384,14 +391,31 @@ def test_tables_with_impossible_values_are_refused_on_load(tmp_path: Path, edit,
 
 
 def test_shipped_tables_pass_the_value_checks() -> None:
-    for path in shipped_profiles().glob("*/*.json"):
+    for path in shipped_profiles().glob("*/*/*.json"):
         assert LatencyTable.load(path).complete
+
+
+def test_shipped_tables_are_filed_by_device_and_fingerprint() -> None:
+    """``profiles/<device>/<fingerprint id>/<file>``: the folders say what each table records, and
+    ``profiles/<device>/<file>`` names one of them: this machine's where one of them was measured here."""
+    paths = sorted(shipped_profiles().glob("*/*/*.json"))
+    assert len(paths) >= 6
+    here = device_fingerprint("cpu")
+    for path in paths:
+        meta = json.loads(path.read_text())["meta"]
+        assert path.parent.parent.name == meta["device_slug"]
+        assert path.parent.name == meta["fingerprint"]["id"] == fingerprint_id(meta["fingerprint"])
+        candidates = shipped_tables(path.name, meta["device_slug"])
+        resolved = resolve_table_path(f"profiles/{meta['device_slug']}/{path.name}")
+        assert path in candidates and resolved in candidates
+        if any(json.loads(c.read_text())["meta"]["fingerprint"]["id"] == here["id"] for c in candidates):
+            assert check_fingerprint(LatencyTable.load(resolved)) == []
 
 
 def test_validating_a_shipped_table_writes_a_copy_in_the_current_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shipped table is a read-only input: validation writes (and names) a copy; the package is untouched."""
-    shipped = shipped_profiles() / SHIPPED_TABLE
+    shipped = shipped_path()
     before = shipped.read_bytes()
     with pytest.raises(ProfileError, match="is shipped with vitres-deploy and is read-only"):
         LatencyTable.load(shipped).save()
@@ -414,7 +438,7 @@ def test_validating_a_table_another_process_writes_is_refused_before_measuring(t
     from vitres_deploy.rundir import hold_output
 
     table = tmp_path / "t.json"
-    shutil.copyfile(shipped_profiles() / SHIPPED_TABLE, table)
+    shutil.copyfile(shipped_path(), table)
     before = table.read_bytes()
     with hold_output(table):
         r = CliRunner().invoke(main, ["profile", "validate", "--profile", str(table), "--samples", "4",
@@ -446,7 +470,7 @@ def test_measure_onnx_uses_the_table_protocol(mini_table: LatencyTable, mini: Se
 
 @pytest.mark.parametrize("name", ["fmnist-ort-cpu-fp32-b1.json", "vit-resnas-tiny@112-ort-cpu-fp32-b1.json"])
 def test_validation_networks_span_the_whole_latency_range(name: str) -> None:
-    table = LatencyTable.load(shipped_profiles() / "amd-epyc" / name)
+    table = LatencyTable.load(resolve_table_path(f"profiles/amd-epyc/{name}"))
     span = latency_range(table)
     archs = sample_archs(table, 20, seed=3)
     assert archs == sample_archs(table, 20, seed=3) and archs != sample_archs(table, 20, seed=4)
@@ -488,7 +512,7 @@ def test_validation_fits_on_half_reports_on_the_other(mini_table: LatencyTable, 
 
 @pytest.mark.parametrize("name", ["fmnist-ort-cpu-fp32-b1.json", "vit-resnas-tiny@112-ort-cpu-fp32-b1.json"])
 def test_shipped_reports_read_typed_and_write_back_unchanged(name: str) -> None:
-    table = LatencyTable.load(shipped_profiles() / "amd-epyc" / name)
+    table = LatencyTable.load(resolve_table_path(f"profiles/amd-epyc/{name}"))
     stored = json.loads(table.path.read_text())["validation"]
     report = table.validation
     assert isinstance(report, ValidationReport) and report.samples == stored["samples"] == len(report.rows)

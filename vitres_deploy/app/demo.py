@@ -42,7 +42,7 @@ from ..latency import (
 )
 from ..latency.fingerprint import usable_cpus
 from ..latency.plot import plot_table
-from ..latency.table import shipped_profiles
+from ..latency.table import shipped_tables, table_for_this_machine
 from ..latency.validate import MIN_SAMPLES
 from ..macs import arch_cost
 from ..rundir import check_same_settings, check_start, hold_output
@@ -157,12 +157,12 @@ class DemoResult:
 
 
 def shipped_table() -> Path:
-    """The shipped ``fmnist`` ``ort-cpu`` table (measured on the machine named by its folder)."""
-    found = sorted(shipped_profiles().glob(f"*/{TABLE_NAME}"))
+    """The shipped ``fmnist`` ``ort-cpu`` table measured on this machine, else the most recently measured one."""
+    found = shipped_tables(TABLE_NAME)
     if not found:
         raise ProfileError(f"no shipped {TABLE_NAME} in the package: run the demo without reuse_profile",
                            field="reuse_profile")
-    return found[0]
+    return table_for_this_machine(found)
 
 
 def demo_settings(opts: DemoOptions) -> dict[str, Any]:

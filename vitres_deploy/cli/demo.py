@@ -16,7 +16,9 @@ from .output import print_json, print_table
 @click.option("--resume", is_flag=True,
               help="Continue the demo run in --out: reuse its finished steps, resume an unfinished one, with the "
                    "same settings (--allow-over-budget may be added).")
-@click.option("--reuse-profile", is_flag=True, help="Take the shipped fmnist ort-cpu table instead of measuring one.")
+@click.option("--reuse-profile", is_flag=True,
+              help="Take the shipped fmnist ort-cpu table (the one measured on this machine's hardware, if any) "
+                   "instead of measuring one.")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget (default: from the table's range).")
 @click.option("--budget-fraction", type=float, default=0.35, show_default=True,
               help="Budget = fastest + FRACTION x (slowest - fastest) predicted latency of the space.")

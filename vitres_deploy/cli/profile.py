@@ -136,8 +136,9 @@ def _show(s: TableSummary, as_json: bool) -> None:
         print_json(s.to_dict())
         return
     m, p = s.meta, s.meta.protocol
-    click.echo(f"{s.path}\n  {m.space} ({m.resolution}px) on {m.device}: {m.backend} {m.backend_version}, "
-               f"{m.precision}, batch {m.batch}, {m.threads} thread(s), {m.date}")
+    fingerprint = f" (fingerprint {m.fingerprint['id']})" if m.fingerprint.get("id") else ""
+    click.echo(f"{s.path}\n  {m.space} ({m.resolution}px) on {m.device}{fingerprint}: {m.backend} "
+               f"{m.backend_version}, {m.precision}, batch {m.batch}, {m.threads} thread(s), {m.date}")
     passes = (f" in {p.fewest_rounds}-{p.rounds} interleaved passes until the best two agree within "
               f"{p.stable_within:.0%}" if p.fewest_rounds < p.rounds else
               f" in each of {p.rounds} interleaved passes" if p.rounds > 1 else "")

@@ -141,6 +141,11 @@ def device_fingerprint(device: str, device_id: int = 0) -> dict[str, Any]:
     return fp
 
 
+def fingerprint_device(fp: Mapping[str, Any]) -> str:
+    """The device a recorded fingerprint describes: ``cuda`` when it names a GPU, else ``cpu``."""
+    return "cuda" if fp.get("gpu_name") else "cpu"
+
+
 def fingerprint_id(fp: Mapping[str, Any]) -> str:
     """Short hash of the compared fields: equal ids, same hardware as far as it tells."""
     key = {k: fp.get(k) for k in COMPARED if fp.get(k) is not None}

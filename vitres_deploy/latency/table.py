@@ -31,6 +31,7 @@ from ..space import SearchSpace
 from .correction import Correction
 from .entries import EntrySpec, enumerate_entries
 from .extremes import extreme_sum
+from .fingerprint import device_fingerprint, fingerprint_device, fingerprint_difference
 from .report import ValidationReport
 
 FORMAT = "vitres-deploy/latency-table"
@@ -338,21 +339,60 @@ def check_fastest(table: LatencyTable, source: str) -> None:
 
 
 def shipped_profiles() -> Path:
-    """Folder of the latency tables shipped with the package (the repository's ``profiles/``)."""
+    """Folder of the latency tables shipped with the package (the repository's ``profiles/``): one table of a
+    name per measured machine, ``<device>/<fingerprint id>/<space>-<backend>-<precision>-b<batch>.json``."""
     from importlib import resources
 
     return Path(str(resources.files("vitres_deploy.profiles")))
 
 
+def shipped_tables(name: str, device: str = "*") -> list[Path]:
+    """The shipped tables called ``name``, one per measured machine (of the ``device`` folder; any by default)."""
+    return sorted(shipped_profiles().glob(f"{device}/*/{name}"))
+
+
+def table_for_this_machine(candidates: Sequence[Path]) -> Path:
+    """Of tables of one name measured on several machines, the one whose recorded fingerprint is this machine's,
+    else the most recently measured (its fingerprint check then names how this machine differs)."""
+    if not candidates:
+        raise ProfileError("no latency table to choose from")
+    metas = {path: _recorded_meta(path) for path in candidates}
+    here: dict[str, dict[str, Any]] = {}
+    for path, meta in metas.items():
+        recorded = meta.get("fingerprint")
+        if isinstance(recorded, dict) and recorded:
+            device = fingerprint_device(recorded)
+            if device not in here:
+                here[device] = device_fingerprint(device)
+            if not fingerprint_difference(recorded, here[device]):
+                return path
+    return max(candidates, key=lambda path: str(metas[path].get("date") or ""))
+
+
+def _recorded_meta(path: Path) -> dict[str, Any]:
+    """The ``meta`` of a shipped table file (empty when it cannot be read: it is then never this machine's)."""
+    try:
+        meta = loads_json(path.read_text()).get("meta")
+    except (OSError, JSONError, UnicodeDecodeError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def resolve_table_path(path: str | Path) -> Path:
-    """``path`` if it exists; else, for ``[profiles/]<device>/<file>.json``, the shipped table of that name."""
+    """``path`` if it exists; else, for ``[profiles/]<device>/<file>.json``, the shipped table of that name measured
+    on this machine (:func:`table_for_this_machine`), or ``[profiles/]<device>/<id>/<file>.json`` exactly."""
     path = Path(path)
     if path.is_file():
         return path
     relative = path.relative_to("profiles") if path.parts[:1] == ("profiles",) else path
-    shipped = shipped_profiles() / relative
-    if not path.is_absolute() and shipped.is_file():
-        return shipped
+    if not path.is_absolute():
+        shipped = shipped_profiles() / relative
+        if shipped.is_file():
+            return shipped
+        if len(relative.parts) == 2:
+            candidates = shipped_tables(relative.name, relative.parts[0])
+            if candidates:
+                return table_for_this_machine(candidates)
     raise ProfileError(f"latency table {path} does not exist: build it with `vitres-deploy profile`")
 
 
@@ -363,14 +403,15 @@ def is_shipped(path: str | Path) -> bool:
 
 def user_copy_path(path: str | Path, root: str | Path = "profiles") -> Path:
     """Where a changed table read from ``path`` is written: ``path`` itself, or for a shipped table its copy
-    ``<root>/<device>/<file>`` in the current folder (refused when that is the shipped file itself)."""
+    ``<root>/<device>/<file>`` in the current folder (refused when that is a shipped file itself)."""
     path = Path(path)
     if not is_shipped(path):
         return path
-    copy = Path(root) / path.resolve().relative_to(shipped_profiles().resolve())
+    relative = path.resolve().relative_to(shipped_profiles().resolve())
+    copy = Path(root) / relative.parts[0] / relative.name
     if is_shipped(copy):
-        raise ProfileError(f"latency table {path} is shipped with vitres-deploy and is read-only, and {copy} is that "
-                           "same file here: pass out to write the changed table elsewhere", field="out")
+        raise ProfileError(f"latency table {path} is shipped with vitres-deploy and is read-only, and {copy} is in "
+                           "the shipped folder here: pass out to write the changed table elsewhere", field="out")
     return copy
 
 
