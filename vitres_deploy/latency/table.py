@@ -353,9 +353,8 @@ def shipped_tables(name: str, device: str = "*") -> list[Path]:
 
 def table_for_this_machine(candidates: Sequence[Path]) -> Path:
     """Of tables of one name measured on several machines, the one whose recorded fingerprint is this machine's,
-    else the most recently measured (its fingerprint check then names how this machine differs)."""
-    if not candidates:
-        raise ProfileError("no latency table to choose from")
+    else the most recently measured (its fingerprint check then names how this machine differs); ``candidates``
+    is not empty."""
     metas = {path: _recorded_meta(path) for path in candidates}
     here: dict[str, dict[str, Any]] = {}
     for path, meta in metas.items():
