@@ -261,5 +261,27 @@ def test_a_full_or_read_only_disk_is_one_error_line_naming_the_output(tmp_path, 
     plot.parent.mkdir()
     result = run("profile", "show", SHIPPED_TABLE, "--plot", str(plot))
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
-    assert result.output.strip().splitlines()[-1] == f"error: {plot}: {os.strerror(getattr(errno, code))}"
+    fix = " MiB free there): free space there, or write to a larger disk" if code == "ENOSPC" else ""
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: {plot}: {os.strerror(getattr(errno, code))}") and line.endswith(fix), line
     assert list((tmp_path / "plots").iterdir()) == []
+
+
+def test_a_full_disk_under_the_export_cache_names_its_variable(tmp_path, monkeypatch, capsys) -> None:
+    """A build that fills the disk with its exports (it happened here: a tiny table's cache is 4-5 GB) says how
+    much is free where the write failed and that the export cache can move elsewhere."""
+    import errno
+    import os
+    import shutil
+
+    from vitres_deploy.cli.boundary import one_line_errors
+
+    monkeypatch.setenv("VITRES_DEPLOY_CACHE", str(tmp_path / "cache"))
+    export = tmp_path / "cache" / "onnx" / "block-3-768.onnx"  # its folder not made yet: the nearest one counts
+    with pytest.raises(SystemExit) as exited, one_line_errors(main):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(export))
+    free = shutil.disk_usage(tmp_path).free >> 20
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {export}: {os.strerror(errno.ENOSPC)} ({free} MiB free there): free space there, or point "
+        "VITRES_DEPLOY_CACHE at a larger disk (the export cache)")

@@ -9,16 +9,20 @@ on the command line. Only this module prints errors.
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from ..errors import VitresError, first_line
+from ..runtime.cache import cache_root
 
 
 def flag_for(command: click.Command, field: str) -> str | None:
@@ -58,10 +62,25 @@ def _usage_failed(error: click.ClickException) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+def _full_disk_fix(filename: str | None) -> str:
+    """What to do about a full disk (or quota) that refused a write to ``filename``: how much is free there and
+    where else to write (the export cache has its own variable)."""
+    if not filename:
+        return ": free disk space"
+    path = Path(filename).absolute()
+    folder = next((p for p in path.parents if p.is_dir()), Path(path.anchor))
+    free = f" ({shutil.disk_usage(folder).free >> 20} MiB free there)"
+    if cache_root().absolute() in path.parents:
+        return f"{free}: free space there, or point VITRES_DEPLOY_CACHE at a larger disk (the export cache)"
+    return f"{free}: free space there, or write to a larger disk"
+
+
 def _system_failed(error: OSError) -> NoReturn:
-    """An error of the file system (read-only, full, a file where a folder should be) as one line."""
+    """An error of the file system (read-only, full, a file where a folder should be) as one line; a full disk
+    says how much is free and where else to write."""
     where = f"{error.filename}: " if error.filename else ""
-    click.echo(f"error: {where}{error.strerror or first_line(error)}", err=True)
+    fix = _full_disk_fix(error.filename) if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    click.echo(f"error: {where}{error.strerror or first_line(error)}{fix}", err=True)
     sys.exit(2)
 
 
