@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vitres_deploy.arch import Arch
 from vitres_deploy.files import atomic_write_json
-from vitres_deploy.latency import LatencyTable, predict
+from vitres_deploy.latency import LatencyTable, predict, weight_mib
 from vitres_deploy.latency.entries import arch_entries
 from vitres_deploy.latency.profiler import entry_target, network_target, prepare_sources
 from vitres_deploy.latency.timing import ProfileSettings, time_until_stable
@@ -34,7 +34,8 @@ from vitres_deploy.runtime.statistics import item_latency
 def entry_sum(table: LatencyTable, arch: Arch, latency: dict[str, float]) -> float:
     """The corrected prediction of ``arch`` with each entry's latency taken from ``latency`` (entry key -> ms)."""
     per_call = table.correction.per_call_ms
-    return table.correction.apply(sum(latency[e.key] - per_call for e in arch_entries(arch, table.space)))
+    return table.correction.apply(sum(latency[e.key] - per_call for e in arch_entries(arch, table.space)),
+                                  weight_mib(table, arch))
 
 
 def main() -> None:

@@ -42,8 +42,9 @@ from vitres_deploy.latency import (
     profile_space,
     profiler,
     validate_table,
+    weight_mib,
 )
-from vitres_deploy.latency.drift import check_fingerprint
+from vitres_deploy.latency.drift import check_fingerprint, rescaled
 from vitres_deploy.latency.entries import HeadEntry, StemEntry
 from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_id
 from vitres_deploy.latency.metrics import kendall_tau, mape, ranks, spearman, within
@@ -58,6 +59,7 @@ from vitres_deploy.latency.profiler import (
 from vitres_deploy.latency.report import Repeatability
 from vitres_deploy.latency.table import resolve_table_path, shipped_profiles, shipped_tables
 from vitres_deploy.latency.validate import sample_archs
+from vitres_deploy.macs import arch_cost
 from vitres_deploy.runtime import NoisyMeasurement, OnnxFile, Protocol, TimingStats, get_backend
 from vitres_deploy.space import SearchSpace
 from vitres_deploy.vit_resnas import Block, ResidualSpatialReduction, vit_resnas
@@ -370,6 +372,9 @@ def shipped_table_data() -> dict:
                                                         f"({shipped_correction()}, per_call_ms 1)"),
     (lambda d: d["correction"].update(per_call_ms=1e7), "correction per_call_ms is 10000000.0"),
     (lambda d: d["correction"].update(scale=1e3), "correction scale is 1000.0"),
+    (lambda d: d["correction"].update(spill_ms_per_mib=-0.1), "correction spill_ms_per_mib is -0.1"),
+    (lambda d: d["correction"].update(spill_ms_per_mib=0.1, spill_above_mib=float("inf")),
+     "correction spill_above_mib is inf"),
     (lambda d: d["entries"]["stem/32"].update(latency_ms="0.1"), "entry stem/32 latency_ms is '0.1'"),
     (lambda d: d["meta"].update(batch="x"), "batch is 'x': it must be a whole number of at least 1"),
     (lambda d: d["meta"].update(threads=-3), "threads is -3: it must be a whole number of at least 1"),
@@ -553,6 +558,43 @@ def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:
     shifted = fit_correction(x, [v + 0.02 + (0.001 if i % 2 else -0.001) for i, v in enumerate(x)], 0.002)
     assert shifted.model == "offset" and shifted.scale == 1.0
     assert shifted.offset_ms == pytest.approx(0.02, abs=1e-3)
+
+
+
+def test_correction_fit_finds_the_weights_a_cache_cannot_hold() -> None:
+    """Networks whose weights outgrow the cache pay per MiB beyond it (measured so on an 8 MiB L3); given the
+    weights, the fit finds the knee and the rate, and predicts a held-out network the other models miss."""
+    x = [0.30 + 0.1 * i for i in range(12)]
+    mib = [0.2 + 0.4 * i for i in range(12)]
+    truth = Correction(offset_ms=-0.02, spill_ms_per_mib=0.09, spill_above_mib=2.6)
+    measured = [truth.apply(v, w) * (1.004 if i % 2 else 0.996) for i, (v, w) in enumerate(zip(x, mib))]
+    fitted = fit_correction(x, measured, 0.007, mib)
+    assert fitted.model == "offset+spill" and fitted.scale == 1.0
+    assert fitted.spill_above_mib == pytest.approx(2.6) and fitted.spill_ms_per_mib == pytest.approx(0.09, rel=0.1)
+    assert fitted.details["loo_mape_pct"]["offset+spill"] < fitted.details["loo_mape_pct"]["scale+offset"]
+    held_out = (1.55, 5.5)  # a larger network than any fitted
+    assert fitted.apply(*held_out) == pytest.approx(truth.apply(*held_out), rel=0.02)
+    assert abs(fit_correction(x, measured, 0.007).apply(*held_out) / truth.apply(*held_out) - 1) > 0.03
+    linear = fit_correction(x, [v + 0.02 + (0.001 if i % 2 else -0.001) for i, v in enumerate(x)], 0.007, mib)
+    assert linear.model == "offset" and linear.spill_ms_per_mib == 0.0  # no knee in the data: none fitted
+
+
+def test_a_spill_adds_to_the_prediction_and_the_range(mini_table: LatencyTable, mini: SearchSpace) -> None:
+    arch = max_arch(mini)
+    plain = predict(mini_table, arch)
+    weights = weight_mib(mini_table, arch)
+    assert weights == pytest.approx(arch_cost(arch, mini).params * 4 / 2**20)
+    knee = weights / 2
+    spilling = replace(mini_table, correction=replace(mini_table.correction, spill_ms_per_mib=0.5,
+                                                      spill_above_mib=knee))
+    p = predict(spilling, arch)
+    assert p.latency_ms == pytest.approx(plain.latency_ms + 0.5 * (weights - knee))
+    assert p.parts_ms["spill"] == pytest.approx(0.5 * (weights - knee))
+    r = latency_range(spilling)
+    assert r.slowest_ms == pytest.approx(predict(spilling, r.slowest).latency_ms)
+    assert r.fastest_ms == pytest.approx(predict(spilling, r.fastest).latency_ms)
+    assert rescaled(spilling, 2.0).correction.apply(1.0, weights) == pytest.approx(
+        2 * spilling.correction.apply(1.0, weights))
 
 
 def test_rank_and_error_statistics() -> None:

@@ -85,6 +85,24 @@ def arch_cost(arch: Arch, space: SearchSpace) -> ArchCost:
     return ArchCost(sum(v[0] for v in parts.values()), sum(v[1] for v in parts.values()), parts)
 
 
+#: Bytes a weight takes in a precision (an int8 network keeps its few float weights, norms and biases, in float:
+#: they are left out of the count).
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def weight_bytes(arch: Arch, space: SearchSpace, precision: str = "fp32", int8_stages: tuple[int, ...] = ()) -> int:
+    """Bytes of ``arch``'s weights in ``precision``; the 1-based ``int8_stages`` in int8 whatever ``precision``
+    (a mixed network: the stem goes with stage 1, the head with the last stage)."""
+    cost = arch_cost(arch, space)
+    last = len(arch.stages)
+
+    def stage_of(part: str) -> int:
+        return 1 if part == "stem" else last if part == "head" else int(part.removeprefix("stage"))
+
+    return sum(params * (1 if stage_of(part) in int8_stages else BYTES_PER_WEIGHT[precision])
+               for part, (_, params) in cost.parts.items())
+
+
 def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     from fvcore.nn.jit_handles import get_shape
 

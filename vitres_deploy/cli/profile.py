@@ -159,7 +159,9 @@ def _show(s: TableSummary, as_json: bool) -> None:
                 [(k, v.count, v.min_ms, v.max_ms) for k, v in s.kinds.items()])
     c = s.correction
     click.echo(f"  correction ({c.model}): predicted = {c.scale:.4f} * sum(entry - {c.per_call_ms:.4g} ms)"
-               f" {'-' if c.offset_ms < 0 else '+'} {abs(c.offset_ms):.4g} ms")
+               f" {'-' if c.offset_ms < 0 else '+'} {abs(c.offset_ms):.4g} ms"
+               + (f" + {c.spill_ms_per_mib:.4g} ms per MiB of weights above {c.spill_above_mib:.3g} MiB"
+                  if c.spill_ms_per_mib else ""))
     if s.range is not None:
         click.echo(f"  achievable range: {s.range.fastest_ms:.4g} ms .. {s.range.slowest_ms:.4g} ms")
     v = s.validation

@@ -6,7 +6,7 @@ The API the search and the export steps use::
 
     table = LatencyTable.load("profiles/<device>/fmnist-ort-cpu-fp32-b1.json")
     predict(table, arch).latency_ms          # predicted end-to-end latency (ms)
-    latency_range(table)                     # exact fastest/slowest predicted latency of the space
+    latency_range(table)                     # fastest/slowest predicted latency of the space
     measure_onnx(table, "model.onnx")        # TimingStats of a file, measured as the table was
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .correction import Correction, fit_correction
 from .entries import EntrySpec, arch_entries, enumerate_entries
-from .predict import LatencyRange, Prediction, check_arch, latency_range, predict
+from .predict import LatencyRange, Prediction, check_arch, latency_range, predict, weight_mib
 from .profiler import profile_space
 from .report import PredictionErrors, ValidationReport, ValidationRow
 from .summary import TableSummary
@@ -48,4 +48,5 @@ __all__ = [
     "predict",
     "profile_space",
     "validate_table",
+    "weight_mib",
 ]

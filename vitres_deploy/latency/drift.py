@@ -201,6 +201,7 @@ def rescaled(table: LatencyTable, ratio: float) -> LatencyTable:
     """A copy of ``table`` whose predictions are ``ratio`` times the original's (recorded in its correction)."""
     c = table.correction
     correction = replace(c, scale=c.scale * ratio, offset_ms=c.offset_ms * ratio,
+                         spill_ms_per_mib=c.spill_ms_per_mib * ratio,
                          details={**c.details, "rescaled_by": ratio * c.details.get("rescaled_by", 1.0)})
     return replace(table, correction=correction, path=table.path)
 

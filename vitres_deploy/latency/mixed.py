@@ -1,10 +1,11 @@
 """Predicted latency of an arch with a precision per stage (:class:`~vitres_deploy.arch.MixedArch`), from an fp32
 and an int8 table of one device and batch, and the measured cost of its float/int8 boundaries.
 
-``predicted = sum over entries of scale_p * (entry_p - per_call_p) + offset + boundaries * boundary_ms``: every
-entry (the stem with stage 1, a reduction with the stage it leads into, the head with the last stage) is taken
-from the table of its stage's precision and scaled by that table's correction; ``offset`` is the smaller of the
-two tables' call offsets; ``boundaries`` counts adjacent stages of different precision. ``boundary_ms`` is not
+``predicted = sum over entries of scale_p * (entry_p - per_call_p) + offset + boundaries * boundary_ms (+ spill)``:
+every entry (the stem with stage 1, a reduction with the stage it leads into, the head with the last stage) is
+taken from the table of its stage's precision and scaled by that table's correction; ``offset`` is the smaller of
+the two tables' call offsets; ``boundaries`` counts adjacent stages of different precision; the spill (a cache
+too small for the network's weights) is the fp32 table's, on the mixed network's weight bytes. ``boundary_ms`` is not
 assumed: :func:`measure_boundary` exports seeded mixed networks, times them with the int8 table's protocol and
 takes the median of what each measured beyond the composed prediction, per boundary. It carries whatever the
 composition misses where float meets int8 (quantize and dequantize steps, fusions the runtime loses there).
@@ -25,6 +26,7 @@ from typing import Any
 
 from ..arch import Arch, MixedArch, sample_arch
 from ..errors import ProfileError
+from ..macs import weight_bytes
 from .entries import EntrySpec, arch_entries
 from .extremes import extreme_sum
 from .predict import LatencyRange, check_arch
@@ -66,10 +68,19 @@ class MixedTables:
         """Predicted latency (ms) of ``arch`` in its plan (see the module docstring)."""
         check_arch(self.fp32, arch)
         total = sum(self._cost(spec.key, spec.stage, arch.int8_stages) for spec in arch_entries(arch, self.fp32.space))
-        return total + self.offset_ms + boundaries(arch.int8_stages, len(arch.stages)) * self.boundary_ms
+        return (total + self.offset_ms + boundaries(arch.int8_stages, len(arch.stages)) * self.boundary_ms
+                + self._spill_ms(arch.plain, arch.int8_stages))
+
+    def _spill_ms(self, arch: Arch, int8_stages: Sequence[int]) -> float:
+        """The fp32 table's spill on the weights of ``arch`` with ``int8_stages`` in int8."""
+        spill = self.fp32.correction
+        if not spill.spill_ms_per_mib:
+            return 0.0
+        return spill.spill_ms(weight_bytes(arch, self.fp32.space, "fp32", tuple(int8_stages)) / 2**20)
 
     def latency_range(self) -> LatencyRange:
-        """Exact fastest and slowest predicted mixed network of the space (a DP over stages per plan)."""
+        """Fastest and slowest predicted mixed network of the space (a DP over stages per plan; a spill added for
+        the archs found, as :func:`~vitres_deploy.latency.predict.latency_range` does)."""
         space = self.fp32.space
         ends = []
         for plan in mixed_plans(len(space.stages)):
@@ -80,7 +91,7 @@ class MixedTables:
 
             for pick in (min, max):
                 total, arch = extreme_sum(space, cost, pick)
-                ends.append((total + extra, MixedArch(arch.space, arch.stages, plan)))
+                ends.append((total + extra + self._spill_ms(arch, plan), MixedArch(arch.space, arch.stages, plan)))
         fastest, slowest = min(ends, key=lambda e: e[0]), max(ends, key=lambda e: e[0])
         return LatencyRange(fastest[0], fastest[1], slowest[0], slowest[1])
 

@@ -1,13 +1,15 @@
 """Predicted latency of an arch from a table, and the exact achievable range of a space.
 
-``predicted(arch) = scale * sum(entry_ms - per_call_ms over the arch's entries) + offset_ms``: each
+``predicted(arch) = scale * sum(entry_ms - per_call_ms over the arch's entries) + offset_ms (+ spill)``: each
 entry was timed as its own call, so its share of the per-call overhead is taken out and the network's
-single call is paid once (``offset_ms``). ``scale`` and ``offset_ms`` come from ``profile validate``
+single call is paid once (``offset_ms``). ``scale``, ``offset_ms`` and the spill (what a network pays for weights
+beyond what the cache holds, :class:`~vitres_deploy.latency.correction.Correction`) come from ``profile validate``
 (:func:`~vitres_deploy.latency.correction.fit_correction`).
 
-The prediction is a positive-weighted sum of per-entry terms, so the fastest and slowest archs of a
-space are found exactly by dynamic programming over stages with the stage width as state
-(:func:`latency_range`).
+Without a spill the prediction is a positive-weighted sum of per-entry terms, so the fastest and slowest archs of
+a space are found exactly by dynamic programming over stages with the stage width as state
+(:func:`latency_range`); a spill is added to those two archs' sums (it grows with the weights, which grow with the
+entries).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ..arch import Arch
 from ..errors import ArchError, ProfileError
+from ..macs import weight_bytes
 from .entries import arch_entries
 from .extremes import extreme_sum
 from .table import LatencyTable
@@ -25,7 +28,8 @@ from .table import LatencyTable
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted latency with its parts (``stem``, ``stage1``.., ``head``; a stage includes its reduction)."""
+    """A predicted latency with its parts (``stem``, ``stage1``.., ``head``; a stage includes its reduction; ``spill``
+    where the table's correction has one)."""
 
     latency_ms: float
     sum_ms: float
@@ -49,6 +53,11 @@ def check_arch(table: LatencyTable, arch: Arch) -> None:
         arch.validate(table.space)
     except ArchError as e:
         raise ProfileError(f"the arch is not covered by latency table{name}: {e}") from None
+
+
+def weight_mib(table: LatencyTable, arch: Arch) -> float:
+    """MiB of ``arch``'s weights in the table's precision (what the correction's spill counts)."""
+    return weight_bytes(arch, table.space, table.meta.precision) / 2**20
 
 
 def _adjusted(table: LatencyTable, key: str) -> float:
@@ -75,7 +84,10 @@ def predict(table: LatencyTable, arch: Arch) -> Prediction:
         adjusted += a
         part = spec.kind if spec.kind in ("stem", "head") else f"stage{spec.stage}"
         parts[part] = parts.get(part, 0.0) + table.correction.scale * a
-    return Prediction(table.correction.apply(adjusted), raw, adjusted, len(specs), parts)
+    weights = weight_mib(table, arch) if table.correction.spill_ms_per_mib else 0.0
+    if table.correction.spill_ms(weights):
+        parts["spill"] = table.correction.spill_ms(weights)
+    return Prediction(table.correction.apply(adjusted, weights), raw, adjusted, len(specs), parts)
 
 
 @dataclass(frozen=True)
@@ -94,13 +106,16 @@ class LatencyRange:
 
 
 def latency_range(table: LatencyTable) -> LatencyRange:
-    """Exact extremes of the predicted latency over every arch of the table's space (DP over stages)."""
+    """Extremes of the predicted latency over every arch of the table's space: exact for the entry sum (DP over
+    stages), the spill (if any) added for the two archs found."""
     table.require_complete()
     if table.correction.scale <= 0:
         raise ProfileError(f"latency table correction has a non-positive scale {table.correction.scale}: re-validate")
+    c = table.correction
     lo_ms, lo_arch = _extreme(table, min)
     hi_ms, hi_arch = _extreme(table, max)
-    return LatencyRange(table.correction.apply(lo_ms), lo_arch, table.correction.apply(hi_ms), hi_arch)
+    return LatencyRange(c.apply(lo_ms, weight_mib(table, lo_arch)), lo_arch,
+                        c.apply(hi_ms, weight_mib(table, hi_arch)), hi_arch)
 
 
 def _extreme(table: LatencyTable, pick: Callable[..., Any]) -> tuple[float, Arch]:

@@ -42,7 +42,7 @@ from ..arch import Arch, sample_arch
 from ..convert.to_onnx import export_onnx_group
 from ..errors import ProfileError, SettingsError
 from ..files import atomic_write
-from ..macs import arch_cost
+from ..macs import weight_bytes
 from ..progress import advance_plan, progress_bar
 from ..rundir import hold_output
 from ..runtime.base import NoisyMeasurement
@@ -83,9 +83,8 @@ def resolve_cache_state(space: SearchSpace, settings: ProfileSettings,
                             field="cache_state")
     llc = last_level_cache_bytes(device, settings.device_id)
     flush_mb = max(64, 2 * (llc >> 20)) if llc else 256
-    bytes_per_weight = {"fp16": 2, "int8": 1}.get(settings.precision, 4)
     rng = random.Random(0)
-    sizes = sorted(arch_cost(sample_arch(space, rng), space).params * bytes_per_weight for _ in range(64))
+    sizes = sorted(weight_bytes(sample_arch(space, rng), space, settings.precision) for _ in range(64))
     decision: dict[str, Any] = {"cache": settings.cache_state, "last_level_cache_bytes": llc,
                                 "median_network_weight_bytes": sizes[len(sizes) // 2]}
     if settings.cache_state == "auto":

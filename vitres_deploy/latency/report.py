@@ -120,11 +120,12 @@ class ValidationRow:
     parts_ms: dict[str, float]
     runs_ms: tuple[float, ...] | None = None
     macs: int | None = None
+    weight_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (optional fields left out when None)."""
         out = asdict(self)
-        for name in ("pass_medians_ms", "runs_ms", "macs"):
+        for name in ("pass_medians_ms", "runs_ms", "macs", "weight_mib"):
             if out[name] is None:
                 del out[name]
             elif isinstance(out[name], tuple):
@@ -134,11 +135,12 @@ class ValidationRow:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ValidationRow:
         """Inverse of :meth:`to_dict`."""
-        optional = ("pass_medians_ms", "runs_ms", "macs")
+        optional = ("pass_medians_ms", "runs_ms", "macs", "weight_mib")
         values = {f.name: data[f.name] for f in fields(cls) if f.name not in optional}
         passes, runs = data.get("pass_medians_ms"), data.get("runs_ms")
         return cls(**values, pass_medians_ms=None if passes is None else tuple(passes),
-                   runs_ms=None if runs is None else tuple(runs), macs=data.get("macs"))
+                   runs_ms=None if runs is None else tuple(runs), macs=data.get("macs"),
+                   weight_mib=data.get("weight_mib"))
 
 
 @dataclass(frozen=True)

@@ -305,6 +305,8 @@ def check_values(table: LatencyTable, source: str = "latency table") -> None:
     check_number(correction.scale, f"{source} correction scale", high=MAX_SCALE)
     check_number(correction.offset_ms, f"{source} correction offset_ms", low=-MAX_MS, strict=False)
     check_number(correction.per_call_ms, f"{source} correction per_call_ms", strict=False)
+    check_number(correction.spill_ms_per_mib, f"{source} correction spill_ms_per_mib", strict=False)
+    check_number(correction.spill_above_mib, f"{source} correction spill_above_mib", strict=False)
     check_meta(table.meta, source)
     if table.complete:
         check_fastest(table, source)

@@ -37,7 +37,7 @@ from ..runtime.registry import get_backend
 from ..runtime.statistics import Protocol, TimingStats, item_latency, needs_pass
 from .correction import Correction, fit_correction
 from .metrics import median
-from .predict import latency_range, predict
+from .predict import latency_range, predict, weight_mib
 from .profiler import network_target, prepare_sources
 from .report import PredictionErrors, Repeatability, ValidationReport, ValidationRow, under_prediction_margin
 from .table import LatencyTable, user_copy_path
@@ -150,10 +150,12 @@ def macs_linear(archs: list[Arch], table: LatencyTable, measured: list[float]) -
 
 
 def fit_on_half(table: LatencyTable, archs: list[Arch], measured: list[float]) -> Correction:
-    """The correction fitted on the even-numbered networks (their entry sums against their measurements)."""
+    """The correction fitted on the even-numbered networks (their entry sums and weights against their
+    measurements)."""
     fit_idx = range(0, len(archs), 2)
     adjusted = [predict(table, archs[i]).adjusted_sum_ms for i in fit_idx]
-    return fit_correction(adjusted, [measured[i] for i in fit_idx], table.correction.per_call_ms)
+    return fit_correction(adjusted, [measured[i] for i in fit_idx], table.correction.per_call_ms,
+                          [weight_mib(table, archs[i]) for i in fit_idx])
 
 
 def judge_on_half(table: LatencyTable, archs: list[Arch], networks: list[Measured], correction: Correction,
@@ -170,7 +172,7 @@ def judge_on_half(table: LatencyTable, archs: list[Arch], networks: list[Measure
         sum_ms=p.sum_ms, predicted_ms=p.latency_ms, measured_ms=measured[i],
         error_pct=100 * (p.latency_ms - measured[i]) / measured[i], cv=networks[i].stats.cv,
         pass_medians_ms=tuple(s.median_ms for s in networks[i].passes), parts_ms=p.parts_ms,
-        runs_ms=networks[i].runs_ms, macs=arch_cost(a, table.space).macs,
+        runs_ms=networks[i].runs_ms, macs=arch_cost(a, table.space).macs, weight_mib=weight_mib(table, a),
     ) for i, (a, p) in enumerate(zip(archs, preds)))
     cvs = [n.stats.cv for n in networks]
     runs = [n.runs_ms for n in networks]
