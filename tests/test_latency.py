@@ -558,6 +558,9 @@ def test_correction_fit_keeps_the_scale_only_when_it_helps() -> None:
     shifted = fit_correction(x, [v + 0.02 + (0.001 if i % 2 else -0.001) for i, v in enumerate(x)], 0.002)
     assert shifted.model == "offset" and shifted.scale == 1.0
     assert shifted.offset_ms == pytest.approx(0.02, abs=1e-3)
+    # a table of a CPU twice as fast, validated here on 6 networks (3 fitted): the scale is found from 3
+    slower = fit_correction([0.2, 0.5, 0.9], [0.41, 1.02, 1.79], 0.002)
+    assert slower.model == "scale+offset" and slower.scale == pytest.approx(1.98, rel=0.03)
 
 
 
@@ -656,9 +659,10 @@ def test_profile_show_counts_the_entries_that_did_not_settle(tmp_path: Path) -> 
     path.write_text(json.dumps(data))
     before = unsettled_entries(LatencyTable.load(path))
     settled = [k for k in data["entries"] if k not in before][:3]
-    for key in settled:  # a second-lowest pass 10% above the lowest
+    for key in settled:  # every other pass at least 10% above the lowest
         passes = sorted(data["entries"][key]["passes"], key=lambda p: p["floor_ms"])
-        passes[1]["floor_ms"] = passes[0]["floor_ms"] * 1.1
+        for other in passes[1:]:
+            other["floor_ms"] = max(other["floor_ms"], passes[0]["floor_ms"] * 1.1)
         data["entries"][key]["passes"] = passes
     path.write_text(json.dumps(data))
     assert set(unsettled_entries(LatencyTable.load(path))) == set(before) | set(settled)

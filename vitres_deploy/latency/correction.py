@@ -110,7 +110,7 @@ def fit_correction(adjusted_sums: Sequence[float], measured: Sequence[float], pe
         return scale * x[k] + offset + spill
 
     def loo(model: str) -> float | None:
-        if n < {"offset": 3, "scale+offset": 4, "offset+spill": 5}[model]:
+        if n < {"offset": 2, "scale+offset": 3, "offset+spill": 5}[model]:  # each fold: enough networks to fit
             return None
         preds = [float(predicted(fit(np.delete(np.arange(n), k), model), np.array([k]))[0]) for k in range(n)]
         return mape(preds, list(measured))
