@@ -105,7 +105,7 @@ SHIPPED = "profiles/amd-epyc/fmnist-ort-cpu-fp32-b1.json"
 
 
 @pytest.mark.parametrize("args", [
-    ["search", "--supernet", "fmnist-demo", "--profile", SHIPPED, "--budget-ms", "0.3", "--no-drift-check",
+    ["search", "--supernet", "fmnist-demo", "--profile", SHIPPED, "--budget-ms", "40%", "--no-drift-check",
      "--allow-other-device", "--preset", "demo", "--eval-limit", "10", "--out"],
     ["train", "--space", "fmnist", "--epochs", "1", "--out"],
     ["profile", "--space", "fmnist", "--backend", "ort-cpu", "--out"],

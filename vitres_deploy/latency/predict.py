@@ -1,4 +1,4 @@
-"""Predicted latency of an arch from a table, and the exact achievable range of a space.
+"""Predicted latency of an arch from a table, and the achievable range of a space.
 
 ``predicted(arch) = scale * sum(entry_ms - per_call_ms over the arch's entries) + offset_ms (+ spill)``: each
 entry was timed as its own call, so its share of the per-call overhead is taken out and the network's
