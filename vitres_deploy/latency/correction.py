@@ -118,7 +118,7 @@ def fit_correction(adjusted_sums: Sequence[float], measured: Sequence[float], pe
     models = ("offset", "scale+offset") + (("offset+spill",) if w is not None else ())
     scores = {m: loo(m) for m in models}
     scored = {m: v for m, v in scores.items() if v is not None}
-    model = min(scored, key=lambda m: (scored[m], models.index(m))) if "offset" in scored else "offset"
+    model = min(scored, key=lambda m: (scored[m], models.index(m)))  # n >= 2: the offset is always scored
     scale, offset, rate, knee = fit(np.arange(n), model)
     if scale <= 0 or (model == "offset+spill" and not rate):  # a spill found in the folds but not in all
         model, (scale, offset, rate, knee) = "offset", fit(np.arange(n), "offset")

@@ -85,8 +85,9 @@ def predict(table: LatencyTable, arch: Arch) -> Prediction:
         part = spec.kind if spec.kind in ("stem", "head") else f"stage{spec.stage}"
         parts[part] = parts.get(part, 0.0) + table.correction.scale * a
     weights = weight_mib(table, arch) if table.correction.spill_ms_per_mib else 0.0
-    if table.correction.spill_ms(weights):
-        parts["spill"] = table.correction.spill_ms(weights)
+    spill = table.correction.spill_ms(weights)
+    if spill:
+        parts["spill"] = spill
     return Prediction(table.correction.apply(adjusted, weights), raw, adjusted, len(specs), parts)
 
 
