@@ -58,6 +58,17 @@ def test_file_shape_is_exactly_space_stages_embed_dim_blocks_heads_mlp(fmnist: S
         assert all(type(v) is int for b in stage["blocks"] for v in b.values())
 
 
+def test_the_short_form_parses_back_to_the_same_arch() -> None:
+    rng = random.Random(7)
+    for arch in [Arch.from_dict(ISSUE_EXAMPLE), max_arch(TINY), min_arch(TINY)] + [sample_arch(TINY, rng)
+                                                                                 for _ in range(20)]:
+        again = Arch.from_short(arch.short(), TINY.family)
+        assert again == arch and again.hash == arch.hash
+    for bad in ("", "176", "176[3/704", "176[3]", "176[3/x]", "176[3/704,] | 352[6/768]", "176[3/704]  352[6/768]"):
+        with pytest.raises(ArchError, match="expected WIDTH"):
+            Arch.from_short(bad, TINY.family)
+
+
 def test_extra_top_level_keys_are_ignored() -> None:
     arch = Arch.from_dict({**ISSUE_EXAMPLE, "accuracy": 0.7, "latency_ms": 1.2})
     assert arch.to_dict() == ISSUE_EXAMPLE

@@ -20,7 +20,15 @@ from click.testing import CliRunner
 from vitres_deploy.cli import main
 from vitres_deploy.errors import ProfileError
 from vitres_deploy.latency import LatencyTable, latency_range, profile_space
-from vitres_deploy.latency.drift import check_drift, check_fingerprint, median_interval, rescaled, trusted_table
+from vitres_deploy.latency.drift import (
+    check_drift,
+    check_fingerprint,
+    drift_targets,
+    median_interval,
+    rescaled,
+    trusted_table,
+    validated_middle,
+)
 from vitres_deploy.latency.fingerprint import device_fingerprint, fingerprint_difference, fingerprint_id
 from vitres_deploy.latency.table import table_for_this_machine
 from vitres_deploy.latency.timing import ProfileSettings, recheck_sample, time_until_stable
@@ -368,6 +376,29 @@ def test_the_cli_check_reports_a_ratio_and_fails_on_drift(table: LatencyTable, c
     assert len(capped.items) == len(report["items"]) and 0 <= capped.unsettled <= len(capped.items)
     result = runner.invoke(main, ["profile", "check", "--profile", str(table.path), "--seconds", "0"])
     assert result.exit_code == 2 and result.output.startswith("error: ") and "--seconds" in result.output
+
+
+def test_the_check_times_the_networks_the_validation_measured_and_exported() -> None:
+    # the shipped tables carry their validation: the check's three networks are among its rows (so their ONNX
+    # files, keyed by arch and seed, are in the export cache after `profile validate`), the ends those of the range
+    shipped = sorted(Path(__file__).parents[1].glob("profiles/*/*/*-ort-cpu-fp32-b1.json"))
+    tables = [t for t in map(LatencyTable.load, shipped) if t.validation is not None]
+    assert tables
+    for validated in tables:
+        _, archs = drift_targets(validated)
+        rows = {r.hash: r for r in validated.validation.rows}
+        span = latency_range(validated)
+        assert [a.hash for a in archs[:2]] == [span.fastest.hash, span.slowest.hash]
+        assert all(a.hash in rows for a in archs) and len({a.hash for a in archs}) == 3
+        measured = sorted(r.measured_ms for r in rows.values())
+        assert rows[archs[2].hash].measured_ms == measured[len(measured) // 2]
+    # a row whose arch does not parse back to its hash is not trusted: the check takes a random network instead
+    data = tables[0].to_dict()
+    middle = sorted(data["validation"]["rows"], key=lambda r: r["measured_ms"])[len(data["validation"]["rows"]) // 2]
+    middle["hash"] = "0" * 16
+    tampered = LatencyTable.from_dict(data)
+    assert validated_middle(tampered) is None
+    assert drift_targets(tampered)[1][2].hash not in {r.hash for r in tampered.validation.rows}
 
 
 def test_a_table_of_another_fingerprint_is_refused(table: LatencyTable, tmp_path: Path) -> None:

@@ -76,6 +76,21 @@ class Arch:
         )
 
     @classmethod
+    def from_short(cls, text: str, space: str) -> Arch:
+        """Parse the form :meth:`short` writes (as in a validation report's rows), an arch of the space ``space``."""
+        stages = []
+        for i, part in enumerate(text.split(" | "), 1):
+            width, sep, rest = part.partition("[")
+            if not sep or not rest.endswith("]"):
+                raise ArchError(f"stage {i} of {text!r}: expected WIDTH[HEADS/MLP,...]")
+            try:
+                blocks = tuple(BlockArch(*map(int, b.split("/", 1))) for b in rest[:-1].split(","))
+                stages.append(StageArch(int(width), blocks))
+            except (TypeError, ValueError):
+                raise ArchError(f"stage {i} of {text!r}: expected WIDTH[HEADS/MLP,...]") from None
+        return cls(space, tuple(stages))
+
+    @classmethod
     def from_dict(cls, data: Any) -> Arch:
         """Parse the architecture-file form (extra top-level keys, as in ``best.json``, are ignored)."""
         if not isinstance(data, dict) or "stages" not in data or "space" not in data:

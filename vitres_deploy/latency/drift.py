@@ -6,10 +6,12 @@ A table is a measurement of one device on one day. Before a search or an export 
    (:mod:`~vitres_deploy.latency.fingerprint`); a table of another fingerprint is refused unless the user
    asks to use it anyway.
 2. **Drift check.** A stratified handful of the table's entries (per stage the fastest and the slowest
-   block, the stem, a reduction, the head) and three whole networks (the fastest, the slowest and a
-   random sub-network, against their predictions) are re-timed with the table's own protocol and
-   statistic. The ratio *measured / table* of each is summarised by its median with a distribution-free
-   95% interval (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
+   block, the stem, a reduction, the head) and three whole networks (the fastest and the slowest by the
+   table's prediction, and the middle one of the table's validation, or a random sub-network when it has
+   none; each against its prediction) are re-timed with the table's own protocol and statistic. The three
+   are networks ``profile validate`` measured, so after a validation their exports are cached already.
+   The ratio *measured / table* of each is summarised by its median with a distribution-free 95% interval
+   (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
    longer describes the machine: re-profile, or rescale the table's predictions by the measured ratio.
    The check is bounded in time (:data:`DRIFT_SECONDS`): past it no new round of passes starts beyond the
    three every item gets, and the items left unsettled are counted in the report.
@@ -25,15 +27,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..arch import Arch, max_arch, min_arch, sample_arch
-from ..errors import ProfileError
+from ..arch import Arch, sample_arch
+from ..errors import ArchError, ProfileError
 from ..runtime.base import NoisyMeasurement
 from ..runtime.loaders import ModelLoader
 from ..runtime.statistics import item_latency, needs_pass
 from ..values import check_real
 from .entries import EntrySpec, enumerate_entries
 from .fingerprint import device_fingerprint, fingerprint_difference
-from .predict import predict
+from .predict import latency_range, predict
 from .profiler import entry_target, network_target, prepare_sources
 from .table import LatencyTable
 from .timing import ProfileSettings, time_until_stable
@@ -124,8 +126,23 @@ def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], 
                         key=lambda s: table.entries[s.key].latency_ms)
         if blocks:
             picked.extend([blocks[0], blocks[-1]] if len(blocks) > 1 else blocks)
-    archs = [min_arch(table.space), max_arch(table.space), sample_arch(table.space, random.Random(seed))]
-    return picked, archs
+    span = latency_range(table)
+    return picked, [span.fastest, span.slowest, validated_middle(table) or sample_arch(table.space,
+                                                                                         random.Random(seed))]
+
+
+def validated_middle(table: LatencyTable) -> Arch | None:
+    """The network of the middle measured latency among the table's validation networks (None: no validation,
+    or a row that does not parse back to an arch of the table's space with the recorded hash)."""
+    if table.validation is None or not table.validation.rows:
+        return None
+    rows = sorted(table.validation.rows, key=lambda r: r.measured_ms)
+    row = rows[len(rows) // 2]
+    try:
+        arch = Arch.from_short(row.arch, table.space.family).validate(table.space)
+    except ArchError:
+        return None
+    return arch if arch.hash == row.hash else None
 
 
 def reference_entries(table: LatencyTable) -> list[EntrySpec]:
