@@ -294,6 +294,24 @@ def test_the_time_cap_starts_no_round_after_the_first_three() -> None:
         assert {len(p) for p in passes.values()} == expected == set(calls.values())
 
 
+def test_a_round_expected_to_end_past_the_cap_does_not_start() -> None:
+    """Passes of 50 ms, four items: a round takes 0.2 s. Under a 0.75 s cap the first three rounds (0.6 s) are
+    timed, and a fourth, which would start before the cap but end past it (0.8 s), is not; under a generous cap
+    the items that never settle get every round and the recheck."""
+    values = {f"item{i}": 0.1 * (i + 1) for i in range(4)}
+    for seconds, rounds in ((0.75, {RECHECKED.min_rounds}), (30.0, {RECHECKED.rounds + 1})):  # + 1: the recheck
+        calls = {name: 0 for name in values}
+
+        def slow(source: str, settings: ProfileSettings, calls: dict[str, int] = calls) -> TimingStats:
+            calls[source] += 1
+            time.sleep(0.05)
+            return _stats(values[source] * (1 + 0.1 * calls[source]))  # every pass 10% above the last: never settled
+
+        passes = time_until_stable({n: n for n in values}, ProfileSettings(protocol=RECHECKED), measure_pass=slow,
+                                   seconds=seconds)
+        assert {len(p) for p in passes.values()} == rounds == set(calls.values())
+
+
 def test_recheck_samples_spread_over_the_schedule() -> None:
     names = [f"e{i}" for i in range(180)]
     first, second = recheck_sample(names, 0), recheck_sample(names, 1)

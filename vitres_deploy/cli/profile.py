@@ -249,8 +249,8 @@ def validate(table_path: Path, samples: int, seed: int, workers: int, out: Path 
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Processes exporting the checked models before timing.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=25.0, show_default=True,
-              help="No new round of passes starts after this many seconds of the check, beyond the three every "
-                   "item gets (items left unsettled are counted).")
+              help="Beyond the three passes every item gets, a round of passes starts only when it is expected "
+                   "to end within this many seconds of the check's start (items left unsettled are counted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(table_path: Path, tolerance: float, allow_other_device: bool, workers: int, seconds: float,
           as_json: bool) -> None:

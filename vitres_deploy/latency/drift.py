@@ -13,8 +13,9 @@ A table is a measurement of one device on one day. Before a search or an export 
    The ratio *measured / table* of each is summarised by its median with a distribution-free 95% interval
    (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
    longer describes the machine: re-profile, or rescale the table's predictions by the measured ratio.
-   The check is bounded in time (:data:`DRIFT_SECONDS`): past it no new round of passes starts beyond the
-   three every item gets, and the items left unsettled are counted in the report.
+   The check is bounded in time (:data:`DRIFT_SECONDS`, exports included): beyond the three passes every item
+   gets, a round of passes (or a recheck) starts only when it is expected to end within the bound, at the mean
+   time of the passes so far; the items left unsettled are counted in the report.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from .timing import ProfileSettings, time_until_stable
 #: A table whose median measured/table ratio is outside 1 ± this is drifted.
 DRIFT_TOLERANCE = 0.10
 
-#: Seconds after the drift check's start past which it starts no new round of passes beyond the first
-#: ``min_rounds`` (a round started before then is finished: the check ends within about 30 s).
+#: Seconds from the drift check's start within which a round of passes beyond the first ``min_rounds`` must be
+#: expected to end, or it does not start (the first ``min_rounds`` are timed whatever the time).
 DRIFT_SECONDS = 25.0
 
 

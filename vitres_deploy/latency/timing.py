@@ -150,9 +150,10 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
 
     ``references`` are timed once in every round that times a source, half before and half after them: they
     tell the machine's state around the sources' passes (:func:`pass_states`) where the sources alone cannot (a
-    lone model, the export's gate), but they do not keep the schedule going. ``seconds`` caps the wall time:
-    once it has passed, no new round starts beyond the ``min_rounds`` every source gets (the drift check's
-    bound). Returns every item's passes (the references' too) in order.
+    lone model, the export's gate), but they do not keep the schedule going. ``seconds`` caps the wall time
+    (the drift check's bound): beyond the ``min_rounds`` every source gets, a round starts only when it is
+    expected to end within the cap (its passes at the mean time of the passes so far, after the wait of
+    ``round_s``). Returns every item's passes (the references' too) in order.
     """
     protocol = settings.protocol
     timer = measure_pass or (lambda source, s: measure_source(source, s)[0])
@@ -164,6 +165,7 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     order: list[tuple[str, int]] = []  # (item, index of its pass) in the order this call timed them
     started: float | None = None
     deadline = None if seconds is None else time.monotonic() + seconds
+    timing = [0.0, 0]  # seconds spent in passes by this call, and their number
     ref_names = list(refs)
     before_refs, after_refs = ref_names[:len(ref_names) // 2], ref_names[len(ref_names) // 2:]
 
@@ -176,38 +178,44 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         started = time.monotonic()
         scheduled = [*before_refs, *names, *after_refs]
         for name in reversed(scheduled) if backwards else scheduled:
+            t0 = time.monotonic()
             passes[name].append(timer(loaders[name], settings))
+            timing[0], timing[1] = timing[0] + time.monotonic() - t0, timing[1] + 1
             order.append((name, len(passes[name]) - 1))
             if on_pass is not None:
                 on_pass(name, passes[name])
 
-    def out_of_time() -> bool:
-        return deadline is not None and time.monotonic() > deadline
+    def fits(names: Sequence[str]) -> bool:  # a round of these sources is expected to end within the cap
+        if deadline is None:
+            return True
+        begin = time.monotonic() if started is None else max(time.monotonic(), started + protocol.round_s)
+        per_pass = timing[0] / timing[1] if timing[1] else 0.0
+        return begin + per_pass * (len(names) + len(ref_names)) <= deadline
 
     def settle() -> None:  # pass r times the items with at most r passes that still need one
         for r in range(protocol.rounds):
             again = disturbed_items(passes, order, protocol)
             pending = [name for name in sources if needs_pass(passes[name], protocol) or name in again]
-            if r >= protocol.fewest_rounds and out_of_time():
-                pending = []
-            if not pending:
+            names = [name for name in pending if len(passes[name]) <= r]
+            if not pending or (r >= protocol.fewest_rounds and not fits(names)):
                 break
-            time_round([name for name in pending if len(passes[name]) <= r], bool(r % 2))
+            time_round(names, bool(r % 2))
 
     settle()
     names = list(sources)
     for attempt in range(protocol.recheck_rounds if names else 0):
-        if out_of_time():
-            break
         slowest = sorted(names, key=lambda n: item_latency(passes[n], protocol))[::-1][:protocol.recheck_slowest]
         sample = recheck_sample(names, attempt)
         sample += [name for name in slowest if name not in sample]
+        if not fits(sample):
+            break
         before = {name: item_latency(passes[name], protocol) for name in sample}
         time_round(sample, False)
         ratio = float(np.median([passes[n][-1].value(protocol.statistic) / before[n] for n in sample]))
         quieter = ratio < 1.0 - protocol.stable_within
-        if quieter:  # every other item once more, at the quieter level
-            time_round([name for name in names if name not in before], attempt % 2 == 0)
+        others = [name for name in names if name not in before]
+        if quieter and fits(others):  # every other item once more, at the quieter level
+            time_round(others, attempt % 2 == 0)
         settle()  # an item a lower pass reopened is settled again
         if not quieter:
             break
