@@ -165,12 +165,12 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
     order: list[tuple[str, int]] = []  # (item, index of its pass) in the order this call timed them
     started: float | None = None
     deadline = None if seconds is None else time.monotonic() + seconds
-    timing = [0.0, 0]  # seconds spent in passes by this call, and their number
+    spent, timed = 0.0, 0  # seconds spent in passes by this call, and their number
     ref_names = list(refs)
     before_refs, after_refs = ref_names[:len(ref_names) // 2], ref_names[len(ref_names) // 2:]
 
     def time_round(names: Sequence[str], backwards: bool) -> None:
-        nonlocal started
+        nonlocal started, spent, timed
         if not names:
             return
         if started is not None:
@@ -180,7 +180,7 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         for name in reversed(scheduled) if backwards else scheduled:
             t0 = time.monotonic()
             passes[name].append(timer(loaders[name], settings))
-            timing[0], timing[1] = timing[0] + time.monotonic() - t0, timing[1] + 1
+            spent, timed = spent + time.monotonic() - t0, timed + 1
             order.append((name, len(passes[name]) - 1))
             if on_pass is not None:
                 on_pass(name, passes[name])
@@ -189,17 +189,17 @@ def time_until_stable(sources: Mapping[str, ModelLoader], settings: ProfileSetti
         if deadline is None:
             return True
         begin = time.monotonic() if started is None else max(time.monotonic(), started + protocol.round_s)
-        per_pass = timing[0] / timing[1] if timing[1] else 0.0
+        per_pass = spent / timed if timed else 0.0
         return begin + per_pass * (len(names) + len(ref_names)) <= deadline
 
     def settle() -> None:  # pass r times the items with at most r passes that still need one
         for r in range(protocol.rounds):
             again = disturbed_items(passes, order, protocol)
             pending = [name for name in sources if needs_pass(passes[name], protocol) or name in again]
-            names = [name for name in pending if len(passes[name]) <= r]
-            if not pending or (r >= protocol.fewest_rounds and not fits(names)):
+            due = [name for name in pending if len(passes[name]) <= r]
+            if not pending or (r >= protocol.fewest_rounds and not fits(due)):
                 break
-            time_round(names, bool(r % 2))
+            time_round(due, bool(r % 2))
 
     settle()
     names = list(sources)
