@@ -422,6 +422,12 @@ def test_the_check_times_the_networks_the_validation_measured_and_exported() -> 
     tampered = LatencyTable.from_dict(data)
     assert validated_middle(tampered) is None
     assert drift_targets(tampered)[1][2].hash not in {r.hash for r in tampered.validation.rows}
+    # a middle network that is one of the ends is not timed twice
+    data = tables[0].to_dict()
+    fastest = latency_range(tables[0]).fastest.hash
+    data["validation"]["rows"] = [r for r in data["validation"]["rows"] if r["hash"] == fastest]
+    ends = LatencyTable.from_dict(data)
+    assert validated_middle(ends).hash == fastest and len({a.hash for a in drift_targets(ends)[1]}) == 3
 
 
 def test_a_table_of_another_fingerprint_is_refused(table: LatencyTable, tmp_path: Path) -> None:

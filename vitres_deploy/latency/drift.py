@@ -128,8 +128,10 @@ def drift_targets(table: LatencyTable, seed: int = 0) -> tuple[list[EntrySpec], 
         if blocks:
             picked.extend([blocks[0], blocks[-1]] if len(blocks) > 1 else blocks)
     span = latency_range(table)
-    return picked, [span.fastest, span.slowest, validated_middle(table) or sample_arch(table.space,
-                                                                                         random.Random(seed))]
+    middle = validated_middle(table)
+    if middle is None or middle.hash in (span.fastest.hash, span.slowest.hash):
+        middle = sample_arch(table.space, random.Random(seed))
+    return picked, [span.fastest, span.slowest, middle]
 
 
 def validated_middle(table: LatencyTable) -> Arch | None:
