@@ -8,8 +8,9 @@ A table is a measurement of one device on one day. Before a search or an export 
 2. **Drift check.** A stratified handful of the table's entries (per stage the fastest and the slowest
    block, the stem, a reduction, the head) and three whole networks (the fastest and the slowest by the
    table's prediction, and the middle one of the table's validation, or a random sub-network when it has
-   none; each against its prediction) are re-timed with the table's own protocol and statistic. The three
-   are networks ``profile validate`` measured, so after a validation their exports are cached already.
+   none or its middle is one of the ends; each against its prediction) are re-timed with the table's own
+   protocol and statistic. The three are networks ``profile validate`` measured, so after a validation their
+   exports are cached already.
    The ratio *measured / table* of each is summarised by its median with a distribution-free 95% interval
    (order statistics of the ratios). A median outside ``1 ± tolerance`` means the table no
    longer describes the machine: re-profile, or rescale the table's predictions by the measured ratio.
