@@ -33,7 +33,7 @@ from vitres_deploy.runtime import (
     random_inputs,
 )
 from vitres_deploy.runtime.base import HostCacheFlush
-from vitres_deploy.runtime.ort import OrtCpuRunner, onnx_input_specs
+from vitres_deploy.runtime.ort import OrtCpuRunner, onnx_input_specs, session_input_specs
 from vitres_deploy.vit_resnas import Block
 
 pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
@@ -171,6 +171,33 @@ def test_static_batch_mismatch_is_a_clear_error(block: Block, tmp_path: Path) ->
     assert onnx_input_specs(static, 1)[0].shape == (1, 50, 64)
     with pytest.raises(RuntimeFailure, match="static batch of 1, asked for 4: export with a dynamic batch"):
         onnx_input_specs(static, 4)
+    # the runner reads its specs from the live session, by the same rule, without parsing the file again
+    with pytest.raises(RuntimeFailure, match="static batch of 1, asked for 4: export with a dynamic batch"):
+        with OrtCpuRunner(OnnxFile(static), RunnerOptions(batch=4)):
+            pass
+
+
+def test_a_runner_s_input_specs_from_its_session_equal_the_file_s(block_onnx: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = {batch: onnx_input_specs(block_onnx, batch) for batch in (1, 3)}
+    with monkeypatch.context() as m:  # a pass does not parse the file a second time (tens of ms for a network)
+        m.setattr(onnx, "load", lambda *a, **k: pytest.fail("the runner parsed the ONNX file"))
+        for batch in (1, 3):
+            with OrtCpuRunner(OnnxFile(block_onnx), RunnerOptions(batch=batch)) as runner:
+                assert runner.input_specs == expected[batch]
+                assert runner.input_specs[0].shape == (batch, 50, 64)
+    # a model whose input is a string tensor: its session is real, its input no runner can feed
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["text"], ["out"])], "strings",
+        [onnx.helper.make_tensor_value_info("text", onnx.TensorProto.STRING, ["batch"])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.STRING, ["batch"])])
+    path = tmp_path / "strings.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)], ir_version=10), path)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(RuntimeFailure, match=r"input 'text' has type tensor\(string\), which no runner feeds"):
+        session_input_specs(session, 1, path)
 
 
 def test_fp16_onnx_keeps_layernorm_and_softmax_in_fp32(block: Block, block_onnx: Path, tmp_path: Path) -> None:
