@@ -240,7 +240,7 @@ class HostCacheFlush:
 @functools.lru_cache(maxsize=1)
 def _flush_buffer(floats: int) -> np.ndarray:
     """The read-only buffer of :class:`HostCacheFlush`, made once per process and size: filling 64 MiB took about
-    18 ms of every pass of a cold table on a 2-core CPU (some 40 s over the 2,400 passes of a tiny table)."""
+    18 ms of every pass of a cold table on a 2-core CPU."""
     buffer = np.ones(floats, dtype=np.float32)
     buffer.flags.writeable = False
     return buffer

@@ -64,8 +64,8 @@ def onnx_input_specs(path: str | Path, batch: int) -> list[TensorSpec]:
 
 def session_input_specs(session: Any, batch: int, path: str | Path) -> list[TensorSpec]:
     """:func:`onnx_input_specs` of the model a live ONNX Runtime ``session`` (of the file ``path``) runs, read from the
-    session rather than by parsing the file again: for a network of tens of megabytes that parse took longer than
-    creating the session's inputs (about 55 ms a pass on a 2-core CPU, 2 s of a 12-item drift check)."""
+    session rather than by parsing the file again: for a network of tens of megabytes that parse cost about 55 ms a
+    pass on a 2-core CPU (2 s of a 12-item drift check)."""
     specs = []
     for inp in session.get_inputs():
         if inp.type not in _ORT_TYPES:
@@ -84,7 +84,7 @@ def _concrete_shape(name: str, dims: Sequence[int | None], batch: int, path: str
             if i == 0 and dim != batch:
                 raise RuntimeFailure(f"{path}: input {name!r} has a static batch of {dim}, "
                                      f"asked for {batch}: export with a dynamic batch")
-            shape.append(dim if i else batch)
+            shape.append(dim)
         elif i == 0:
             shape.append(batch)
         else:
