@@ -79,9 +79,10 @@ def _budgets(tables: list[LatencyTable]) -> tuple[float, ...]:
         return all(not r.fastest_ms <= budget <= r.slowest_ms or held(i, budget) >= 3 for i, r in enumerate(ranges))
 
     budgets = []
-    for i in range(len(tables)):
-        candidates = [x for x in latencies[i] if searchable(x)]
-        budgets.append(round(max(candidates, key=lambda x: held(i, x)), 6))
+    for i, own in enumerate(ranges):  # rounded first: the slowest arch's latency rounded up would leave its range
+        candidates = [b for b in (round(x, 6) for x in latencies[i])
+                      if own.fastest_ms <= b <= own.slowest_ms and searchable(b)]
+        budgets.append(max(candidates, key=lambda b: held(i, b)))
     return tuple(budgets)
 
 
@@ -95,9 +96,11 @@ def _mixed_budget(tables: Any, space: SearchSpace) -> float:
     archs = [sample_arch(space, rng) for _ in range(40)]
     latencies = [tables.predict(MixedArch(a.space, a.stages, plan))
                  for a in archs for plan in mixed_plans(len(space.stages))]
-    best = max(latencies, key=lambda b: sum(0.9 * b <= y <= b for y in latencies))
+    span = tables.latency_range()  # rounded first: the slowest network's latency rounded up would leave the range
+    candidates = [b for b in (round(y, 6) for y in latencies) if span.fastest_ms <= b <= span.slowest_ms]
+    best = max(candidates, key=lambda b: sum(0.9 * b <= y <= b for y in latencies))
     assert sum(0.9 * best <= y <= best for y in latencies) >= 3
-    return round(best, 6)
+    return best
 
 
 def test_each_precision_is_searched_in_its_own_precision_and_the_best_is_chosen(setup: dict[str, Any]) -> None:
