@@ -367,3 +367,20 @@ def test_group_export_falls_back_to_one_by_one_and_names_the_module_that_fails(t
     with pytest.raises(ConversionError, match="could not export Unexportable to"):
         export_onnx_group(items)
     assert (tmp_path / "ok.onnx").is_file() and not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_network_cache_is_trimmed_least_recently_used_first(tmp_path: Path) -> None:
+    """``trim_cache`` deletes the files used longest ago until the rest fit; the newest is kept even alone too
+    large, and other files are left alone."""
+    import os
+
+    from vitres_deploy.runtime.cache import trim_cache
+
+    for age, name in enumerate(["new", "mid", "old", "older"]):
+        (tmp_path / f"{name}.onnx").write_bytes(b"x" * 100)
+        os.utime(tmp_path / f"{name}.onnx", (1_000_000 - age, 1_000_000 - age))
+    (tmp_path / "notes.txt").write_bytes(b"x" * 1000)
+    trim_cache(tmp_path, 250)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["mid.onnx", "new.onnx", "notes.txt"]
+    trim_cache(tmp_path, 10)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["new.onnx", "notes.txt"]

@@ -132,6 +132,50 @@ def test_each_precision_is_searched_in_its_own_precision_and_the_best_is_chosen(
     assert again.top1 == int8.holdout_top1
 
 
+def test_each_network_is_exported_once_for_its_int8_evaluations(setup: dict[str, Any], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float export an int8 evaluation quantizes is cached by the network's structure and weights: the arch
+    scored again, or with another precision plan, exports nothing and scores the same; other weights export
+    anew."""
+    import copy
+
+    import torch
+
+    import vitres_deploy.convert.to_onnx as to_onnx
+    from vitres_deploy.arch import MixedArch
+
+    monkeypatch.setenv("VITRES_DEPLOY_CACHE", str(tmp_path))
+    supernet, data = setup["checkpoint"].supernet, setup["data"]
+    arch = sample_arch(supernet.space, random.Random(3))
+    exported: list[Path] = []
+    real = to_onnx.export_onnx
+
+    def counted(*args: Any, **kwargs: Any) -> Path:
+        exported.append(real(*args, **kwargs))
+        return exported[-1]
+
+    monkeypatch.setattr(to_onnx, "export_onnx", counted)
+    first = evaluate_arch_int8(supernet, arch, data, CALIBRATION, limit=LIMIT)
+    assert evaluate_arch_int8(supernet, arch, data, CALIBRATION, limit=LIMIT) == first
+    evaluate_arch_int8(supernet, MixedArch(arch.space, arch.stages, (2,)), data, CALIBRATION, limit=LIMIT)
+    assert len(exported) == 1
+    assert [f.name.split("-")[0] for f in (tmp_path / "networks").iterdir()] == [arch.hash]
+
+    class Exported(Exception):
+        pass
+
+    def tripwire(*args: Any, **kwargs: Any) -> Path:
+        raise Exported
+
+    other = copy.deepcopy(supernet)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    monkeypatch.setattr(to_onnx, "export_onnx", tripwire)
+    with pytest.raises(Exported):
+        evaluate_arch_int8(other, arch, data, CALIBRATION, limit=LIMIT)
+
+
 def test_a_budget_in_an_empty_window_of_one_table_is_left_to_another(
         setup: dict[str, Any], every_arch: Callable[[SearchSpace], list[Arch]]) -> None:
     """Between two neighbouring archs of a measured table a narrow window holds nothing: the plan leaves that

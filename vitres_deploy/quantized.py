@@ -23,6 +23,7 @@ from .convert.to_onnx import export_onnx
 from .data import ImageData
 from .errors import RuntimeFailure, SettingsError, first_line
 from .evaluate import TopKAccuracy, count_topk
+from .runtime.cache import network_onnx
 from .supernet import ViTResNASSupernet
 from .vit_resnas import ViTResNAS
 
@@ -55,11 +56,16 @@ class Calibration:
 
 
 def quantize_network(model: ViTResNAS, sample_shape: tuple[int, ...], data: ImageData, calibration: Calibration,
-                     workdir: str | Path, int8_stages: Sequence[int] = ()) -> tuple[Path, dict[str, Any]]:
+                     workdir: str | Path, int8_stages: Sequence[int] = (), *,
+                     cache_as: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Export the static float network ``model`` into ``workdir`` and quantize it there (only the nodes of the
     1-based ``int8_stages`` when given, :func:`~vitres_deploy.convert.int8.stage_nodes`); returns the int8 ONNX
-    file and the quantization record."""
-    fp32 = export_onnx(model, sample_shape, Path(workdir) / "model.fp32.onnx")
+    file and the quantization record. With ``cache_as`` (what the network is: an arch's hash) the float export
+    is taken from, or added to, the export cache (:func:`~vitres_deploy.runtime.cache.network_onnx`)."""
+    if cache_as is None:
+        fp32 = export_onnx(model, sample_shape, Path(workdir) / "model.fp32.onnx")
+    else:
+        fp32 = network_onnx(model, sample_shape, cache_as)
     path = Path(workdir) / "model.int8.onnx"
     nodes = None
     if int8_stages:
@@ -107,5 +113,6 @@ def evaluate_arch_int8(supernet: ViTResNASSupernet, arch: Arch, data: ImageData,
     shape = (supernet.space.in_chans, supernet.space.image_size, supernet.space.image_size)
     int8_stages = arch.int8_stages if isinstance(arch, MixedArch) else ()
     with tempfile.TemporaryDirectory(prefix="vitres-int8-eval-") as work:
-        path, _ = quantize_network(model, shape, data, calibration, work, int8_stages)
+        plain = arch.plain if isinstance(arch, MixedArch) else arch  # one float export serves every plan
+        path, _ = quantize_network(model, shape, data, calibration, work, int8_stages, cache_as=plain.hash)
         return evaluate_onnx(path, data, split, batch_size, limit)

@@ -58,6 +58,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(attend(self.qkv(x), self.heads, self.head_dim))
 
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_dim={self.head_dim}"
+
 
 def attend(qkv: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     """Scaled dot-product attention over packed ``[q | k | v]`` projections of shape (B, N, 3*h*d)."""

@@ -1,5 +1,5 @@
 """Where backends keep what is expensive to rebuild: exported ONNX files, fp16 and int8 models, engines, timing
-caches.
+caches, the float exports of the networks a search scores in int8.
 
 The root is ``$VITRES_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/vitres-deploy``, else
 ``~/.cache/vitres-deploy``. Every cached file is named by a hash of what it was made from, and
@@ -8,13 +8,21 @@ written atomically, so concurrent workers and interrupted runs never leave a hal
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..files import sha256_file
+import torch
+
+from ..files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ..convert.int8 import Int8Settings
 
 
@@ -51,3 +59,45 @@ def int8_onnx(path: str | Path, settings: Int8Settings, cache_dir: str | Path | 
         return Path(path)
     quantize_onnx(path, dst, timing_calibration(path), settings, source=TIMING_CALIBRATION)
     return dst
+
+
+def network_onnx(model: nn.Module, sample_shape: Sequence[int], identity: str,
+                 cache_dir: str | Path | None = None) -> Path:
+    """The fp32 ONNX export (dynamic batch) of the static network ``model``, cached by a digest of its structure
+    (its modules' description), its weights, the input shape and the torch version, and named by ``identity``
+    (what the network is: an arch's hash). The int8 evaluations of a search export each sub-network once, however
+    many precision plans and searches score it; other weights (another checkpoint, a fine-tuned network) are
+    another file."""
+    from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
+
+    digest = hashlib.sha256(json.dumps({"modules": repr(model), "shape": list(sample_shape), "opset": DEFAULT_OPSET,
+                                        "torch": torch.__version__}, sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    dst = cache_root(cache_dir) / "networks" / f"{identity}-{digest.hexdigest()[:16]}.onnx"
+    if dst.is_file():
+        os.utime(dst)  # recently used: trimmed last
+        return dst
+    atomic_write(dst, lambda tmp: export_onnx(model, sample_shape, tmp), suffix=".tmp.onnx")
+    trim_cache(dst.parent, NETWORK_CACHE_MIB << 20)
+    return dst
+
+
+#: Size the ``networks/`` folder of the cache is trimmed to (a search of a large space scores hundreds of
+#: networks of tens of MB each).
+NETWORK_CACHE_MIB = 2048
+
+
+def trim_cache(folder: Path, keep_bytes: int) -> None:
+    """Delete the least recently used ``.onnx`` files of ``folder`` until the rest take at most ``keep_bytes``
+    (the most recent one is always kept)."""
+    files = []
+    for f in folder.glob("*.onnx"):
+        with contextlib.suppress(FileNotFoundError):  # another process may trim at the same time
+            files.append((f.stat().st_mtime, f.stat().st_size, f))
+    total = 0
+    for i, (_, size, f) in enumerate(sorted(files, reverse=True)):
+        total += size
+        if i and total > keep_bytes:
+            f.unlink(missing_ok=True)
