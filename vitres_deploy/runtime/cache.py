@@ -95,7 +95,8 @@ def trim_cache(folder: Path, keep_bytes: int) -> None:
     files = []
     for f in folder.glob("*.onnx"):
         with contextlib.suppress(FileNotFoundError):  # another process may trim at the same time
-            files.append((f.stat().st_mtime, f.stat().st_size, f))
+            stat = f.stat()
+            files.append((stat.st_mtime, stat.st_size, f))
     total = 0
     for i, (_, size, f) in enumerate(sorted(files, reverse=True)):
         total += size
