@@ -379,20 +379,24 @@ def test_a_table_of_a_machine_twice_as_fast_fails_the_drift_check(table: Latency
 
 
 def test_the_cli_check_reports_a_ratio_and_fails_on_drift(table: LatencyTable, cache: Path, tmp_path: Path) -> None:
-    # half of what the machine measures now: the table was made while the parallel suite loaded the machine, which
-    # may be twice as quiet now (a table halved from that level alone once read 1x and passed)
+    # a quarter of what the machine measures now: the table was made while the parallel suite loaded the machine,
+    # which may be twice as quiet now (a table halved from that level alone once read 1x and passed), and the level
+    # moves between two checks seconds apart (a table at half the level just measured once read within 10%: the
+    # other worker of the suite had finished a heavy test in between); a check blind to the scale still reads 1x
     now = check_drift(table, workers=1, cache_dir=cache).ratio
-    halved = _scaled_file(table, 0.5 * now, tmp_path / "halved.json")
+    quartered = _scaled_file(table, 0.25 * now, tmp_path / "quartered.json")
     runner = CliRunner(env={"VITRES_DEPLOY_CACHE": str(cache)})
-    result = runner.invoke(main, ["profile", "check", "--profile", str(halved.path), "--workers", "1"])
-    assert result.exit_code == 2
+    result = runner.invoke(main, ["profile", "check", "--profile", str(quartered.path), "--workers", "1"])
+    assert result.exit_code == 2, (now, result.output)
     lines = result.output.strip().splitlines()
     assert "DRIFTED" in result.output and lines[-1].startswith("error: ") and "--rescale" in lines[-1]
-    result = runner.invoke(main, ["profile", "check", "--profile", str(table.path), "--workers", "1",
-                                  "--tolerance", "0.6", "--json"])
+    # the table at the level just measured passes a wide tolerance (the level may move by 2x within the suite)
+    matched = _scaled_file(table, now, tmp_path / "matched.json")
+    result = runner.invoke(main, ["profile", "check", "--profile", str(matched.path), "--workers", "1",
+                                  "--tolerance", "0.9", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert not report["drifted"] and 0.4 < report["ratio"] < 1.6 and len(report["items"]) >= 8
+    assert not report["drifted"] and 0.1 < report["ratio"] < 1.9 and len(report["items"]) >= 8
     assert report["seconds"] > 0 and report["unsettled"] >= 0
     # a time cap spent before the first pass: every item still gets its first min_rounds passes
     capped = check_drift(table, workers=1, cache_dir=cache, seconds=1e-6)
