@@ -8,7 +8,9 @@ architecture, the latency table and the budget (:func:`plan_export`);
 
 1. extract the static sub-network and check it against the supernet on real images (a fine-tuned checkpoint's
    network is taken as it is: its arch must be the one asked for);
-2. ``torch.onnx.export(dynamo=True)`` (opset >= 18, dynamic batch), ``onnx.checker`` with ``full_check``;
+2. ``torch.onnx.export(dynamo=True)`` (opset >= 18, dynamic batch), or the same network's file from the export
+   cache (:func:`~vitres_deploy.runtime.cache.network_onnx`: the same structure, weights, opset and exporter
+   versions), ``onnx.checker`` with ``full_check``;
 3. optional onnxslim simplification, kept only if ONNX Runtime outputs still match the unsimplified model;
 4. fp16: a strongly typed fp16 ONNX (LayerNorm and softmax in fp32, and every node whose activations on the
    first batch exceed half the fp16 range, named in the manifest; fp32 inputs/outputs); int8: the static int8
@@ -48,7 +50,6 @@ from ..archfile import ArchFile
 from ..checkpoint import Checkpoint, FinetunedCheckpoint, package_versions
 from ..convert.fp16 import convert_file
 from ..convert.int8 import node_stages, quantized_share, uint8_may_saturate
-from ..convert.to_onnx import export_onnx
 from ..data import ImageData
 from ..errors import ConversionError, DataError, SettingsError, first_line
 from ..files import atomic_write_json, sha256_file
@@ -57,6 +58,7 @@ from ..latency.entries import network_sample_shape
 from ..macs import arch_cost
 from ..quantized import Calibration, quantize_file
 from ..runtime.base import RunnerOptions
+from ..runtime.cache import network_onnx
 from ..runtime.loaders import ModuleLoader
 from ..runtime.ort import FP16_SAFE_LIMIT, overflowing_nodes
 from ..runtime.registry import get_backend
@@ -376,7 +378,10 @@ def build(plan: ExportPlan, data: ImageData, scratch: Path, root: Path, clock: S
     model, checks, notes = _network(plan, x)
     clock.lap("extract")
 
-    fp32_onnx = exported = export_onnx(model, plan.sample_shape, scratch / "model.fp32.onnx", opset=opts.opset)
+    # the exporter's file, taken from the export cache when this network (its structure and weights) was exported
+    # before: by an export that failed a later check, by an export in another precision, by a search's int8 scoring
+    fp32_onnx = exported = scratch / "model.fp32.onnx"
+    shutil.copyfile(network_onnx(model, plan.sample_shape, plan.arch.hash, opset=opts.opset), exported)
     checks.append(checker_check(fp32_onnx, opts.opset))
     raise_for_failures(checks)
     clock.lap("onnx_export")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, skip in skips.items():
             if item.get_closest_marker(marker) is not None:  # not keywords: a checkout folder named gpu is one
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One export cache (``VITRES_DEPLOY_CACHE``) for the whole run, shared by its pytest-xdist workers and the
+    commands the tests start: the suite neither reads nor fills the user's cache (a file exported there by older
+    code could hide a change of the exporter's use), and a network that two tests export is exported once. A test
+    that counts exports or needs an empty cache sets its own."""
+    run = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base folder is in the run's
+        run = run.parent
+    cache = run / "export-cache"
+    cache.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VITRES_DEPLOY_CACHE", str(cache))
+        yield cache
 
 
 #: A space of a few small entries, for profiling and validation tests that run in seconds.

@@ -387,6 +387,26 @@ def test_injected_numeric_failure_exits_1_naming_artifact_check_and_amount(small
     assert not out.exists() and not _leftovers(tmp_path, "bundle")
 
 
+def test_a_network_exported_before_is_taken_from_the_export_cache(exported, small_supernet, best_json,
+                                                                    latency_table, tmp_path, monkeypatch):
+    """The shared bundle's network (the same structure and weights) exported again, into another folder: the
+    exporter is not called, and the bundle holds the same model and passes every check."""
+    from vitres_deploy.convert import to_onnx
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the exporter was called for a network in the export cache")
+
+    monkeypatch.setattr(to_onnx, "export_onnx", tripwire)
+    out = tmp_path / "again"
+    result = _invoke("export", "--supernet", small_supernet, "--arch", best_json, "--formats", "onnx",
+                     "--batch-range", "1:4:16", "--eval-limit", 320, "--profile", latency_table, "--no-drift-check",
+                     "--allow-over-budget", "--out", out, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    first, again = read_manifest(exported[0]).to_dict(), read_manifest(out).to_dict()
+    assert again["files"]["model.onnx"] == first["files"]["model.onnx"]
+    assert all(c["passed"] for c in again["checks"] if c["check"] != "latency")
+
+
 def _arch_file(tmp_path: Path, name: str, data: dict) -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(data))
