@@ -141,7 +141,7 @@ def test_eval_threads_default_to_omp_num_threads_else_every_cpu(omp: str, expect
     assert demo_app.default_eval_threads() == (expected or len(os.sched_getaffinity(0)))
 
 
-@pytest.mark.slow  # two real exports of the network (the exporter's fixed cost: about 10 s each on a busy machine)
+@pytest.mark.slow  # a real export of the network (the resumed run takes its file from the export cache), two gates
 def test_an_export_over_the_budget_fails_naming_the_flag_and_the_resumed_run_ships_it(tmp_path: Path,
                                                                                       fmnist_dir: Path) -> None:
     """The demo's table predicts a tenth of every latency (the shipped table with its correction scaled by 0.1,
