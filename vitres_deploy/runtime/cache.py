@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..checkpoint import package_versions
 from ..files import atomic_write, sha256_file
 
 if TYPE_CHECKING:
@@ -66,15 +66,16 @@ def network_onnx(model: nn.Module, sample_shape: Sequence[int], identity: str,
                  cache_dir: str | Path | None = None, *, opset: int | None = None) -> Path:
     """The fp32 ONNX export (dynamic batch) of the static network ``model``, cached by a digest of its structure
     (its modules' description), its weights, the input shape, the opset (None: the exporter's default) and the
-    versions of the exporter's packages (torch, onnxscript, onnx), and named by ``identity`` (what the network is:
-    an arch's hash). The int8 evaluations of a search and the export of a bundle export each sub-network once,
-    however many precision plans, searches and exports (an fp32 and an int8 one, one resumed after a failed check)
-    take it; other weights (another checkpoint, a fine-tuned network) are another file."""
+    versions of vitres-deploy and the packages that make an export (torch, onnxscript, onnx), and named by
+    ``identity`` (what the network is: an arch's hash). The int8 evaluations of a search and the export of a bundle
+    export each sub-network once, however many precision plans, searches and exports (an fp32 and an int8 one, one
+    resumed after a failed check) take it; other weights (another checkpoint, a fine-tuned network) are another
+    file."""
     from ..convert.to_onnx import DEFAULT_OPSET, export_onnx
 
     opset = DEFAULT_OPSET if opset is None else opset
     digest = hashlib.sha256(json.dumps({"modules": repr(model), "shape": list(sample_shape), "opset": opset,
-                                        "versions": _exporter_versions()}, sort_keys=True).encode())
+                                        "versions": package_versions(("onnxscript",))}, sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -85,17 +86,6 @@ def network_onnx(model: nn.Module, sample_shape: Sequence[int], identity: str,
     atomic_write(dst, lambda tmp: export_onnx(model, sample_shape, tmp, opset=opset), suffix=".tmp.onnx")
     trim_cache(dst.parent, NETWORK_CACHE_MIB << 20)
     return dst
-
-
-def _exporter_versions() -> dict[str, str]:
-    """The versions of the packages whose code makes an export: a new one may export other nodes."""
-    versions = {"torch": torch.__version__}
-    for package in ("onnxscript", "onnx"):
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return versions
 
 
 #: Size the ``networks/`` folder of the cache is trimmed to (a search of a large space scores hundreds of
