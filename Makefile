@@ -4,8 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 # The suite runs in one process per core, two at most (pytest-xdist; a test module, or class, stays on one worker
-# so its fixtures are built once). `make test PYTEST_WORKERS=` runs it in this process.
-PYTEST_WORKERS ?= -n auto --maxprocesses 2 --dist loadscope
+# so its fixtures are built once; the longest ones start first: LONGEST_SCOPES in tests/conftest.py).
+# `make test PYTEST_WORKERS=` runs it in this process.
+PYTEST_WORKERS ?= -n auto --maxprocesses 2 --dist loadscope --no-loadscope-reorder
 
 .PHONY: demo test lint data clean
 

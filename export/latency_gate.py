@@ -113,12 +113,14 @@ CONFIRM_PAUSE_S = 10.0
 
 
 def confirm_over_budget(measure: Callable[[], tuple[str, Measurement]], budget_ms: float | None,
-                        limit_ms: float | None, retries: int, pause_s: float = CONFIRM_PAUSE_S,
+                        limit_ms: float | None, retries: int, pause_s: float | None = None,
                         on_retry: Callable[[int, float], None] | None = None) -> tuple[str, Measurement, list[float]]:
-    """Measure with ``measure()``; while retries are left, wait ``pause_s`` and measure again when the lowest
-    measurement so far is above ``budget_ms`` after one measurement or above ``limit_ms`` (the failure line) after
-    more. Returns the artifact, the lowest measurement and every measured latency in order. ``on_retry(attempt,
-    lowest_ms)`` is told before each new measurement. No budget: one measurement."""
+    """Measure with ``measure()``; while retries are left, wait ``pause_s`` (None: :data:`CONFIRM_PAUSE_S`) and
+    measure again when the lowest measurement so far is above ``budget_ms`` after one measurement or above
+    ``limit_ms`` (the failure line) after more. Returns the artifact, the lowest measurement and every measured
+    latency in order. ``on_retry(attempt, lowest_ms)`` is told before each new measurement. No budget: one
+    measurement."""
+    pause_s = CONFIRM_PAUSE_S if pause_s is None else pause_s
     artifact, best = measure()
     attempts = [best.latency_ms]
 

@@ -142,12 +142,16 @@ def test_eval_threads_default_to_omp_num_threads_else_every_cpu(omp: str, expect
 
 
 @pytest.mark.slow  # a real export of the network (the resumed run takes its file from the export cache), two gates
-def test_an_export_over_the_budget_fails_naming_the_flag_and_the_resumed_run_ships_it(tmp_path: Path,
-                                                                                      fmnist_dir: Path) -> None:
+def test_an_export_over_the_budget_fails_naming_the_flag_and_the_resumed_run_ships_it(
+        tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's table predicts a tenth of every latency (the shipped table with its correction scaled by 0.1,
     and a short protocol), so the searched arch is predicted under the budget and measured far over it by the
-    export's real latency gate: the run fails naming --allow-over-budget and ships nothing; the same run resumed
-    with it writes the bundle and says by how much it is over."""
+    export's real latency gate (which measures again, here without its pauses, before it fails): the run fails
+    naming --allow-over-budget and ships nothing; the same run resumed with it writes the bundle and says by how
+    much it is over."""
+    from vitres_deploy.export import latency_gate
+
+    monkeypatch.setattr(latency_gate, "CONFIRM_PAUSE_S", 0.0)
     out = tmp_path / "demo"
     started(out, validate_samples=40, eval_limit=50)  # the shipped table carries a 40-sample validation
     table = json.loads((out / "profile" / TABLE_NAME).read_text())

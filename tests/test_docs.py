@@ -1,4 +1,5 @@
-"""The docs cannot rot: the CLI reference matches the commands' help, and the README's commands run as written."""
+"""The docs cannot rot: the CLI reference matches the commands' help, every link between the docs finds its file and
+heading, and the README's commands run as written."""
 
 from __future__ import annotations
 
@@ -30,6 +31,40 @@ def _block(heading: str) -> list[str]:
             lines.append(current.strip())
         current = ""
     return lines
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown`` (outside fenced blocks): lower case, punctuation but
+    ``-`` and ``_`` dropped, spaces as ``-``; a repeated one gets ``-1``, ``-2``, ..."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        fenced ^= line.startswith("```")
+        heading = re.match(r"#{1,6} (.+)$", line)
+        if heading and not fenced:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_every_link_between_the_docs_finds_its_file_and_heading():
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = doc.read_text()  # inline links, then reference definitions ("[r6]: #heading")
+        for target in re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"^\[[^\]]+\]: (\S+)", text, re.M):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path) if path else doc
+            if not linked.exists():
+                broken.append(f"{doc.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
+                broken.append(f"{doc.name}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+    assert "measured-2026-12-0304-ninth-round-the-disturbed-pass-rule-2319-0019-nothing-else-running" in _anchors(
+        (ROOT / "docs" / "latency.md").read_text())  # "2026-12-03/04": the slash dropped, nothing else
 
 
 def test_cli_reference_is_generated_from_the_current_help():
