@@ -3,12 +3,13 @@
 ``make test`` hands each worker whole scopes (a test module, or a class holding tests: ``--dist loadscope``), the
 longest first (``LONGEST_SCOPES`` in tests/conftest.py, with ``--no-loadscope-reorder``). This reads a log of::
 
-    make test PYTEST_ARGS="-v --durations=0" > runs/suite.log 2>&1
+    make test PYTEST_ARGS="-vv --durations=0" > runs/suite.log 2>&1
     python benchmarks/suite_balance.py runs/suite.log --out runs/suite-balance.json
 
-(``-v`` prints which worker ran each test, ``--durations=0`` how long its setup, call and teardown took) and prints
-each scope's seconds, longest first, with the worker that ran it, then each worker's busy seconds: two workers
-that end far apart say the order of ``LONGEST_SCOPES`` is out of date, and the scopes list the order to give it.
+(``-vv``, one more than the ``-q`` of ``make test``, prints which worker ran each test; ``--durations=0`` how long
+its setup, call and teardown took) and prints each scope's seconds, longest first, with the worker that ran it,
+then each worker's busy seconds: two workers that end far apart say the order of ``LONGEST_SCOPES`` is out of
+date, and the scopes list the order to give it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from vitres_deploy.files import atomic_write_json
 
-#: ``[gw0] [ 13%] PASSED tests/test_x.py::test_a`` (pytest-xdist, ``-v``).
+#: ``[gw0] [ 13%] PASSED tests/test_x.py::test_a`` (pytest-xdist, verbose).
 WORKER_LINE = re.compile(r"^\[(gw\d+)\] \[\s*\d+%\] \w+ (\S+)")
 #: ``12.34s call     tests/test_x.py::test_a`` (``--durations=0``).
 DURATION_LINE = re.compile(r"^(\d+(?:\.\d+)?)s (setup|call|teardown)\s+(\S+)")
@@ -48,7 +49,7 @@ def balance(log: str) -> dict:
             outcome, wall = m.group(1), float(m.group(2))
     if not worker_of or not seconds:
         raise SystemExit("error: no worker lines or no durations in the log: run the suite with "
-                         'PYTEST_ARGS="-v --durations=0" under pytest-xdist')
+                         'PYTEST_ARGS="-vv --durations=0" under pytest-xdist')
     scopes: dict[str, dict] = {}
     for nodeid, s in seconds.items():
         scope = scopes.setdefault(scope_of(nodeid), {"seconds": 0.0, "workers": set()})
@@ -66,7 +67,7 @@ def balance(log: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("log", type=Path, help='log of make test PYTEST_ARGS="-v --durations=0"')
+    parser.add_argument("log", type=Path, help='log of make test PYTEST_ARGS="-vv --durations=0"')
     parser.add_argument("--top", type=int, default=20, help="scopes to print (all are in --out)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()

@@ -21,10 +21,11 @@ from vitres_deploy.space import PRESETS, SearchSpace
 from vitres_deploy.vit_resnas import Block, init_weights
 
 #: The test scopes that take longest (a module, or a class holding tests; what ``--dist loadscope`` hands a
-#: pytest-xdist worker whole), longest first, as measured on the Zen 1 CPU (2026-12-05, `--durations`: 213 s for
-#: the first, 18 s for the last). They are collected first, and `make test` passes ``--no-loadscope-reorder`` so
-#: that the workers take them in that order, the short scopes filling in at the end: the two workers end close
-#: together. With xdist's own order (scopes with the most tests first) they ended 154 s apart in that run.
+#: pytest-xdist worker whole), longest first, as measured on the Zen 1 CPU (2026-12-05, 237 s for the first, 23 s
+#: for the last: benchmarks/suite_balance.py). They are collected first, and `make test` passes
+#: ``--no-loadscope-reorder`` so that the workers take them in that order, the short scopes filling in at the end:
+#: the two workers end close together. With xdist's own order (scopes with the most tests first) they ended 243 s
+#: apart (docs/latency.md, nineteenth round).
 LONGEST_SCOPES = (
     "tests/test_search_precision.py", "tests/test_latency.py", "tests/test_docs.py::TestStepByStep",
     "tests/test_docs.py::TestQuickDemo", "tests/test_export_int8.py", "tests/test_export.py", "tests/test_demo.py",
