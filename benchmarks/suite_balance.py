@@ -35,7 +35,7 @@ def scope_of(nodeid: str) -> str:
 
 
 def balance(log: str) -> dict:
-    """Per scope and per worker seconds of a ``-v --durations=0`` pytest-xdist log; see the module's docstring."""
+    """Per scope and per worker seconds of a ``-vv --durations=0`` pytest-xdist log; see the module's docstring."""
     worker_of: dict[str, str] = {}
     seconds: dict[str, float] = defaultdict(float)
     wall = None
@@ -51,13 +51,13 @@ def balance(log: str) -> dict:
         raise SystemExit("error: no worker lines or no durations in the log: run the suite with "
                          'PYTEST_ARGS="-vv --durations=0" under pytest-xdist')
     scopes: dict[str, dict] = {}
-    for nodeid, s in seconds.items():
-        scope = scopes.setdefault(scope_of(nodeid), {"seconds": 0.0, "workers": set()})
-        scope["seconds"] += s
-        scope["workers"].add(worker_of.get(nodeid, "?"))
     workers: dict[str, float] = defaultdict(float)
     for nodeid, s in seconds.items():
-        workers[worker_of.get(nodeid, "?")] += s
+        worker = worker_of.get(nodeid, "?")
+        scope = scopes.setdefault(scope_of(nodeid), {"seconds": 0.0, "workers": set()})
+        scope["seconds"] += s
+        scope["workers"].add(worker)
+        workers[worker] += s
     ordered = sorted(scopes.items(), key=lambda kv: -kv[1]["seconds"])
     return {"wall_s": wall, "outcome": outcome,
             "workers_busy_s": {w: round(s, 1) for w, s in sorted(workers.items())},
